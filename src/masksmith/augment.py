@@ -1,0 +1,122 @@
+"""Named augmentation pipelines (albumentations) that keep image and mask aligned."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any, Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from masksmith.errors import ConfigError
+from masksmith.registry import Registry
+
+# A preset builder takes (ignore_index, channels) and returns the transforms of its pipeline.
+PresetBuilder = Callable[..., list]
+AUGMENTATIONS: Registry[PresetBuilder] = Registry("augmentation")
+
+# Nearest-neighbour flags a mask may be warped with; anything else blends class indices into new ones.
+_NEAREST = (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT)
+
+
+@AUGMENTATIONS.register("none")
+def _none(ignore_index: int = 255, channels: int = 3) -> list:
+    """No augmentation."""
+    return []
+
+
+@AUGMENTATIONS.register("light")
+def _light(ignore_index: int = 255, channels: int = 3) -> list:
+    """Flips and 90° rotations: exact for image and mask, no interpolation at all."""
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+
+
+@AUGMENTATIONS.register("default")
+def _default(ignore_index: int = 255, channels: int = 3) -> list:
+    """Flips, 90° rotations, a small rotation/scale, and mild photometric changes."""
+    transforms = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        # Corners uncovered by the rotation become ignore, so padding never trains as background.
+        A.Affine(
+            rotate=(-15, 15), scale=(0.9, 1.1), interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+            fill=0, fill_mask=ignore_index, p=0.5,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+    ]
+    if channels == 3:  # hue and saturation do not exist for a single channel
+        transforms.append(A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=15, val_shift_limit=10, p=0.3))
+    return transforms
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception message on one line, without pydantic's 'further information' links."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
+    return " ".join(lines) or type(exc).__name__
+
+
+def _build_transform(item: Any, where: str, ignore_index: int, channels: int) -> Any:
+    """One albumentations transform from {"name": ..., **params}; masks forced to nearest, fill = ignore."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise ConfigError(f"{where}: each augmentation must be a mapping with a 'name', got {item!r}")
+    params = dict(item)
+    name = params.pop("name")
+    cls = getattr(A, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, (A.BasicTransform, A.BaseCompose))):
+        raise ConfigError(f"{where}: unknown albumentations transform {name!r} (names are case-sensitive, e.g. HorizontalFlip)")
+
+    if isinstance(params.get("transforms"), list):  # OneOf, SomeOf, Sequential hold their own list
+        params["transforms"] = [
+            _build_transform(sub, f"{where}.{name}[{j}]", ignore_index, channels)
+            for j, sub in enumerate(params["transforms"])
+        ]
+    signature = inspect.signature(cls.__init__)
+    accepted = {n for n, p in signature.parameters.items() if n != "self"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = sorted(set(params) - accepted)
+    if unknown and not takes_any:
+        raise ConfigError(
+            f"{where}: {name} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(accepted))}"
+        )
+    if "mask_interpolation" in accepted:
+        value = params.setdefault("mask_interpolation", cv2.INTER_NEAREST)
+        if value not in _NEAREST:
+            raise ConfigError(f"{where}: {name} mask_interpolation must be nearest (0), masks are never blended")
+    if "fill_mask" in accepted:
+        params.setdefault("fill_mask", ignore_index)
+    try:
+        return cls(**params)
+    except Exception as exc:  # pydantic ValidationError is a ValueError; wrong types give TypeError
+        raise ConfigError(f"{where}: bad parameters for {name}: {_one_line(exc)}") from None
+
+
+def build_augmentation(spec: str | list[dict] | None, *, ignore_index: int = 255, channels: int = 3) -> "A.Compose | None":
+    """A Compose from a preset name or a list of {"name": Transform, **params}; None for no augmentation."""
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        transforms = AUGMENTATIONS.get(spec)(ignore_index=ignore_index, channels=channels)
+    elif isinstance(spec, list):
+        transforms = [_build_transform(item, f"augmentation[{i}]", ignore_index, channels) for i, item in enumerate(spec)]
+    else:
+        raise ConfigError(f"augmentation must be a preset name or a list of transforms, got {type(spec).__name__}")
+    if not transforms:
+        return None
+    return A.Compose(transforms)
+
+
+def seed_augmentation(pipeline: "A.Compose", seed: int) -> None:
+    """Make a pipeline repeatable from `seed`, its transforms drawing from one shared generator.
+
+    Not Compose(seed=...) / set_random_seed: albumentations 2.0 then gives every transform its own
+    generator with the same seed, so e.g. a horizontal and a vertical flip always fire together.
+    """
+    seed = int(seed) % 2**32
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -1,0 +1,173 @@
+"""The `masksmith` command line: each command is a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from masksmith.errors import MasksmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Image segmentation: train, evaluate and predict from images + masks.")
+err = Console(stderr=True, highlight=False)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a MasksmithError into one red line and exit code 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MasksmithError as error:
+            err.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """`--model-option depth=3` pairs into a dict, values parsed as YAML scalars."""
+    if not pairs:
+        return None
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MasksmithError(f"--model-option {pair!r}: expected NAME=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+@app.command()
+@user_errors
+def train(
+    data: Optional[Path] = typer.Argument(None, help="dataset folder (or give data: in --config)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; options below override it"),
+    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
+    model: Optional[str] = typer.Option(None, help="architecture: unet, fcn-lite (see `masksmith models`)"),
+    model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-m", help="NAME=VALUE, e.g. depth=3"),
+    size: Optional[int] = typer.Option(None, help="input size in pixels [default: 256]"),
+    resize: Optional[str] = typer.Option(None, help="resize | random_crop | center_crop [default: resize]"),
+    epochs: Optional[int] = typer.Option(None, help="maximum epochs [default: 50]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="[default: 8]"),
+    lr: Optional[float] = typer.Option(None, help="learning rate [default: 0.001]"),
+    optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd | rmsprop"),
+    scheduler: Optional[str] = typer.Option(None, help="none | cosine | poly | plateau"),
+    loss: Optional[str] = typer.Option(None, help="e.g. ce, dice, bce, focal, dice+ce, 0.5*dice+ce"),
+    augment: Optional[str] = typer.Option(None, help="augmentation preset: none | light | default"),
+    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
+    val_fraction: Optional[float] = typer.Option(None, help="validation share without a val folder [0.2]"),
+    skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="skip images without masks (listed)"),
+    binary_head: Optional[str] = typer.Option(None, help="binary data: softmax (2 channels) | sigmoid (1)"),
+    early_stopping: Optional[int] = typer.Option(None, help="patience in epochs, 0 = off [default: 10]"),
+    monitor: Optional[str] = typer.Option(None, help="val_dice | val_miou | val_iou | val_loss ..."),
+    max_time: Optional[float] = typer.Option(None, help="time budget in minutes; keeps the best model"),
+    grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm"),
+    weight_decay: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="[default: 42]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    workers: Optional[int] = typer.Option(None, help="data-loading processes"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder [default: runs/train, runs/train2 ...]"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Train a segmentation model; writes a run folder with model.msb, curves and metrics."""
+    from masksmith.training import train as run_training
+
+    if data is None and config is None and resume is None:
+        raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
+    options = dict(
+        classes=classes, model=model, model_options=_parse_options(model_option), size=size, resize=resize,
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
+        augment=augment, foreground=foreground, mask_suffix=mask_suffix, val_fraction=val_fraction,
+        skip_unpaired=skip_unpaired or None, binary_head=binary_head, early_stopping=early_stopping,
+        monitor=monitor, max_time=max_time, grad_clip=grad_clip, weight_decay=weight_decay, seed=seed,
+        device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None)
+    result = run_training(data, config=config, resume=resume, **options)
+    typer.echo(f"model: {result.bundle}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
+    data: Path = typer.Argument(..., help="labelled dataset folder"),
+    split: str = typer.Option("val", help="val | test | train | all (val: the split recorded at training)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: next to the bundle]"),
+    mask_suffix: Optional[str] = typer.Option(None),
+    threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
+    from masksmith.evaluate import evaluate as run_evaluation
+    from masksmith.report import print_results
+
+    result = run_evaluation(bundle, data, split=split, out=out, mask_suffix=mask_suffix, threshold=threshold,
+                            progress=not quiet)
+    if not quiet:
+        print_results(result)
+    typer.echo(f"report: {result['out']}")
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
+    inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder for <name>.png masks"),
+    overlay: bool = typer.Option(False, "--overlay", help="also write blended overlays to OUT/overlays/"),
+    threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
+    batch_size: int = typer.Option(4, "--batch-size", "-b"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Predict masks at each image's original size, as palette PNGs (and overlays)."""
+    from masksmith.predict import Predictor, predict_files
+
+    predictor = Predictor.load(bundle, device=device)
+    report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
+                           batch_size=batch_size, progress=not quiet)
+    typer.echo(f"wrote {len(report.written)} masks to {out}")
+    if report.failed:
+        err.print(f"[red]{len(report.failed)} file(s) could not be read:[/red]", markup=True)
+        for path, reason in report.failed:
+            err.print(f"  {reason}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the model architectures and their options."""
+    from masksmith.models import MODELS, model_options
+
+    for name in MODELS.names():
+        options = ", ".join(f"{key}={value!r}" for key, value in model_options(name).items())
+        typer.echo(f"{name}: {options}")
+
+
+@app.command()
+def augmentations() -> None:
+    """List the augmentation presets."""
+    from masksmith.augment import AUGMENTATIONS
+
+    for name in AUGMENTATIONS.names():
+        typer.echo(name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,143 @@
+"""The training configuration: one pydantic model, the single source of every option and its default.
+
+YAML in (`--config cfg.yaml`), command-line overrides on top, and the resolved config written back
+to the run folder as commented YAML so a run can be repeated from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from masksmith.errors import ConfigError
+
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+Scheduler = Literal["none", "cosine", "poly", "plateau"]
+ResizeMode = Literal["resize", "random_crop", "center_crop"]
+
+
+class TrainConfig(BaseModel):
+    """Every option of `masksmith train`, with its default and a one-line description."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- data -------------------------------------------------------------------------------
+    data: str = Field(..., description="dataset folder: images/+masks/, train|val|test/{images,masks}, or VOC")
+    classes: str | list[str] | None = Field(
+        None, description="class names: a classes.txt file (one per line) or a list; default: inferred")
+    mask_suffix: str | None = Field(None, description="mask file suffix such as _mask (common ones are found anyway)")
+    foreground: int | None = Field(
+        None, description="binary masks: the pixel value that means foreground (ISBI membrane: 0); default: non-zero")
+    ignore_index: int = Field(255, ge=0, le=255, description="mask value that counts for no loss and no metric")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share when the data has no val folder")
+    skip_unpaired: bool = Field(False, description="skip (and list) images without masks instead of failing")
+    size: int = Field(256, ge=16, description="network input size in pixels (square)")
+    resize: ResizeMode = Field(
+        "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")
+    channels: int | None = Field(None, description="input channels, 1 or 3; default: from the images")
+    mean: list[float] | None = Field(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
+    std: list[float] | None = Field(None, description="normalization std per channel; default: ImageNet / 0.25")
+    augment: str | list[dict[str, Any]] = Field(
+        "default", description="augmentation preset (none, light, default) or a list of albumentations transforms")
+
+    # --- model ------------------------------------------------------------------------------
+    model: str = Field("unet", description="architecture name (see `masksmith models`)")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}")
+    binary_head: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="binary data: 2-class softmax or a 1-channel sigmoid head")
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary: foreground probability threshold at prediction")
+
+    # --- optimisation -----------------------------------------------------------------------
+    loss: str = Field("dice+ce", description="loss or weighted sum: ce, bce, dice, focal, e.g. 0.5*dice+ce")
+    class_weights: list[float] | None = Field(None, description="per-class loss weights")
+    optimizer: Optimizer = Field("adam", description="adam, adamw, sgd (momentum 0.9, nesterov) or rmsprop")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
+    epochs: int = Field(50, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(8, ge=1, description="images per training step")
+    max_time: float | None = Field(
+        None, gt=0, description="stop cleanly after this many minutes and keep the best model")
+    early_stopping: int = Field(10, ge=0, description="stop after this many epochs without improvement (0: off)")
+    monitor: str = Field(
+        "val_dice", description="validation metric for early stopping and the best checkpoint (val_dice, val_miou, val_loss, ...)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    amp: Literal["auto", "on", "off"] = Field("auto", description="mixed precision: auto = on for CUDA only")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")
+
+    # --- run --------------------------------------------------------------------------------
+    seed: int = Field(42, description="random seed (split, initialisation, augmentation)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    num_workers: int | None = Field(None, ge=0, description="data-loading worker processes; default: by CPU count")
+    out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...")
+    quiet: bool = Field(False, description="no progress bars or tables")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_1_or_3(cls, value: int | None) -> int | None:
+        if value not in (None, 1, 3):
+            raise ValueError("channels must be 1 or 3")
+        return value
+
+    def monitor_mode(self) -> Literal["min", "max"]:
+        """Whether the monitored metric improves downwards (losses) or upwards (scores)."""
+        return "min" if "loss" in self.monitor else "max"
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        parts.append(f"{where}: {item['msg']}")
+    return f"{source}: invalid configuration: " + "; ".join(parts)
+
+
+def make_config(values: dict[str, Any], source: str = "options") -> TrainConfig:
+    """Validate a dict into a TrainConfig, turning pydantic errors into one clear ConfigError line."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with clear errors for missing or malformed files."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror or error}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of option: value")
+    return values
+
+
+def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Combine a YAML file (optional) with overrides (None values mean 'not given') into a TrainConfig."""
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    unknown = set(values) - set(TrainConfig.model_fields)
+    if unknown:
+        valid = ", ".join(TrainConfig.model_fields)
+        raise ConfigError(f"{config_file}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return make_config(values, source=str(config_file) if config_file else "options")
+
+
+def config_to_yaml(config: TrainConfig, header: str = "") -> str:
+    """The config as YAML with each option's description as a comment above it."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    for name, field in TrainConfig.model_fields.items():
+        value = getattr(config, name)
+        lines.append(f"# {field.description}")
+        dumped = yaml.safe_dump({name: value}, default_flow_style=False, sort_keys=False, width=100).rstrip()
+        lines.append(dumped)
+    return "\n".join(lines) + "\n"

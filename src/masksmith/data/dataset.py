@@ -1,0 +1,179 @@
+"""Torch dataset: read → resize/crop → augment → normalize → tensors."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from masksmith.augment import seed_augmentation
+from masksmith.data.discover import Sample
+from masksmith.data.masks import MaskEncoding, read_image, read_mask
+from masksmith.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import albumentations
+
+RESIZE_MODES = ("resize", "random_crop", "center_crop")
+# Nearest-neighbour that samples pixel centres, like INTER_LINEAR does; plain INTER_NEAREST samples
+# top-left corners and shifts the mask against the image by up to (scale - 1) / 2 pixels when shrinking.
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+IMAGE_INTERPOLATION = cv2.INTER_LINEAR
+
+
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) from an int (square) or a (height, width) pair."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
+        pair = (int(size[0]), int(size[1]))
+    else:
+        raise ConfigError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
+    if min(pair) < 1:
+        raise ConfigError(f"size must be positive, got {size!r}")
+    return pair
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HxWxC uint8 image to (height, width) with bilinear interpolation."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    out = cv2.resize(image, (width, height), interpolation=IMAGE_INTERPOLATION)
+    return out[:, :, None] if out.ndim == 2 else out  # cv2 drops a single channel axis
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HxW class-index mask to (height, width) with nearest-neighbour only (no blended classes)."""
+    height, width = size
+    if mask.shape[:2] == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=MASK_INTERPOLATION)
+
+
+def _check_norm(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean/std as float32 arrays, one value per channel, std non-zero."""
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need {channels} value(s) each (one per channel), got {list(mean)} and {list(std)}")
+    std_arr = np.asarray(std, dtype=np.float32)
+    if np.any(std_arr <= 0):
+        raise ConfigError(f"std values must be positive, got {list(std)}")
+    return np.asarray(mean, dtype=np.float32), std_arr
+
+
+def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """HxWxC uint8 → CxHxW float32 tensor, (x/255 - mean) / std per channel."""
+    if image.ndim != 3:
+        raise DataError(f"image must be HxWxC, got shape {image.shape}")
+    mean_arr, std_arr = _check_norm(mean, std, image.shape[2])
+    scaled = (image.astype(np.float32) / 255.0 - mean_arr) / std_arr
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+def preprocess_image(
+    image: np.ndarray, size: tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """HxWxC uint8 → 1xCxHxW float tensor, bilinear-resized to `size` (height, width) if given, normalized."""
+    if size is not None:
+        image = resize_image(image, as_size(size))
+    return normalize_image(image, mean, std).unsqueeze(0)
+
+
+def _crop_pipeline(mode: str, size: tuple[int, int], ignore_index: int) -> A.Compose | None:
+    """Pad (image 0, mask ignore) then crop, so padding never counts as background."""
+    if mode == "resize":
+        return None
+    height, width = size
+    crop = A.RandomCrop(height, width) if mode == "random_crop" else A.CenterCrop(height, width)
+    pad = A.PadIfNeeded(
+        min_height=height, min_width=width, position="center",
+        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index,
+    )
+    return A.Compose([pad, crop])
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs as normalized tensors, resized or cropped to one size, optionally augmented."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        *,
+        size: int | tuple[int, int],
+        resize: Literal["resize", "random_crop", "center_crop"] = "resize",
+        augment: "albumentations.Compose | None" = None,
+        channels: int,
+        mean: list[float],
+        std: list[float],
+        encoding: MaskEncoding,
+        num_classes: int,
+        ignore_index: int = 255,
+    ):
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
+        missing = [s.image.name for s in samples if s.mask is None]
+        if missing:
+            raise DataError(f"training samples need masks; none for {', '.join(missing[:10])}")
+        self.samples = list(samples)
+        self.size = as_size(size)
+        self.resize = resize
+        self.augment = augment
+        self.channels = channels
+        self.mean, self.std = list(mean), list(std)
+        _check_norm(self.mean, self.std, channels)
+        self.encoding = encoding
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        steps = [t for t in (_crop_pipeline(resize, self.size, ignore_index), augment) if t is not None]
+        self._pipeline = A.Compose(steps) if steps else None
+        self._seeded_for: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _reseed(self) -> None:
+        """Seed the albumentations RNG from torch's, once per process and torch seed.
+
+        albumentations keeps its own RNG: without this, forked DataLoader workers would all replay
+        the same augmentations, and torch.manual_seed would not make runs repeatable.
+        """
+        key = (os.getpid(), torch.initial_seed())
+        if self._pipeline is not None and key != self._seeded_for:
+            seed_augmentation(self._pipeline, torch.initial_seed())
+            self._seeded_for = key
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The i-th (image HxWxC uint8, mask HxW uint8) at file resolution, sizes checked."""
+        sample = self.samples[i]
+        assert sample.mask is not None
+        image = read_image(sample.image, self.channels)
+        mask = read_mask(sample.mask, self.encoding, self.num_classes, self.ignore_index)
+        if image.shape[:2] != mask.shape:
+            (ih, iw), (mh, mw) = image.shape[:2], mask.shape
+            raise DataError(
+                f"{sample.image}: image is {iw}x{ih} (width x height) but its mask {sample.mask} is {mw}x{mh}"
+            )
+        return image, mask
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.read(i)
+        if self.resize == "resize":
+            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
+        if self._pipeline is not None:
+            self._reseed()
+            out = self._pipeline(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+            if image.ndim == 2:
+                image = image[:, :, None]
+        return {
+            "image": normalize_image(image, self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "index": i,
+        }

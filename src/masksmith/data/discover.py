@@ -1,0 +1,329 @@
+"""Find image/mask pairs in the common folder layouts; pair by file stem, never by order."""
+
+from __future__ import annotations
+
+import glob
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from masksmith.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+MASK_SUFFIXES = ("_mask", "-mask", "_masks", "_label", "_labels", "_gt", "_seg")  # recognised automatically
+
+# Folder names accepted for each role, in order of preference.
+IMAGE_DIR_NAMES = ("images", "img", "image")
+MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "annotations")
+SPLIT_DIR_NAMES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+VOC_SPLITS = ("train", "val", "test")
+
+EXPECTED_LAYOUTS = (
+    "split folders root/{train,val,test}/{images,masks}; "
+    "VOC root/JPEGImages + root/SegmentationClass (+ ImageSets/Segmentation/*.txt); "
+    "flat root/images + root/masks; "
+    "or one folder holding images and <name>_mask masks"
+)
+_LIST_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (mask is None only for prediction inputs)."""
+
+    image: Path
+    mask: Path | None
+
+    @property
+    def name(self) -> str:
+        """The image's file stem, the key that pairs it with its mask."""
+        return self.image.stem
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible regular file with one of IMAGE_EXTENSIONS (case-insensitive)."""
+    return (
+        not path.name.startswith(".")
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and path.is_file()
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Visible image files directly inside `folder`, sorted by name."""
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def _name_list(names: list[str]) -> str:
+    """'a, b, c' for up to 10 names, then '… and N more'."""
+    shown = ", ".join(names[:_LIST_LIMIT])
+    if len(names) > _LIST_LIMIT:
+        shown += f", … and {len(names) - _LIST_LIMIT} more"
+    return shown
+
+
+def _find_child_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The first sub-folder of `root` whose name matches one of `names` (case-insensitive, in order)."""
+    children = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    for name in names:
+        if name in children:
+            return children[name]
+    return None
+
+
+def _mask_stem_keys(image_stem: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Mask stems that belong to an image: its own stem, or stem + one of the suffixes."""
+    return [image_stem] + [image_stem + s for s in suffixes]
+
+
+def pair_files(
+    images: list[Path],
+    masks: list[Path],
+    *,
+    image_dir: Path,
+    mask_dir: Path,
+    mask_suffix: str | None = None,
+    skip_unpaired: bool = False,
+) -> list[Sample]:
+    """Pair image files with mask files by stem (or stem + mask suffix); report anything unpaired by name."""
+    if not images:
+        raise DataError(f"{image_dir}: no images found (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    if not masks:
+        raise DataError(f"{mask_dir}: no masks found (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+
+    by_image_stem: dict[str, Path] = {}
+    for path in images:
+        if path.stem in by_image_stem:
+            raise DataError(
+                f"{image_dir}: two images share the name {path.stem!r}: "
+                f"{by_image_stem[path.stem].name} and {path.name}; rename one"
+            )
+        by_image_stem[path.stem] = path
+    masks_by_stem: dict[str, list[Path]] = {}
+    for path in masks:
+        masks_by_stem.setdefault(path.stem, []).append(path)
+
+    samples: list[Sample] = []
+    claimed: dict[Path, Path] = {}
+    missing: list[str] = []
+    for stem, image in sorted(by_image_stem.items()):
+        candidates = [m for key in _mask_stem_keys(stem, suffixes) for m in masks_by_stem.get(key, [])]
+        if not candidates:
+            missing.append(image.name)
+            continue
+        if len(candidates) > 1:
+            names = " and ".join(c.name for c in candidates)
+            raise DataError(f"{mask_dir}: image {image.name} has more than one candidate mask: {names}; keep one")
+        mask = candidates[0]
+        if mask in claimed:
+            raise DataError(
+                f"{mask_dir}: mask {mask.name} matches two images, {claimed[mask].name} and {image.name}; rename one"
+            )
+        claimed[mask] = image
+        samples.append(Sample(image=image, mask=mask))
+    extra = [m.name for m in masks if m not in claimed]
+
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_name_list(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} mask(s) in {mask_dir} have no image in {image_dir}: {_name_list(extra)}")
+        message = "; ".join(parts)
+        if not skip_unpaired:
+            raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
+        warnings.warn(f"left out unpaired files: {message}", stacklevel=3)
+    if not samples:
+        raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
+    return sorted(samples, key=lambda s: s.name)
+
+
+def _discover_split_folders(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
+    """Layout 1: root/{train,val,test}/{images,masks}; None when root has no split folder."""
+    found: dict[str, Path] = {}
+    for key, names in SPLIT_DIR_NAMES.items():
+        matches = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in names]
+        if len(matches) > 1:
+            raise DataError(f"{root}: both {matches[0].name}/ and {matches[1].name}/ look like the {key} split; keep one")
+        if matches and _find_child_dir(matches[0], IMAGE_DIR_NAMES) is not None:
+            found[key] = matches[0]
+    if not found:
+        return None
+    splits: dict[str, list[Sample]] = {}
+    for key, split_dir in found.items():
+        image_dir = _find_child_dir(split_dir, IMAGE_DIR_NAMES)
+        mask_dir = _find_child_dir(split_dir, MASK_DIR_NAMES)
+        assert image_dir is not None
+        if mask_dir is None:
+            # An unlabelled test split (images only) is common; say so instead of failing the labelled ones.
+            warnings.warn(f"{split_dir}: images but no masks folder; the {key!r} split is left out", stacklevel=3)
+            continue
+        splits[key] = pair_files(
+            _image_files(image_dir),
+            _image_files(mask_dir),
+            image_dir=image_dir,
+            mask_dir=mask_dir,
+            mask_suffix=mask_suffix,
+            skip_unpaired=skip_unpaired,
+        )
+    if not splits:
+        raise DataError(f"{root}: split folders found ({', '.join(p.name for p in found.values())}) but none has a masks folder")
+    return splits
+
+
+def _voc_mask_dir(root: Path) -> Path:
+    """SegmentationClass if it holds PNGs, else the first SegmentationClass* folder that does."""
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("SegmentationClass"))
+    candidates.sort(key=lambda p: p.name != "SegmentationClass")  # stable: the plain name first
+    for folder in candidates:
+        if any(p.suffix.lower() == ".png" and not p.name.startswith(".") for p in folder.iterdir()):
+            return folder
+    raise DataError(f"{root}: has JPEGImages but no SegmentationClass* folder with PNG masks")
+
+
+def _read_split_ids(path: Path) -> list[str]:
+    """Ids listed one a line in a VOC ImageSets file (first token; blank lines skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read split file: {exc}") from None
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _discover_voc(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]]:
+    """Layout 2: PASCAL VOC (JPEGImages, SegmentationClass, optional ImageSets/Segmentation)."""
+    image_dir = root / "JPEGImages"
+    mask_dir = _voc_mask_dir(root)
+    split_dir = root / "ImageSets" / "Segmentation"
+    split_files = {key: split_dir / f"{key}.txt" for key in VOC_SPLITS if (split_dir / f"{key}.txt").is_file()}
+    if not split_files:
+        return {"all": pair_files(_image_files(image_dir), _image_files(mask_dir), image_dir=image_dir,
+                                  mask_dir=mask_dir, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)}
+
+    images = {p.stem: p for p in _image_files(image_dir)}
+    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+    masks: dict[str, list[Path]] = {}
+    for p in _image_files(mask_dir):
+        masks.setdefault(p.stem, []).append(p)
+    splits: dict[str, list[Sample]] = {}
+    for key, txt in split_files.items():
+        ids = _read_split_ids(txt)
+        if not ids:
+            raise DataError(f"{txt}: split file lists no ids")
+        samples, bad = [], []
+        for sample_id in dict.fromkeys(ids):  # de-duplicated, order kept
+            candidates = [m for k in _mask_stem_keys(sample_id, suffixes) for m in masks.get(k, [])]
+            if len(candidates) > 1:
+                names = " and ".join(c.name for c in candidates)
+                raise DataError(f"{mask_dir}: id {sample_id} has more than one candidate mask: {names}; keep one")
+            if sample_id not in images or not candidates:
+                bad.append(sample_id)
+                continue
+            samples.append(Sample(image=images[sample_id], mask=candidates[0]))
+        if bad:
+            raise DataError(
+                f"{txt}: {len(bad)} listed id(s) have no image in {image_dir.name}/ or no mask in {mask_dir.name}/: "
+                f"{_name_list(bad)}"
+            )
+        splits[key] = sorted(samples, key=lambda s: s.name)
+    return splits
+
+
+def _discover_flat(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
+    """Layout 3: root/images + root/masks; None when root has no such pair of folders."""
+    image_dir = _find_child_dir(root, IMAGE_DIR_NAMES)
+    mask_dir = _find_child_dir(root, MASK_DIR_NAMES)
+    if image_dir is None or mask_dir is None:
+        return None
+    return {"all": pair_files(_image_files(image_dir), _image_files(mask_dir), image_dir=image_dir,
+                              mask_dir=mask_dir, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)}
+
+
+def _discover_single_folder(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
+    """Layout 4: one folder with both a.png and a_mask.png; None when no file carries a mask suffix."""
+    files = _image_files(root)
+    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+    masks = [p for p in files if any(p.stem.endswith(s) and len(p.stem) > len(s) for s in suffixes)]
+    if not masks:
+        return None
+    images = [p for p in files if p not in set(masks)]
+    # Only suffixed names can be masks here, so a same-stem "mask" would be the image itself.
+    return {"all": pair_files(images, masks, image_dir=root, mask_dir=root, mask_suffix=mask_suffix,
+                              skip_unpaired=skip_unpaired)}
+
+
+def discover(
+    root: str | Path, *, mask_suffix: str | None = None, skip_unpaired: bool = False
+) -> dict[str, list[Sample]]:
+    """Find image/mask pairs under `root`; returns {split: samples} ("train"/"val"/"test" or "all")."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (give the dataset folder)")
+    if mask_suffix is not None and not mask_suffix:
+        raise ConfigError("mask_suffix must be a non-empty string such as '_mask', or None")
+
+    found = _discover_split_folders(root, mask_suffix, skip_unpaired)
+    if found is not None:
+        return found
+    if (root / "JPEGImages").is_dir():
+        return _discover_voc(root, mask_suffix, skip_unpaired)
+    found = _discover_flat(root, mask_suffix, skip_unpaired)
+    if found is not None:
+        return found
+    found = _discover_single_folder(root, mask_suffix, skip_unpaired)
+    if found is not None:
+        return found
+    if not any(not p.name.startswith(".") for p in root.iterdir()):
+        raise DataError(f"{root}: folder is empty; expected {EXPECTED_LAYOUTS}")
+    raise DataError(f"{root}: unknown dataset layout; expected {EXPECTED_LAYOUTS}")
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split into (train, val) by a seeded shuffle; the same inputs and seed always give the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if len(samples) < 2:
+        raise DataError(f"need at least 2 samples to split into train and val, got {len(samples)}")
+    # Sort first so the split does not depend on the order the caller happened to list samples in.
+    ordered = sorted(samples, key=lambda s: (s.name, str(s.image)))
+    random.Random(seed).shuffle(ordered)
+    n_val = min(max(round(len(ordered) * val_fraction), 1), len(ordered) - 1)
+    val = sorted(ordered[:n_val], key=lambda s: s.name)
+    train = sorted(ordered[n_val:], key=lambda s: s.name)
+    return train, val
+
+
+def _has_glob_magic(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files, folders (non-recursive, sorted) and glob patterns into image paths, without duplicates."""
+    result: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                raise DataError(f"{path}: folder has no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+            result.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+            result.append(path)
+        elif _has_glob_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if is_image_file(Path(p)))
+            if not found:
+                raise DataError(f"{item}: pattern matches no image files")
+            result.extend(found)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(result))

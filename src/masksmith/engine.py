@@ -1,0 +1,220 @@
+"""Lightning glue: the LightningModule, the per-epoch history (metrics.csv + curves.png), the Trainer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from masksmith.config import TrainConfig
+from masksmith.fileio import atomic_path, write_text_atomic
+from masksmith.losses import build_loss
+from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.models import logits_to_classes
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a segmentation network with the configured loss, optimizer and schedule."""
+
+    def __init__(self, network: torch.nn.Module, config: TrainConfig, num_classes: int):
+        super().__init__()
+        self.network = network
+        self.config = config
+        self.num_classes = num_classes
+        self.loss_fn = build_loss(
+            config.loss, num_classes=num_classes, ignore_index=config.ignore_index,
+            class_weights=config.class_weights)
+        self.confusion = ConfusionMatrix(num_classes, config.ignore_index)
+        self._image_dice: list[float] = []
+        self.last_validation: dict[str, Any] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.channels_last == "on" or (self.config.channels_last == "auto" and images.is_cuda):
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        logits = self(self._prepare(batch["image"]))
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        logits = self(self._prepare(batch["image"]))
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("val_loss", loss, on_epoch=True, prog_bar=False, batch_size=len(logits))
+        predictions = logits_to_classes(logits.float(), self.config.threshold).cpu()
+        targets = batch["mask"].cpu()
+        self.confusion.update(predictions, targets)
+        for prediction, target in zip(predictions, targets):
+            self._image_dice.append(
+                per_image_dice(prediction, target, self.num_classes, self.config.ignore_index))
+
+    def on_validation_epoch_start(self) -> None:
+        self.confusion.reset()
+        self._image_dice = []
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.confusion.compute()
+        metrics = {
+            "val_dice": result["mean_dice_no_background"],
+            "val_miou": result["miou"],
+            "val_iou": result["miou_no_background"],
+            "val_pixel_accuracy": result["pixel_accuracy"],
+            "val_image_dice": float(np.mean(self._image_dice)) if self._image_dice else float("nan"),
+        }
+        metrics = {name: (float("nan") if value is None else float(value)) for name, value in metrics.items()}
+        self.last_validation = result
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == self.config.monitor or name == "val_dice")
+
+    def configure_optimizers(self) -> Any:
+        config = self.config
+        groups = self.parameter_groups()
+        if config.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        elif config.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        elif config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.RMSprop(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        if config.scheduler == "none":
+            return optimizer
+        if config.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=config.monitor_mode(), factor=0.5, patience=max(2, config.early_stopping // 3))
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": config.monitor, "interval": "epoch"}}
+        if config.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
+        else:  # poly, as in DeepLab: lr * (1 - epoch / epochs) ** 0.9
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda epoch: max(0.0, 1 - epoch / config.epochs) ** 0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (one group; a hook for discriminative learning rates)."""
+        return [{"params": [p for p in self.network.parameters() if p.requires_grad]}]
+
+
+class EpochHistory(Callback):
+    """Writes one row per epoch to metrics.csv and redraws curves.png, as nnU-Net's progress plot."""
+
+    def __init__(self, run_dir: Path, plot: bool = True):
+        self.run_dir = run_dir
+        self.plot = plot
+        self.rows: list[dict[str, float]] = []
+
+    def load_existing(self) -> None:
+        """Continue the history of a resumed run."""
+        path = self.run_dir / "metrics.csv"
+        if path.is_file():
+            with path.open(newline="") as handle:
+                self.rows = [{key: float(value) for key, value in row.items() if value != ""}
+                             for row in csv.DictReader(handle)]
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row: dict[str, float] = {"epoch": float(trainer.current_epoch)}
+        if "train_loss_epoch" in metrics:
+            row["train_loss"] = float(metrics["train_loss_epoch"])
+        for name, value in sorted(metrics.items()):
+            if name.startswith("val_"):
+                row[name] = float(value)
+        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        self._write()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # The epoch's mean training loss is only known here, after validation has run.
+        if self.rows and "train_loss_epoch" in trainer.callback_metrics:
+            if self.rows[-1]["epoch"] == trainer.current_epoch:
+                self.rows[-1]["train_loss"] = float(trainer.callback_metrics["train_loss_epoch"])
+                self._write()
+
+    def _write(self) -> None:
+        columns = ["epoch", "train_loss"] + sorted({k for r in self.rows for k in r} - {"epoch", "train_loss", "lr"}) + ["lr"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({key: ("" if key not in row else (int(row[key]) if key == "epoch" else f"{row[key]:.6g}"))
+                             for key in columns})
+        write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
+        if self.plot:
+            from masksmith.visualize import plot_curves
+
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temp file and renamed, so a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def pick_accelerator(device: str) -> str:
+    """Map the config's device to a Lightning accelerator name."""
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if device == "cuda" else "cpu"
+
+
+def default_num_workers() -> int:
+    """Worker processes for data loading: none on a 2-core machine, where they steal compute threads."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with best/last checkpoints, early stopping, the time budget and TensorBoard logs."""
+    accelerator = pick_accelerator(config.device)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=config.monitor_mode(),
+        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list[Callback] = [checkpoint, history]
+    if config.early_stopping:
+        callbacks.append(EarlyStopping(
+            monitor=config.monitor, mode=config.monitor_mode(), patience=config.early_stopping,
+            check_finite=False))
+    precision = "32-true"
+    if config.amp == "on" or (config.amp == "auto" and accelerator == "gpu"):
+        precision = "16-mixed" if accelerator == "gpu" else "bf16-mixed"
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=config.epochs,
+        max_time={"minutes": config.max_time} if config.max_time else None,
+        precision=precision,
+        gradient_clip_val=config.grad_clip,
+        # Bit-for-bit repeatable on CPU; some CUDA kernels have no deterministic version, so only warn there.
+        deterministic=True if accelerator == "cpu" else "warn",
+        callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
+        enable_progress_bar=not config.quiet,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    return trainer, checkpoint

@@ -1,0 +1,92 @@
+"""`masksmith.evaluate`: predict a labelled split at original resolution and score it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from masksmith.data.discover import Sample, discover
+from masksmith.data.masks import MaskEncoding, read_mask
+from masksmith.errors import DataError
+from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.predict import Predictor
+from masksmith.report import write_report
+
+GALLERY_EACH = 3
+
+
+def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix: str | None = None) -> list[Sample]:
+    """The samples of `split`: a split folder, the bundle's recorded random validation split, or all."""
+    splits = discover(data, mask_suffix=mask_suffix)
+    if split == "all":
+        return sorted((s for samples in splits.values() for s in samples), key=lambda s: s.name)
+    if split in splits:
+        return splits[split]
+    recorded = predictor.meta.split
+    if split == "val" and recorded.get("kind") == "random":
+        wanted = set(recorded.get("val", []))
+        pool = [s for samples in splits.values() for s in samples]
+        chosen = [s for s in pool if s.name in wanted]
+        if not chosen:
+            raise DataError(f"{data}: none of the model's {len(wanted)} validation images are here; "
+                            "use --split all to evaluate every image")
+        return chosen
+    raise DataError(f"{data}: no '{split}' split here (found: {', '.join(sorted(splits))}); "
+                    "use --split all to evaluate every image")
+
+
+def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
+             mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score a model on a labelled split; writes metrics.json, per_class.csv, plots and a gallery to `out`."""
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
+    meta = predictor.meta
+    samples = select_split(data, predictor, split, mask_suffix)
+    encoding = MaskEncoding.from_dict(meta.mask_encoding)
+    confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+    per_image: list[dict[str, Any]] = []
+    for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
+        image = predictor.to_array(sample.image)
+        truth = read_mask(sample.mask, encoding, meta.num_classes, meta.ignore_index)
+        if truth.shape != image.shape[:2]:
+            raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but image "
+                            f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
+        prediction = predictor.predict(image, threshold)
+        confusion.update(prediction, truth)
+        per_image.append({"name": sample.name,
+                          "dice": per_image_dice(prediction, truth, meta.num_classes, meta.ignore_index)})
+    result = confusion.compute(class_names=meta.class_names)
+    result["image_dice"] = float(np.mean([row["dice"] for row in per_image])) if per_image else None
+    result["split"] = split
+    result["images"] = len(samples)
+    result["per_image"] = per_image
+    result["confusion_matrix"] = confusion.matrix.tolist()
+    if out is None:
+        out = (Path(".") if isinstance(bundle, Predictor) else Path(bundle).parent) / f"evaluate-{split}"
+    out_dir = Path(out)
+    gallery = _gallery_rows(predictor, samples, per_image, encoding, threshold)
+    write_report(out_dir, result, predictor, gallery)
+    result["out"] = str(out_dir)
+    return result
+
+
+def _gallery_rows(predictor: Predictor, samples: list[Sample], per_image: list[dict[str, Any]],
+                  encoding: MaskEncoding, threshold: float | None) -> list[dict[str, Any]]:
+    """Rows for the best and worst images by per-image Dice (re-read: keeping all images costs memory)."""
+    order = sorted(range(len(per_image)), key=lambda i: per_image[i]["dice"])
+    worst = order[:GALLERY_EACH]
+    best = [i for i in reversed(order[-GALLERY_EACH:]) if i not in worst]
+    rows = []
+    for label, indices in (("best", best), ("worst", worst)):
+        for i in indices:
+            sample = samples[i]
+            image = predictor.to_array(sample.image)
+            rows.append({
+                "image": image,
+                "truth": read_mask(sample.mask, encoding, predictor.meta.num_classes, predictor.meta.ignore_index),
+                "prediction": predictor.predict(image, threshold),
+                "caption": f"{label}: {sample.name} (Dice {per_image[i]['dice']:.3f})",
+            })
+    return rows

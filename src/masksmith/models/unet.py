@@ -1,0 +1,138 @@
+"""U-Net (Ronneberger et al., 2015) with BatchNorm, for inputs of any height and width."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from masksmith.errors import ConfigError
+from masksmith.models.registry import MODELS
+
+UPSAMPLING_MODES = ("transpose", "bilinear")
+
+
+def check_architecture_options(
+    model: str, depth: int, base_channels: int, upsampling: str, dropout: float
+) -> None:
+    """Raise ConfigError naming `model` when one of the shared encoder-decoder options is invalid."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"model {model!r}: depth must be an integer >= 1, got {depth!r}")
+    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
+        raise ConfigError(
+            f"model {model!r}: base_channels must be an integer >= 1, got {base_channels!r}"
+        )
+    if upsampling not in UPSAMPLING_MODES:
+        raise ConfigError(
+            f"model {model!r}: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; "
+            f"got {upsampling!r}"
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model {model!r}: dropout must be in [0, 1), got {dropout!r}")
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad an N x C x H x W tensor at the bottom/right so H and W are multiples of `multiple`."""
+    height, width = x.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    # Reflection keeps image statistics at the border (zeros look like a dark frame to the
+    # convolutions), but it needs the pad to be smaller than the side; tiny inputs fall back to zeros.
+    mode = "reflect" if pad_h < height and pad_w < width else "constant"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He-normal convolutions and unit BatchNorm: the usual start for ReLU networks."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions (padding 1), each followed by BatchNorm and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        # No conv bias: the BatchNorm right after it has its own shift.
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Double the resolution, halve the channels, join the skip connection, then DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsampling: str):
+        super().__init__()
+        if upsampling == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        else:
+            # Bilinear has no learned weights and no checkerboard artefacts; the 1x1 conv only
+            # matches the channel count of the skip connection.
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_channels, out_channels, 1),
+            )
+        self.conv = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        """Upsample `x` and fuse it with the encoder feature map `skip` of the same size."""
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+@MODELS.register("unet")
+class UNet(nn.Module):
+    """U-Net: `depth` max-pool downsamplings, channels doubling from `base_channels`, skip joins."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        depth: int = 4,
+        base_channels: int = 32,
+        upsampling: str = "transpose",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        check_architecture_options("unet", depth, base_channels, upsampling, dropout)
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.multiple = 2**depth
+        self.stem = DoubleConv(in_channels, widths[0])
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[level], widths[level + 1]))
+            for level in range(depth)
+        )
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.up = nn.ModuleList(
+            UpBlock(widths[level + 1], widths[level], upsampling) for level in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        init_weights(self)
+        # The classifier keeps PyTorch's smaller default init: He init sized for a following ReLU
+        # would start with overconfident logits (|logit| ~ 20) and a huge first loss.
+        self.head.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits N x out_channels x H x W for an N x in_channels x H x W image batch."""
+        height, width = x.shape[-2:]
+        x = self.stem(pad_to_multiple(x, self.multiple))
+        skips = []
+        for down in self.down:
+            skips.append(x)
+            x = down(x)
+        x = self.dropout(x)
+        for up, skip in zip(self.up, reversed(skips)):
+            x = up(x, skip)
+        return self.head(x)[..., :height, :width]

@@ -1,0 +1,74 @@
+"""The evaluation report: metrics.json, per_class.csv, report.md, confusion/per-class plots, gallery."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from masksmith.fileio import write_text_atomic
+from masksmith.visualize import plot_confusion, plot_per_class, save_comparison_grid
+
+if TYPE_CHECKING:
+    from masksmith.predict import Predictor
+
+PER_CLASS_COLUMNS = ["index", "name", "iou", "dice", "precision", "recall", "support", "predicted"]
+SUMMARY_KEYS = ["pixel_accuracy", "miou", "miou_no_background", "mean_dice", "mean_dice_no_background",
+                "mean_precision", "mean_recall", "image_dice"]
+
+
+def _number(value: Any) -> str:
+    return "absent" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def per_class_table(result: dict[str, Any], title: str = "per-class results") -> Table:
+    """A rich table of the per-class metrics followed by the summary."""
+    table = Table(title=title, show_lines=False)
+    for column in PER_CLASS_COLUMNS:
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for row in result["per_class"]:
+        table.add_row(*(_number(row.get(column)) for column in PER_CLASS_COLUMNS))
+    return table
+
+
+def print_results(result: dict[str, Any], console: Console | None = None) -> None:
+    """Print the per-class table and one summary line per mean metric."""
+    console = console or Console()
+    console.print(per_class_table(result, f"{result.get('split', '')} split: {result.get('images', '?')} images"))
+    for key in SUMMARY_KEYS:
+        if key in result:
+            console.print(f"{key:>24}: {_number(result[key])}")
+
+
+def write_report(out_dir: Path, result: dict[str, Any], predictor: "Predictor", gallery: list[dict[str, Any]]) -> None:
+    """Write every evaluation artefact into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=1))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in result["per_class"]:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in PER_CLASS_COLUMNS})
+    write_text_atomic(out_dir / "per_class.csv", buffer.getvalue())
+    import numpy as np
+
+    names = predictor.class_names
+    plot_confusion(np.array(result["confusion_matrix"]), names, out_dir / "confusion.png")
+    plot_per_class(result["per_class"], out_dir / "per_class.png")
+    if gallery:
+        save_comparison_grid(gallery, out_dir / "gallery.png", predictor.colors, class_names=names,
+                             ignore_index=predictor.meta.ignore_index)
+    lines = [f"# Evaluation: {result.get('split')} split, {result.get('images')} images", "",
+             "| metric | value |", "| --- | --- |"]
+    lines += [f"| {key} | {_number(result[key])} |" for key in SUMMARY_KEYS if key in result]
+    lines += ["", "| " + " | ".join(PER_CLASS_COLUMNS) + " |", "|" + " --- |" * len(PER_CLASS_COLUMNS)]
+    lines += ["| " + " | ".join(_number(row.get(c)) for c in PER_CLASS_COLUMNS) + " |" for row in result["per_class"]]
+    lines += ["", "![confusion](confusion.png)", "", "![per-class IoU](per_class.png)", ""]
+    if gallery:
+        lines += ["Best and worst images by Dice (image | truth | prediction | overlay):", "", "![gallery](gallery.png)", ""]
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))

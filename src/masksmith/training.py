@@ -1,0 +1,225 @@
+"""`masksmith.train`: data → splits → model → Lightning fit → run folder with the model bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from masksmith import __version__
+from masksmith.augment import build_augmentation
+from masksmith.bundle import BundleMeta, save_bundle
+from masksmith.config import TrainConfig, config_to_yaml, resolve_config
+from masksmith.data.dataset import SegmentationDataset
+from masksmith.data.discover import Sample, discover, split_samples
+from masksmith.data.masks import MaskEncoding, detect_encoding, image_channels
+from masksmith.data.validate import validate_samples
+from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
+from masksmith.errors import ConfigError, DataError
+from masksmith.fileio import write_text_atomic
+from masksmith.models import build_model
+from masksmith.runlog import RunLog
+from masksmith.visualize import default_colors
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    bundle: Path
+    best_epoch: int | None
+    best_score: float | None
+    monitor: str
+    epochs_run: int
+    seconds: float
+    validation: dict[str, Any]
+
+
+@dataclass
+class DataPlan:
+    """The data decisions of a run: splits, mask encoding, classes, channels, normalization."""
+
+    train: list[Sample]
+    val: list[Sample]
+    encoding: MaskEncoding
+    class_names: list[str]
+    channels: int
+    mean: list[float]
+    std: list[float]
+    split: dict[str, Any]
+
+
+def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
+          resume: str | Path | None = None, **options: Any) -> TrainResult:
+    """Train a model: `masksmith.train("data/", epochs=20, size=256)`; options are TrainConfig fields."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir}: not a run folder to resume (no config.yaml)")
+        cfg = resolve_config(run_dir / "config.yaml", **options)
+        cfg.out = str(run_dir)
+    else:
+        if isinstance(config, TrainConfig):
+            cfg = config.model_copy(update={k: v for k, v in options.items() if v is not None})
+        else:
+            cfg = resolve_config(config, data=str(data) if data is not None else None, **options)
+        run_dir = next_run_dir(cfg.out)
+        cfg.out = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return _run(cfg, run_dir, resume=resume is not None)
+
+
+def next_run_dir(out: str | None, base: Path = Path("runs")) -> Path:
+    """The run folder: `out` as given, or runs/train, runs/train2, ... (the first that does not exist)."""
+    if out:
+        return Path(out)
+    candidate, number = base / "train", 1
+    while candidate.exists():
+        number += 1
+        candidate = base / f"train{number}"
+    return candidate
+
+
+def plan_data(cfg: TrainConfig, log: RunLog) -> DataPlan:
+    """Find the pairs, split them, and decide encoding, classes and normalization."""
+    splits = discover(cfg.data, mask_suffix=cfg.mask_suffix, skip_unpaired=cfg.skip_unpaired)
+    if "train" in splits and "val" in splits:
+        train_samples, val_samples = splits["train"], splits["val"]
+        split = {"kind": "folders"}
+    else:
+        pool = splits.get("train") or splits.get("all") or []
+        train_samples, val_samples = split_samples(pool, cfg.val_fraction, cfg.seed)
+        split = {"kind": "random", "seed": cfg.seed, "val_fraction": cfg.val_fraction}
+    split["val"] = [s.name for s in val_samples]
+    names = read_class_names(cfg.classes)
+    encoding, detected_classes = detect_encoding(
+        [s.mask for s in train_samples if s.mask is not None], foreground=cfg.foreground)
+    if names is not None and encoding.kind == "binary" and len(names) != 2:
+        encoding, detected_classes = MaskEncoding(kind="index"), len(names)
+    if names is None:
+        names = (["background", "foreground"] if encoding.kind == "binary"
+                 else [f"class_{i}" for i in range(detected_classes)])
+    elif encoding.kind == "index" and detected_classes > len(names):
+        raise DataError(f"{cfg.classes}: lists {len(names)} classes but the masks hold values up to "
+                        f"{detected_classes - 1}")
+    channels = cfg.channels or image_channels(train_samples[0].image)
+    mean = cfg.mean or (IMAGENET_MEAN if channels == 3 else [0.5])
+    std = cfg.std or (IMAGENET_STD if channels == 3 else [0.25])
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need {channels} values each (one per input channel)")
+    log.info(f"data: {len(train_samples)} train / {len(val_samples)} val images ({split['kind']} split), "
+             f"{len(names)} classes, {encoding.kind} masks"
+             + (f" (foreground value {encoding.foreground})" if encoding.foreground is not None else "")
+             + f", {channels}-channel input")
+    return DataPlan(train_samples, val_samples, encoding, names, channels, list(mean), list(std), split)
+
+
+def read_class_names(classes: str | list[str] | None) -> list[str] | None:
+    """Class names from a list or a classes.txt file (one per line, blank lines ignored)."""
+    if classes is None or isinstance(classes, list):
+        return classes
+    path = Path(classes)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read class list: {error}") from None
+    if len(names) < 2:
+        raise DataError(f"{path}: a class list needs at least 2 names (background first), found {len(names)}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return names
+
+
+def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
+    started = time.perf_counter()
+    log = RunLog(run_dir / "train.log", quiet=cfg.quiet)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    plan = plan_data(cfg, log)
+    validate_samples(plan.train + plan.val, plan.encoding, len(plan.class_names), cfg.ignore_index,
+                     progress=not cfg.quiet)
+    header = (f"masksmith {__version__} training config (resolved). Repeat this run with:\n"
+              f"  masksmith train --config {run_dir / 'config.yaml'}")
+    write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg, header))
+    write_text_atomic(run_dir / "split.json", json.dumps(
+        {**plan.split, "train": [s.name for s in plan.train]}, indent=1))
+
+    num_classes = len(plan.class_names)
+    sigmoid = num_classes == 2 and cfg.binary_head == "sigmoid"
+    network = build_model(cfg.model, plan.channels, 1 if sigmoid else num_classes, **cfg.model_options)
+    module = SegmentationModule(network, cfg, num_classes)
+    train_loader, val_loader = _loaders(cfg, plan)
+    history = EpochHistory(run_dir)
+    if resume:
+        history.load_existing()
+    trainer, checkpoint = build_trainer(cfg, run_dir, history)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"{last}: no checkpoint to resume from")
+    log.info(f"model {cfg.model} ({sum(p.numel() for p in network.parameters()) / 1e6:.2f} M parameters); "
+             f"run folder {run_dir}")
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+
+    best_path = checkpoint.best_model_path
+    if best_path:
+        # The checkpoint is our own, written by this run: a full (pickle) load is safe here.
+        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    meta = BundleMeta(
+        model=cfg.model, model_options=cfg.model_options, in_channels=plan.channels,
+        out_channels=1 if sigmoid else num_classes, class_names=plan.class_names,
+        colors=default_colors(num_classes).tolist(), size=cfg.size, resize=cfg.resize, mean=plan.mean,
+        std=plan.std, threshold=cfg.threshold, mask_encoding=plan.encoding.to_dict(),
+        ignore_index=cfg.ignore_index, split=plan.split)
+    bundle = save_bundle(run_dir / "model.msb", network.state_dict(), meta)
+    best_epoch = _best_epoch(history.rows, cfg)
+    result = TrainResult(run_dir=run_dir, bundle=bundle, best_epoch=best_epoch, best_score=best_score,
+                         monitor=cfg.monitor, epochs_run=trainer.current_epoch,
+                         seconds=time.perf_counter() - started,
+                         validation=history.rows[best_epoch] if best_epoch is not None else {})
+    write_text_atomic(run_dir / "results.json", json.dumps(
+        {"best_epoch": best_epoch, "monitor": cfg.monitor, "best_score": best_score,
+         "epochs_run": result.epochs_run, "seconds": round(result.seconds, 1),
+         "best_epoch_metrics": result.validation}, indent=1))
+    score = "n/a" if best_score is None else f"{best_score:.4f}"
+    log.info(f"done in {result.seconds / 60:.1f} min: best {cfg.monitor} {score} at epoch {best_epoch}; "
+             f"model bundle {bundle}")
+    log.info(f"predict with: masksmith predict {bundle} IMAGES... --out predictions")
+    return result
+
+
+def _best_epoch(rows: list[dict[str, float]], cfg: TrainConfig) -> int | None:
+    scored = [(i, r[cfg.monitor]) for i, r in enumerate(rows) if cfg.monitor in r and r[cfg.monitor] == r[cfg.monitor]]
+    if not scored:
+        return None
+    pick = max if cfg.monitor_mode() == "max" else min
+    return pick(scored, key=lambda item: item[1])[0]
+
+
+def _loaders(cfg: TrainConfig, plan: DataPlan) -> tuple[DataLoader, DataLoader]:
+    common = dict(size=cfg.size, channels=plan.channels, mean=plan.mean, std=plan.std, encoding=plan.encoding,
+                  num_classes=len(plan.class_names), ignore_index=cfg.ignore_index)
+    train_set = SegmentationDataset(
+        plan.train, resize=cfg.resize,
+        augment=build_augmentation(cfg.augment, ignore_index=cfg.ignore_index, channels=plan.channels), **common)
+    val_set = SegmentationDataset(plan.val, resize="resize" if cfg.resize == "resize" else "center_crop",
+                                  augment=None, **common)
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    generator = torch.Generator().manual_seed(cfg.seed)
+    # drop_last avoids a 1-image final batch, which breaks BatchNorm statistics.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                              generator=generator, drop_last=len(train_set) > cfg.batch_size,
+                              persistent_workers=workers > 0)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                            persistent_workers=workers > 0)
+    return train_loader, val_loader

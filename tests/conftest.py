@@ -1,0 +1,77 @@
+"""Shared fixtures: paths to the small real datasets and writers for tiny image/mask files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not present: {path}")
+    return path
+
+
+@pytest.fixture
+def isbi_dir() -> Path:
+    """ISBI 2012 membrane data: train/{images,masks}/N.png, test/images; masks {0,255}, 0 = membrane."""
+    return _shared("isbi2012-membrane")
+
+
+@pytest.fixture
+def ccp_dir() -> Path:
+    """Clothing Co-Parsing: images/NNNN.jpg + masks/NNNN.png index masks 0..58, classes.txt."""
+    return _shared("clothing-co-parsing")
+
+
+@pytest.fixture
+def labelme_voc_dir() -> Path:
+    """Labelme's VOC export: JPEGImages + SegmentationClass palette PNGs, no ImageSets."""
+    return _shared("labelme-examples/semantic_segmentation/data_dataset_voc")
+
+
+def save_array(path: Path, array: np.ndarray, mode: str | None = None, **save_kwargs) -> Path:
+    """Write `array` as an image file (format from the suffix), creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(path, **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def write_image_file() -> Callable[..., Path]:
+    """write_image_file(path, array, mode=None, **save_kwargs) -> path."""
+    return save_array
+
+
+@pytest.fixture
+def make_image_mask_pairs() -> Callable[..., list[str]]:
+    """make_image_mask_pairs(image_dir, mask_dir, names, ...) writes random RGB images and index masks."""
+
+    def make(
+        image_dir: Path,
+        mask_dir: Path,
+        names: list[str],
+        *,
+        size: tuple[int, int] = (12, 16),
+        image_ext: str = ".png",
+        mask_suffix: str = "",
+        num_classes: int = 3,
+        seed: int = 0,
+    ) -> list[str]:
+        rng = np.random.default_rng(seed)
+        for name in names:
+            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            mask = rng.integers(0, num_classes, size, dtype=np.uint8)
+            save_array(image_dir / f"{name}{image_ext}", image)
+            save_array(mask_dir / f"{name}{mask_suffix}.png", mask)
+        return names
+
+    return make
