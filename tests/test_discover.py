@@ -74,14 +74,18 @@ def _voc(root: Path, make, names: list[str], mask_dir: str = "SegmentationClass"
 def test_voc_layout_with_imagesets(tmp_path, make_image_mask_pairs):
     _voc(tmp_path, make_image_mask_pairs, ["2007_000001", "2007_000002", "2007_000003", "2007_000004"])
     # VOC keeps many JPEGs without masks; only the ids listed in the split files count.
-    (tmp_path / "JPEGImages" / "2007_999999.jpg").write_bytes((tmp_path / "JPEGImages" / "2007_000001.jpg").read_bytes())
+    jpegs = tmp_path / "JPEGImages"
+    (jpegs / "2007_999999.jpg").write_bytes((jpegs / "2007_000001.jpg").read_bytes())
     sets = tmp_path / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("2007_000003\n2007_000001\n\n")
     (sets / "val.txt").write_text("2007_000002\n")
     (sets / "trainval.txt").write_text("2007_000001\n2007_000002\n2007_000003\n")
     splits = discover(tmp_path)
-    assert {k: _stems(v) for k, v in splits.items()} == {"train": ["2007_000001", "2007_000003"], "val": ["2007_000002"]}
+    assert {k: _stems(v) for k, v in splits.items()} == {
+        "train": ["2007_000001", "2007_000003"],
+        "val": ["2007_000002"],
+    }
     _assert_paired_by_name(splits["train"])
 
 

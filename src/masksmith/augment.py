@@ -68,7 +68,9 @@ def _build_transform(item: Any, where: str, ignore_index: int, channels: int) ->
     name = params.pop("name")
     cls = getattr(A, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, (A.BasicTransform, A.BaseCompose))):
-        raise ConfigError(f"{where}: unknown albumentations transform {name!r} (names are case-sensitive, e.g. HorizontalFlip)")
+        raise ConfigError(
+            f"{where}: unknown albumentations transform {name!r} (names are case-sensitive, e.g. HorizontalFlip)"
+        )
 
     if isinstance(params.get("transforms"), list):  # OneOf, SomeOf, Sequential hold their own list
         params["transforms"] = [
@@ -95,16 +97,22 @@ def _build_transform(item: Any, where: str, ignore_index: int, channels: int) ->
         raise ConfigError(f"{where}: bad parameters for {name}: {_one_line(exc)}") from None
 
 
-def build_augmentation(spec: str | list[dict] | None, *, ignore_index: int = 255, channels: int = 3) -> "A.Compose | None":
+def build_augmentation(
+    spec: str | list[dict] | None, *, ignore_index: int = 255, channels: int = 3
+) -> A.Compose | None:
     """A Compose from a preset name or a list of {"name": Transform, **params}; None for no augmentation."""
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if not 0 <= ignore_index <= 255:
+        raise ConfigError(f"ignore_index must be between 0 and 255 (masks are uint8), got {ignore_index}")
     if spec is None:
         return None
     if isinstance(spec, str):
         transforms = AUGMENTATIONS.get(spec)(ignore_index=ignore_index, channels=channels)
     elif isinstance(spec, list):
-        transforms = [_build_transform(item, f"augmentation[{i}]", ignore_index, channels) for i, item in enumerate(spec)]
+        transforms = [
+            _build_transform(item, f"augmentation[{i}]", ignore_index, channels) for i, item in enumerate(spec)
+        ]
     else:
         raise ConfigError(f"augmentation must be a preset name or a list of transforms, got {type(spec).__name__}")
     if not transforms:
@@ -112,7 +120,7 @@ def build_augmentation(spec: str | list[dict] | None, *, ignore_index: int = 255
     return A.Compose(transforms)
 
 
-def seed_augmentation(pipeline: "A.Compose", seed: int) -> None:
+def seed_augmentation(pipeline: A.Compose, seed: int) -> None:
     """Make a pipeline repeatable from `seed`, its transforms drawing from one shared generator.
 
     Not Compose(seed=...) / set_random_seed: albumentations 2.0 then gives every transform its own

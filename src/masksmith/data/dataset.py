@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Sequence
 
 import albumentations as A
 import cv2
@@ -15,9 +15,6 @@ from masksmith.augment import seed_augmentation
 from masksmith.data.discover import Sample
 from masksmith.data.masks import MaskEncoding, read_image, read_mask
 from masksmith.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    import albumentations
 
 RESIZE_MODES = ("resize", "random_crop", "center_crop")
 # Nearest-neighbour that samples pixel centres, like INTER_LINEAR does; plain INTER_NEAREST samples
@@ -59,7 +56,9 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _check_norm(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean/std as float32 arrays, one value per channel, std non-zero."""
     if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"mean and std need {channels} value(s) each (one per channel), got {list(mean)} and {list(std)}")
+        raise ConfigError(
+            f"mean and std need {channels} value(s) each (one per channel), got {list(mean)} and {list(std)}"
+        )
     std_arr = np.asarray(std, dtype=np.float32)
     if np.any(std_arr <= 0):
         raise ConfigError(f"std values must be positive, got {list(std)}")
@@ -106,7 +105,7 @@ class SegmentationDataset(Dataset):
         *,
         size: int | tuple[int, int],
         resize: Literal["resize", "random_crop", "center_crop"] = "resize",
-        augment: "albumentations.Compose | None" = None,
+        augment: A.Compose | None = None,
         channels: int,
         mean: list[float],
         std: list[float],
@@ -118,6 +117,9 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels}")
+        if not 0 <= ignore_index <= 255 or ignore_index < num_classes:
+            # Masks are uint8 and padding is filled with ignore_index, so it must fit and not be a class.
+            raise ConfigError(f"ignore_index must be between num_classes ({num_classes}) and 255, got {ignore_index}")
         missing = [s.image.name for s in samples if s.mask is None]
         if missing:
             raise DataError(f"training samples need masks; none for {', '.join(missing[:10])}")

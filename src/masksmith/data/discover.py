@@ -150,7 +150,9 @@ def _discover_split_folders(root: Path, mask_suffix: str | None, skip_unpaired: 
     for key, names in SPLIT_DIR_NAMES.items():
         matches = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in names]
         if len(matches) > 1:
-            raise DataError(f"{root}: both {matches[0].name}/ and {matches[1].name}/ look like the {key} split; keep one")
+            raise DataError(
+                f"{root}: both {matches[0].name}/ and {matches[1].name}/ look like the {key} split; keep one"
+            )
         if matches and _find_child_dir(matches[0], IMAGE_DIR_NAMES) is not None:
             found[key] = matches[0]
     if not found:
@@ -173,7 +175,8 @@ def _discover_split_folders(root: Path, mask_suffix: str | None, skip_unpaired: 
             skip_unpaired=skip_unpaired,
         )
     if not splits:
-        raise DataError(f"{root}: split folders found ({', '.join(p.name for p in found.values())}) but none has a masks folder")
+        names = ", ".join(p.name for p in found.values())
+        raise DataError(f"{root}: split folders found ({names}) but none has a masks folder")
     return splits
 
 
@@ -313,7 +316,8 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
         if path.is_dir():
             found = _image_files(path)
             if not found:
-                raise DataError(f"{path}: folder has no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+                expected = ", ".join(IMAGE_EXTENSIONS)
+                raise DataError(f"{path}: folder has no images (expected files ending in {expected})")
             result.extend(found)
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_EXTENSIONS:

@@ -48,11 +48,10 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: cannot read {what}: file is empty (0 bytes)")
-        with Image.open(path) as opened:
-            opened.load()
-            # Masks are stored upright like their images; honour a rotation tag on either.
-            image = ImageOps.exif_transpose(opened)
+        with Image.open(path) as image:
             image.load()
+            # Masks are stored upright like their images; honour a rotation tag on either.
+            ImageOps.exif_transpose(image, in_place=True)
         return image
     except DataError:
         raise
@@ -152,7 +151,8 @@ def _check_classes(num_classes: int, ignore_index: int) -> None:
         raise ConfigError(f"num_classes must be between 1 and 255, got {num_classes}")
     if not 0 <= ignore_index <= 255 or ignore_index < num_classes:
         raise ConfigError(
-            f"ignore_index must be between num_classes ({num_classes}) and 255 so it cannot be a class, got {ignore_index}"
+            f"ignore_index must be between num_classes ({num_classes}) and 255 so it cannot be a class, "
+            f"got {ignore_index}"
         )
 
 
@@ -230,7 +230,8 @@ def detect_encoding(
     top = max(classes)
     if top >= min(ignore_index, 255):
         raise DataError(
-            f"masks in {sample[0].parent} have values up to {top}; class indices must stay below {min(ignore_index, 255)} "
+            f"masks in {sample[0].parent} have values up to {top}; class indices must stay below "
+            f"{min(ignore_index, 255)} "
             "(at most 255 classes, and the ignore value is not a class)"
         )
     return MaskEncoding("index"), top + 1
