@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "load", "__version__"]
 
 if TYPE_CHECKING:
-    from masksmith.evaluate import evaluate
+    from masksmith.evaluation import evaluate
     from masksmith.predict import Predictor
     from masksmith.training import train
 
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
         return train
     if name == "evaluate":
-        from masksmith.evaluate import evaluate
+        from masksmith.evaluation import evaluate
 
         return evaluate
     raise AttributeError(f"module 'masksmith' has no attribute {name!r}")

@@ -108,7 +108,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
-    from masksmith.evaluate import evaluate as run_evaluation
+    from masksmith.evaluation import evaluate as run_evaluation
     from masksmith.report import print_results
 
     result = run_evaluation(bundle, data, split=split, out=out, mask_suffix=mask_suffix, threshold=threshold,

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -128,7 +128,8 @@ class EpochHistory(Callback):
                 self.rows = [{key: float(value) for key, value in row.items() if value != ""}
                              for row in csv.DictReader(handle)]
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Callbacks' on_validation_epoch_end runs before the module logs its metrics; this runs after.
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
@@ -164,6 +165,15 @@ class EpochHistory(Callback):
             plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar without the logger's version number."""
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temp file and renamed, so a kill never leaves half a file."""
 
@@ -192,6 +202,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory) -> 
         dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=config.monitor_mode(),
         save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list[Callback] = [checkpoint, history]
+    if not config.quiet:
+        callbacks.append(ProgressBar())
     if config.early_stopping:
         callbacks.append(EarlyStopping(
             monitor=config.monitor, mode=config.monitor_mode(), patience=config.early_stopping,

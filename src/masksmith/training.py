@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from masksmith.data.validate import validate_samples
 from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
-from masksmith.models import build_model
+from masksmith.models import MODELS, build_model
 from masksmith.runlog import RunLog
 from masksmith.visualize import default_colors
 
@@ -142,7 +144,12 @@ def read_class_names(classes: str | list[str] | None) -> list[str] | None:
 
 def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     started = time.perf_counter()
+    # Our own log says what matters; Lightning's start-up chatter and tips would bury it.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     log = RunLog(run_dir / "train.log", quiet=cfg.quiet)
+    MODELS.get(cfg.model)  # an unknown model name fails now, not after the data has been read
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = plan_data(cfg, log)
     validate_samples(plan.train + plan.val, plan.encoding, len(plan.class_names), cfg.ignore_index,
