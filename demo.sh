@@ -8,7 +8,7 @@ source scripts/env.sh
 OUT=demo-output
 rm -rf "$OUT"
 echo "== train (time budget: ${DEMO_MINUTES:-2.5} minutes)"
-masksmith train examples/membrane --foreground 0 --size 256 --batch-size 4 --epochs 60 \
+masksmith train examples/membrane --foreground 0 --size 256 --batch-size 4 --epochs 60 -m base_channels=16 \
   --max-time "${DEMO_MINUTES:-2.5}" --early-stopping 0 --out "$OUT/run"
 echo "== evaluate (validation split recorded at training, original 512x512 resolution)"
 masksmith evaluate "$OUT/run/model.msb" examples/membrane --out "$OUT/evaluate"

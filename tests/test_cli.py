@@ -92,3 +92,13 @@ def test_models_lists_architectures_and_options():
     result = invoke("models")
     assert result.exit_code == 0
     assert "unet: depth=4, base_channels=32" in result.output and "fcn-lite:" in result.output
+
+
+def test_predict_refuses_two_inputs_that_would_overwrite_each_other(cli_run, tmp_path):
+    root, data, _ = cli_run
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.jpg").write_bytes((data / "images" / "s00.jpg").read_bytes())
+    result = invoke("predict", root / "run" / "model.msb", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "p")
+    assert result.exit_code == 2 and "would both be written as same.png" in result.output
+    assert not (tmp_path / "p").exists()

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from masksmith.errors import ConfigError
-from masksmith.models import MODELS, build_model, logits_to_classes, logits_to_probabilities, model_options
+from masksmith.models import (
+    MODELS,
+    build_model,
+    logits_to_classes,
+    logits_to_probabilities,
+    model_options,
+)
 from masksmith.models.unet import pad_to_multiple
 
 ALL_MODELS = MODELS.names()

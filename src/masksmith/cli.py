@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -163,8 +164,14 @@ def augmentations() -> None:
         typer.echo(name)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Console-script entry point."""
+    # Data warnings (skipped files, folders left out) are for users: no source lines, no class names.
+    warnings.formatwarning = _one_line_warning
     app()
 
 

@@ -12,7 +12,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -49,7 +54,8 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         logits = self(self._prepare(batch["image"]))
         loss = self.loss_fn(logits, batch["mask"])
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
@@ -134,8 +140,8 @@ class EpochHistory(Callback):
             return
         metrics = trainer.callback_metrics
         row: dict[str, float] = {"epoch": float(trainer.current_epoch)}
-        if "train_loss_epoch" in metrics:
-            row["train_loss"] = float(metrics["train_loss_epoch"])
+        if "train_loss" in metrics:
+            row["train_loss"] = float(metrics["train_loss"])
         for name, value in sorted(metrics.items()):
             if name.startswith("val_"):
                 row[name] = float(value)
@@ -145,9 +151,9 @@ class EpochHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # The epoch's mean training loss is only known here, after validation has run.
-        if self.rows and "train_loss_epoch" in trainer.callback_metrics:
+        if self.rows and "train_loss" in trainer.callback_metrics:
             if self.rows[-1]["epoch"] == trainer.current_epoch:
-                self.rows[-1]["train_loss"] = float(trainer.callback_metrics["train_loss_epoch"])
+                self.rows[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
                 self._write()
 
     def _write(self) -> None:

@@ -141,6 +141,13 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     """Predict files, folders or globs into OUT/<stem>.png palette masks (and OUT/overlays/<stem>.jpg)."""
     out_dir = Path(out_dir)
     paths = list_images(list(inputs))
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems and stems[path.stem] != path:
+            # Both would be written to OUT/<stem>.png; refuse rather than overwrite one with the other.
+            raise MasksmithError(f"{path} and {stems[path.stem]} would both be written as {path.stem}.png; "
+                                 "predict them into separate --out folders")
+        stems[path.stem] = path
     report = PredictReport()
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
         for batch in _batches(paths, batch_size):

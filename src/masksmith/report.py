@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -28,9 +30,11 @@ def _number(value: Any) -> str:
 
 def per_class_table(result: dict[str, Any], title: str = "per-class results") -> Table:
     """A rich table of the per-class metrics followed by the summary."""
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    headers = {"index": "#", "support": "truth px", "predicted": "pred px"}
     for column in PER_CLASS_COLUMNS:
-        table.add_column(column, justify="left" if column == "name" else "right")
+        table.add_column(headers.get(column, column), justify="left" if column == "name" else "right",
+                         no_wrap=column != "name")
     for row in result["per_class"]:
         table.add_row(*(_number(row.get(column)) for column in PER_CLASS_COLUMNS))
     return table
@@ -55,8 +59,6 @@ def write_report(out_dir: Path, result: dict[str, Any], predictor: "Predictor", 
     for row in result["per_class"]:
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in PER_CLASS_COLUMNS})
     write_text_atomic(out_dir / "per_class.csv", buffer.getvalue())
-    import numpy as np
-
     names = predictor.class_names
     plot_confusion(np.array(result["confusion_matrix"]), names, out_dir / "confusion.png")
     plot_per_class(result["per_class"], out_dir / "per_class.png")

@@ -17,12 +17,17 @@ from torch.utils.data import DataLoader
 from masksmith import __version__
 from masksmith.augment import build_augmentation
 from masksmith.bundle import BundleMeta, save_bundle
-from masksmith.config import TrainConfig, config_to_yaml, resolve_config
+from masksmith.config import TrainConfig, config_to_yaml, make_config, resolve_config
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.data.discover import Sample, discover, split_samples
 from masksmith.data.masks import MaskEncoding, detect_encoding, image_channels
 from masksmith.data.validate import validate_samples
-from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
+from masksmith.engine import (
+    EpochHistory,
+    SegmentationModule,
+    build_trainer,
+    default_num_workers,
+)
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
 from masksmith.models import MODELS, build_model
@@ -72,10 +77,14 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
         cfg.out = str(run_dir)
     else:
         if isinstance(config, TrainConfig):
-            cfg = config.model_copy(update={k: v for k, v in options.items() if v is not None})
+            cfg = make_config({**config.model_dump(), **{k: v for k, v in options.items() if v is not None}})
         else:
             cfg = resolve_config(config, data=str(data) if data is not None else None, **options)
         run_dir = next_run_dir(cfg.out)
+        if (run_dir / "checkpoints").exists():
+            # Training again into a finished run would overwrite its model and mix its logs.
+            raise ConfigError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                              "or choose another --out")
         cfg.out = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return _run(cfg, run_dir, resume=resume is not None)

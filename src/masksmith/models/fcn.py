@@ -5,7 +5,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from masksmith.models.registry import MODELS
-from masksmith.models.unet import check_architecture_options, init_weights, pad_to_multiple
+from masksmith.models.unet import (
+    check_architecture_options,
+    init_weights,
+    pad_to_multiple,
+)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
