@@ -175,3 +175,18 @@ def test_bad_training_input_fails_before_training_with_the_file_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown model 'unet3d'; valid names: fcn-lite, unet"):
         masksmith.train(data, model="unet3d", skip_unpaired=True, classes=str(data / "classes.txt"), size=32,
                         out=str(tmp_path / "r4"), quiet=True)
+
+
+def test_skip_invalid_trains_on_the_good_pairs_and_lists_the_bad_ones(tmp_path):
+    data = make_shapes_dataset(tmp_path / "shapes", count=8)
+    (data / "masks" / "s02.png").write_text("not a png")
+    (data / "images" / "s05.jpg").write_bytes(b"")
+    options = dict(classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2, model_options=TINY_UNET,
+                   quiet=True)
+    with pytest.raises(DataError, match=r"2 problem\(s\)") as refused:
+        masksmith.train(data, out=str(tmp_path / "refused"), **options)
+    assert "s02.png" in str(refused.value) and "s05.jpg" in str(refused.value)
+    with pytest.warns(UserWarning, match="s02.png"):
+        result = masksmith.train(data, out=str(tmp_path / "run"), skip_invalid=True, **options)
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert "s02" not in split["train"] + split["val"] and "s05" not in split["train"] + split["val"]

@@ -68,6 +68,7 @@ def train(
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share without a val folder [0.2]"),
     skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="skip images without masks (listed)"),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="skip unreadable or mismatched pairs (listed)"),
     binary_head: Optional[str] = typer.Option(None, help="binary data: softmax (2 channels) | sigmoid (1)"),
     early_stopping: Optional[int] = typer.Option(None, help="patience in epochs, 0 = off [default: 10]"),
     monitor: Optional[str] = typer.Option(None, help="val_dice | val_miou | val_iou | val_loss ..."),
@@ -90,7 +91,7 @@ def train(
         classes=classes, model=model, model_options=_parse_options(model_option), size=size, resize=resize,
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
         augment=augment, foreground=foreground, mask_suffix=mask_suffix, val_fraction=val_fraction,
-        skip_unpaired=skip_unpaired or None, binary_head=binary_head, early_stopping=early_stopping,
+        skip_unpaired=skip_unpaired or None, skip_invalid=skip_invalid or None, binary_head=binary_head, early_stopping=early_stopping,
         monitor=monitor, max_time=max_time, grad_clip=grad_clip, weight_decay=weight_decay, seed=seed,
         device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None)
     result = run_training(data, config=config, resume=resume, **options)

@@ -34,6 +34,8 @@ class TrainConfig(BaseModel):
     ignore_index: int = Field(255, ge=0, le=255, description="mask value that counts for no loss and no metric")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share when the data has no val folder")
     skip_unpaired: bool = Field(False, description="skip (and list) images without masks instead of failing")
+    skip_invalid: bool = Field(
+        False, description="skip (and list) unreadable or inconsistent pairs instead of failing")
     size: int = Field(256, ge=16, description="network input size in pixels (square)")
     resize: ResizeMode = Field(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")

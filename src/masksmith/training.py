@@ -161,8 +161,12 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     MODELS.get(cfg.model)  # an unknown model name fails now, not after the data has been read
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = plan_data(cfg, log)
-    validate_samples(plan.train + plan.val, plan.encoding, len(plan.class_names), cfg.ignore_index,
-                     progress=not cfg.quiet)
+    checked = dict(encoding=plan.encoding, num_classes=len(plan.class_names), ignore_index=cfg.ignore_index,
+                   progress=not cfg.quiet, skip_invalid=cfg.skip_invalid)
+    plan.train = validate_samples(plan.train, **checked)
+    plan.val = validate_samples(plan.val, **checked)
+    if not plan.train or not plan.val:
+        raise DataError(f"{cfg.data}: no usable {'training' if not plan.train else 'validation'} images left")
     header = (f"masksmith {__version__} training config (resolved). Repeat this run with:\n"
               f"  masksmith train --config {run_dir / 'config.yaml'}")
     write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg, header))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -24,22 +26,41 @@ def image_size(path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def sample_problem(sample: Sample, encoding: MaskEncoding, num_classes: int, ignore_index: int = 255) -> str | None:
+    """What is wrong with one pair (unreadable, size mismatch, mask values outside the classes), or None."""
+    try:
+        size = image_size(sample.image)
+        if sample.mask is None:
+            return None
+        mask = read_mask(sample.mask, encoding, num_classes, ignore_index)
+    except DataError as error:
+        return str(error)
+    if (mask.shape[1], mask.shape[0]) != size:
+        return (f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{sample.image.name} is {size[0]}x{size[1]}")
+    return None
+
+
+def listing(problems: list[str]) -> str:
+    """Problems one per line, the first MAX_LISTED of them."""
+    listed = "\n  ".join(problems[:MAX_LISTED])
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return f"  {listed}{more}"
+
+
 def validate_samples(samples: list[Sample], encoding: MaskEncoding, num_classes: int, ignore_index: int = 255,
-                     progress: bool = True) -> None:
-    """Raise one DataError listing every unreadable file, size mismatch and out-of-range mask."""
+                     progress: bool = True, skip_invalid: bool = False) -> list[Sample]:
+    """The usable pairs; a DataError listing every bad pair, or with skip_invalid a warning that lists them."""
+    good: list[Sample] = []
     problems: list[str] = []
     for sample in tqdm(samples, desc="checking data", disable=not progress, leave=False):
-        try:
-            size = image_size(sample.image)
-            if sample.mask is None:
-                continue
-            mask = read_mask(sample.mask, encoding, num_classes, ignore_index)
-            if (mask.shape[1], mask.shape[0]) != size:
-                problems.append(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                                f"{sample.image.name} is {size[0]}x{size[1]}")
-        except DataError as error:
-            problems.append(str(error))
+        problem = sample_problem(sample, encoding, num_classes, ignore_index)
+        if problem is None:
+            good.append(sample)
+        else:
+            problems.append(problem)
+    if problems and not skip_invalid:
+        raise DataError(f"{len(problems)} problem(s) in the data (skip_invalid leaves them out):\n{listing(problems)}")
     if problems:
-        listed = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"{len(problems)} problem(s) in the data:\n  {listed}{more}")
+        warnings.warn(f"skipping {len(problems)} bad pair(s):\n{listing(problems)}", stacklevel=2)
+    return good
