@@ -142,12 +142,13 @@ def test_mask_modes_l_1_16bit_and_gray_rgb(tmp_path, write_image_file):
     np.testing.assert_array_equal(read_mask_values(write_image_file(tmp_path / "rgba.png", rgba)), values)
 
 
-def test_color_mask_is_refused_with_a_hint(tmp_path, write_image_file):
+def test_color_mask_reads_as_rgb_and_an_index_encoding_refuses_it(tmp_path, write_image_file):
     color = np.zeros((4, 4, 3), np.uint8)
     color[:2, :2] = (128, 0, 0)
     path = write_image_file(tmp_path / "color.png", color)
-    with pytest.raises(DataError, match=re.escape(f"{path}: is an RGB color mask; convert it to class indices")):
-        read_mask_values(path)
+    np.testing.assert_array_equal(read_mask_values(path), color)  # true-color RGB stays HxWx3
+    with pytest.raises(DataError, match=re.escape(f"{path}: is an RGB color mask, but the masks were read as index")):
+        read_mask(path, MaskEncoding("index"), 3)
 
 
 def test_real_voc_palette_mask(labelme_voc_dir):
@@ -210,8 +211,9 @@ def test_detect_binary_and_index(tmp_path, write_image_file):
     zero_255 = _masks(tmp_path / "a", write_image_file, [[[0, 255]], [[0, 0]]])
     zero_one = _masks(tmp_path / "b", write_image_file, [[[0, 1]], [[1, 1]]])
     index = _masks(tmp_path / "c", write_image_file, [[[0, 1]], [[3, 255]], [[2, 0]]])
-    assert detect_encoding(zero_255) == (MaskEncoding("binary"), 2)
-    assert detect_encoding(zero_one) == (MaskEncoding("binary"), 2)
+    # The detected values are recorded, so predictions can be written back as 0/255 or 0/1.
+    assert detect_encoding(zero_255) == (MaskEncoding("binary", 255, background=0), 2)
+    assert detect_encoding(zero_one) == (MaskEncoding("binary", 1, background=0), 2)
     assert detect_encoding(index) == (MaskEncoding("index"), 4)  # 255 is ignore, not a class
     assert detect_encoding(zero_255, foreground=0) == (MaskEncoding("binary", 0), 2)
     with pytest.raises(DataError, match="foreground value 7 occurs in none"):
@@ -244,7 +246,8 @@ def test_real_isbi_membrane_is_foreground_zero(isbi_dir):
     decoded = [read_mask(p, encoding, num_classes) for p in masks]
     membrane = np.mean([m.mean() for m in decoded])  # class 1 = membrane
     assert 0.17 < membrane < 0.27
-    assert detect_encoding(masks) == (MaskEncoding("binary"), 2)  # without a hint: 255 (interior) is foreground
+    assert encoding.background == 255 and encoding.to_dict() == {"kind": "binary", "foreground": 0}
+    assert detect_encoding(masks) == (MaskEncoding("binary", 255), 2)  # without a hint: 255 (interior) is foreground
 
 
 def test_real_clothing_index_masks(ccp_dir):

@@ -80,6 +80,8 @@ def train(
     workers: Optional[int] = typer.Option(None, help="data-loading processes"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder [default: runs/train, runs/train2 ...]"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
+    auto: Optional[bool] = typer.Option(None, "--auto/--no-auto",
+                                        help="derive options not given from a data check [default: auto]"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train a segmentation model; writes a run folder with model.msb, curves and metrics."""
@@ -93,9 +95,46 @@ def train(
         augment=augment, foreground=foreground, mask_suffix=mask_suffix, val_fraction=val_fraction,
         skip_unpaired=skip_unpaired or None, skip_invalid=skip_invalid or None, binary_head=binary_head, early_stopping=early_stopping,
         monitor=monitor, max_time=max_time, grad_clip=grad_clip, weight_decay=weight_decay, seed=seed,
-        device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None)
+        device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None, auto=auto)
     result = run_training(data, config=config, resume=resume, **options)
     typer.echo(f"model: {result.bundle}")
+
+
+@app.command()
+@user_errors
+def check(
+    data: Path = typer.Argument(..., help="dataset folder"),
+    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
+    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
+    ignore_index: int = typer.Option(255, help="mask value that marks pixels to ignore"),
+    workers: Optional[int] = typer.Option(None, help="worker processes [default: all cores]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
+                                       "[default: runs/check-DATANAME]"),
+    json_output: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when there are warnings"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Check a dataset: pairing, unreadable files, sizes, mask values, class frequencies, duplicates, leakage.
+
+    Exit code 0 when clean, 2 on errors, 1 on warnings with --strict."""
+    import json
+
+    from masksmith.data.check import check_dataset, print_report, write_fingerprint
+    from masksmith.fileio import write_text_atomic
+
+    report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
+                           ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output))
+    out = out or Path("runs") / f"check-{data.resolve().name}"
+    text = json.dumps(report.to_dict(), indent=1)
+    write_text_atomic(out / "report.json", text)
+    write_fingerprint(report, out / "fingerprint.json")
+    if json_output:
+        typer.echo(text)
+    elif not quiet:
+        print_report(report, Console())
+        typer.echo(f"report: {out / 'report.json'}, fingerprint: {out / 'fingerprint.json'}")
+    raise typer.Exit(report.exit_code(strict))
 
 
 @app.command()

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     augment: str | list[dict[str, Any]] = Field(
         "default", description="augmentation preset (none, light, default) or a list of albumentations transforms")
 
+    auto: bool = Field(
+        True, description="derive the options not given (size, resize, batch, normalization, loss, class weights) from a dataset check")
+
     # --- model ------------------------------------------------------------------------------
     model: str = Field("unet", description="architecture name (see `masksmith models`)")
     model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}")

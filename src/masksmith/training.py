@@ -18,6 +18,8 @@ from masksmith import __version__
 from masksmith.augment import build_augmentation
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.config import TrainConfig, config_to_yaml, make_config, resolve_config
+from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
+from masksmith.data.classes import read_class_names
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.data.discover import Sample, discover, split_samples
 from masksmith.data.masks import MaskEncoding, detect_encoding, image_channels
@@ -31,6 +33,7 @@ from masksmith.engine import (
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
 from masksmith.models import MODELS, build_model
+from masksmith.plan import derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
 from masksmith.visualize import default_colors
 
@@ -135,20 +138,18 @@ def plan_data(cfg: TrainConfig, log: RunLog) -> DataPlan:
     return DataPlan(train_samples, val_samples, encoding, names, channels, list(mean), list(std), split)
 
 
-def read_class_names(classes: str | list[str] | None) -> list[str] | None:
-    """Class names from a list or a classes.txt file (one per line, blank lines ignored)."""
-    if classes is None or isinstance(classes, list):
-        return classes
-    path = Path(classes)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read class list: {error}") from None
-    if len(names) < 2:
-        raise DataError(f"{path}: a class list needs at least 2 names (background first), found {len(names)}")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
-    return names
+def apply_auto_plan(cfg: TrainConfig, run_dir: Path, log: RunLog) -> TrainConfig:
+    """Check the data, fingerprint it, and fill the options the user did not give from the plan."""
+    report = check_dataset(cfg.data, classes=cfg.classes, foreground=cfg.foreground, mask_suffix=cfg.mask_suffix,
+                           ignore_index=cfg.ignore_index, progress=not cfg.quiet)
+    data_fingerprint = fingerprint(report)
+    write_fingerprint(report, run_dir / "fingerprint.json")
+    given = {name: getattr(cfg, name) for name in cfg.model_fields_set}
+    device = "cuda" if pick_accelerator(cfg.device) == "gpu" else "cpu"
+    choices = derive_plan(data_fingerprint, given=given, device=device)
+    write_text_atomic(run_dir / "plan.json", json.dumps(plan_to_dict(choices), indent=1))
+    log.info("plan (options not given, derived from the data; see plan.json):\n" + plan_text(choices).rstrip())
+    return make_config({**cfg.model_dump(), **{choice.option: choice.value for choice in choices}})
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
@@ -157,9 +158,12 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # expected when resuming
     log = RunLog(run_dir / "train.log", quiet=cfg.quiet)
     MODELS.get(cfg.model)  # an unknown model name fails now, not after the data has been read
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.auto and not resume:
+        cfg = apply_auto_plan(cfg, run_dir, log)
     plan = plan_data(cfg, log)
     checked = dict(encoding=plan.encoding, num_classes=len(plan.class_names), ignore_index=cfg.ignore_index,
                    progress=not cfg.quiet, skip_invalid=cfg.skip_invalid)

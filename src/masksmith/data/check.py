@@ -19,8 +19,9 @@ Problem codes (severity):
   duplicate               (warning) byte-identical images within one split
   tiny_image              (warning) an image whose shorter side is below TINY_SIDE pixels
   class_never_seen        (warning) a class that occurs in no mask
-  rare_class              (warning) a class in fewer than RARE_IMAGE_SHARE of the masks, or in at most
-                                    RARE_MAX_IMAGES masks (either rule makes it rare)
+  rare_class              (warning) a class in fewer than RARE_IMAGE_SHARE (1%) of the masks, or in at
+                                    most RARE_MAX_IMAGES (2) masks: either rule makes it rare; a class
+                                    found in every mask is never rare (tiny datasets)
   mixed_channels          (warning) grayscale and colour images in one dataset
   alpha_channel           (warning) images with an alpha channel (masksmith drops it)
   high_bit_depth          (warning) 16-bit or float images (masksmith reads 8 bits per channel)
@@ -39,17 +40,30 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from tqdm.auto import tqdm
 
+from masksmith.data.classes import read_class_names
 from masksmith.data.discover import IMAGE_EXTENSIONS, MASK_SUFFIXES, Sample, discover
-from masksmith.data.masks import MaskEncoding, decode_mask, detect_encoding, read_image, read_mask_values
+from masksmith.data.masks import (
+    MaskEncoding,
+    decode_mask,
+    detect_encoding,
+    read_image,
+    read_mask,
+    read_mask_values,
+)
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
 
@@ -63,6 +77,8 @@ CHUNKSIZE = 16  # files per worker task: large enough to hide inter-process over
 PARALLEL_MIN_FILES = 32  # below this, starting worker processes costs more than it saves
 LISTED = 10  # files listed per problem code in the printed report
 HASH = "blake2b-128 of the file bytes"
+NPY_SUFFIX = ".npy"
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -91,8 +107,12 @@ class Problem:
     paths: list[Path]
     message: str
 
+    def __post_init__(self) -> None:
+        # Messages quote file names; undecodable bytes in them must not break a print or json.dump.
+        self.message = safe_text(self.message)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; paths and message made printable."""
+        """JSON-ready form; paths made printable."""
         return {
             "severity": self.severity,
             "code": self.code,
@@ -249,8 +269,8 @@ class CheckReport:
 
 
 def is_rare(count: int, total: int) -> bool:
-    """A class present in `count` of `total` masks is rare below 1% of them or at 2 masks or fewer."""
-    return 0 < count and (count <= RARE_MAX_IMAGES or count < RARE_IMAGE_SHARE * total)
+    """A class in `count` of `total` masks is rare below 1% of them or at 2 masks or fewer (never if in all)."""
+    return 0 < count < total and (count <= RARE_MAX_IMAGES or count < RARE_IMAGE_SHARE * total)
 
 
 # --- per-file work (runs in worker processes) -------------------------------------------------
@@ -266,11 +286,12 @@ class _FileResult:
     message: str | None = None
     size: tuple[int, int] | None = None  # (width, height) as read, EXIF orientation applied
     mode: str | None = None
+    format: str | None = None  # PIL's format name (JPEG masks are decoded as lossy)
     bits: int = 8
     channels: int | None = None
     digest: str | None = None
     stats: tuple[list[int], list[int], int] | None = None  # per-channel sum, sum of squares, pixels
-    values: np.ndarray | None = None  # distinct raw mask values (K,) or (K, C)
+    values: np.ndarray | None = None  # distinct raw mask values (K,), or colours (K, C)
     counts: np.ndarray | None = None  # pixels per distinct value
 
     @property
@@ -310,9 +331,12 @@ def _read_header(result: _FileResult) -> None:
     if size_bytes == 0:
         result.code, result.message = "empty", f"{path}: {kind} file is empty (0 bytes)"
         return
+    if path.suffix.lower() == NPY_SUFFIX:  # a NumPy array, not a PIL format: masks.py reads and checks it
+        result.mode = result.format = "npy"
+        return
     try:
         with Image.open(path) as image:
-            result.mode = image.mode
+            result.mode, result.format = image.mode, image.format
             result.bits = _bit_depth(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         result.code = "too_large"
@@ -322,12 +346,15 @@ def _read_header(result: _FileResult) -> None:
         result.message = f"{path}: not an image file ({size_bytes} bytes in no known image format)"
 
 
-def _classify_read_error(result: _FileResult, exc: DataError) -> None:
-    """A decode failure: "truncated" when the data ends early, else "unreadable"."""
-    text = str(exc)
+def _failure_code(text: str) -> str:
+    """"truncated" when a decoder says the data ends early, else "unreadable"."""
     lowered = text.lower()
-    result.code = "truncated" if ("truncat" in lowered or "broken data stream" in lowered) else "unreadable"
-    result.message = text
+    return "truncated" if ("truncat" in lowered or "broken data stream" in lowered) else "unreadable"
+
+
+def _classify_read_error(result: _FileResult, exc: DataError) -> None:
+    """Record a decode failure with masks.py's one-line message."""
+    result.code, result.message = _failure_code(str(exc)), str(exc)
 
 
 def _file_digest(path: Path) -> str:
@@ -385,28 +412,66 @@ def _inspect(task: tuple[str, Path, bool]) -> _FileResult:
             _read_header(result)
             if result.ok:
                 (_inspect_image if kind == "image" else _inspect_mask)(result, want_stats)
-        except Exception as exc:  # one odd file must not stop the check of a thousand others
-            result.code, result.message = "unreadable", f"{path}: cannot read {kind}: {_reason(exc)}"
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the check of a thousand others
+            reason = _reason(exc)
+            result.code, result.message = _failure_code(reason), f"{path}: cannot read {kind}: {reason}"
     if not result.ok:
         result.values = result.counts = result.stats = None
     return result
 
 
-def _map_files(tasks: list[tuple[str, Path, bool]], workers: int, progress: bool) -> Iterator[_FileResult]:
-    """Run `_inspect` over the tasks, in worker processes when there are enough of them."""
-    bar = tqdm(total=len(tasks), desc="checking files", unit="file", disable=not progress, leave=False)
+def _map(function: Callable[[Any], Any], tasks: list[Any], workers: int, progress: bool, desc: str) -> Iterator[Any]:
+    """`function` over the tasks, in order; in worker processes when there are enough tasks to pay for them."""
+    bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress, leave=False)
     try:
         if workers <= 1 or len(tasks) < PARALLEL_MIN_FILES:
             for task in tasks:
-                yield _inspect(task)
+                yield function(task)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_inspect, tasks, chunksize=CHUNKSIZE):
-                yield result
-                bar.update()
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+                for result in pool.map(function, tasks, chunksize=CHUNKSIZE):
+                    yield result
+                    bar.update()
+        except BrokenProcessPool:
+            # A decoder crashed or the system killed a worker for memory: no Python exception to report.
+            raise DataError(
+                f"a worker process died while {desc} (out of memory, or a decoder crashed on a file); "
+                "run again with workers=1 to see which file") from None
     finally:
         bar.close()
+
+
+@dataclass
+class _ClassCount:
+    """Pixels per class of one mask decoded the way training decodes it (the canonical `read_mask`)."""
+
+    path: Path
+    pixels: np.ndarray | None = None
+    ignored: int = 0
+    code: str | None = None
+    message: str | None = None
+    lossy_notes: list[str] = field(default_factory=list)
+
+
+def _count_classes(task: tuple[Path, MaskEncoding, int, int]) -> _ClassCount:
+    """Decode one mask with read_mask and count its classes; failures and snapping notes are recorded."""
+    path, encoding, num_classes, ignore_index = task
+    count = _ClassCount(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            decoded = read_mask(path, encoding, num_classes, ignore_index)
+            histogram = np.bincount(decoded.ravel(), minlength=256)
+            count.pixels = histogram[:num_classes].astype(np.int64)
+            count.ignored = int(histogram[ignore_index]) if ignore_index < len(histogram) else 0
+        except DataError as exc:
+            count.code, count.message = "values_outside_classes", str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported per file like every other failure
+            count.code, count.message = "unreadable", f"{path}: cannot decode mask: {_reason(exc)}"
+    count.lossy_notes = [str(w.message) for w in caught if "snapped" in str(w.message)]
+    return count
 
 
 # --- pairing ---------------------------------------------------------------------------------
@@ -479,7 +544,7 @@ def _pairs(
             unpaired[split][role].append(path)
             other = "mask" if role == "images" else "image"
             problems.append(Problem("error", "unpaired", [path],
-                                    f"{path}: {role[:-1]} has no {other} (no {other} with the stem {path.stem!r})"))
+                                    f"{path}: {role[:-1]} has no {other} (no {other} with the stem '{display_path(path.stem)}')"))
     return splits, unpaired, problems
 
 
@@ -494,27 +559,17 @@ def _evenly(items: list[Path], count: int) -> list[Path]:
     return [items[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def _value_key(values: np.ndarray) -> list[Any]:
-    """Hashable keys for distinct mask values: ints, or tuples for colour rows."""
-    if values.ndim == 2:
-        return [tuple(row) for row in values.tolist()]
-    return values.tolist()
-
-
-def _decode_values(keys: list[Any], encoding: MaskEncoding, num_classes: int, ignore_index: int) -> dict[Any, int]:
-    """Class index for each distinct raw value (-1: not a class); decoding is per pixel, so per value."""
+def _decode_values(keys: list[int], encoding: MaskEncoding, num_classes: int, ignore_index: int) -> dict[int, int]:
+    """Class index for each distinct raw value (-1: not a class); only for encodings that map values one by one."""
     if not keys:
         return {}
-    array = np.array(keys)
-    if array.ndim == 2 and array.min() >= 0 and array.max() <= 255:
-        array = array.astype(np.uint8)
-    grid = array[None, ...]  # a 1 x K "image" whose pixels are the distinct values
+    grid = np.array(keys, dtype=np.int64)[None, :]  # a 1 x K "image" whose pixels are the distinct values
     try:
         decoded = decode_mask(grid, encoding, num_classes, ignore_index).reshape(-1)
-        return {k: int(c) for k, c in zip(keys, decoded)}
+        return {k: int(c) for k, c in zip(keys, decoded.tolist())}
     except DataError:
         pass  # some value is outside the classes: find which, one value at a time
-    classes: dict[Any, int] = {}
+    classes: dict[int, int] = {}
     for index, key in enumerate(keys):
         try:
             classes[key] = int(decode_mask(grid[:, index:index + 1], encoding, num_classes, ignore_index)[0, 0])
@@ -530,19 +585,12 @@ def _shown(paths: Iterable[Path], limit: int = 3) -> str:
     return text + (f", … and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _class_names(classes: str | Path | list[str] | None) -> list[str] | None:
-    """Class names from a list or a classes.txt file (None: inferred from the masks)."""
-    if classes is None:
-        return None
-    if isinstance(classes, (list, tuple)):
-        names = [str(n) for n in classes]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise DataError(f"class list needs at least 2 distinct names (background first), got {names}")
-        return names
-    # Imported here: training pulls in torch and Lightning, which a plain check does not need.
-    from masksmith.training import read_class_names
-
-    return read_class_names(str(classes))
+def _default_workers() -> int:
+    """The CPUs this process may use (a container's limit, not the machine's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_dataset(
@@ -554,16 +602,18 @@ def check_dataset(
     ignore_index: int = 255,
     workers: int | None = None,
     progress: bool = True,
+    palette: str | Path | None = None,
+    ignore_color: tuple[int, int, int] | None = None,
 ) -> CheckReport:
     """Check every image and mask under `root` and report the problems found; only raises for bad arguments."""
     started = time.perf_counter()
     root = Path(root)
     if not 0 <= ignore_index <= 255:
         raise ConfigError(f"ignore_index must be between 0 and 255, got {ignore_index}")
-    names = _class_names(classes)
+    names = read_class_names(classes)
     if names is not None and len(names) > ignore_index:
         raise ConfigError(f"{len(names)} classes need an ignore_index of at least {len(names)}, got {ignore_index}")
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    workers = _default_workers() if workers is None else max(1, int(workers))
     if not root.exists():
         raise DataError(f"{root}: folder not found")
 
@@ -578,7 +628,7 @@ def check_dataset(
     stats_pool = sorted({s.image for s in splits.get("train") or [s for v in splits.values() for s in v]})
     stats_set = set(_evenly(stats_pool, STATS_SAMPLE))
     tasks = [("image", p, p in stats_set) for p in image_paths] + [("mask", p, False) for p in mask_paths]
-    results = {(r.kind, r.path): r for r in _map_files(tasks, workers, progress)}
+    results = {(r.kind, r.path): r for r in _map(_inspect, tasks, workers, progress, "checking files")}
     report.files_checked = len(results)
     for result in results.values():
         if not result.ok:
@@ -586,7 +636,13 @@ def check_dataset(
                                            result.message or f"{result.path}: cannot read"))
 
     _summarise_images(report, splits, results)
-    _summarise_classes(report, splits, results, names, foreground, mask_suffix)
+    encoding_options: dict[str, Any] = {"foreground": foreground}
+    # Passed only when given, so check works with masks.py versions that predate colour masks.
+    if palette is not None:
+        encoding_options["palette"] = palette
+    if ignore_color is not None:
+        encoding_options["ignore_color"] = ignore_color
+    _summarise_classes(report, splits, results, names, encoding_options, workers, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -635,7 +691,7 @@ def _summarise_images(report: CheckReport, splits: dict[str, list[Sample]],
         report.stats_images = stats_images
 
     if len(channels) > 1:
-        minority = sorted(channels.items(), key=lambda item: len(item[1]))[0]
+        minority = min(channels.items(), key=lambda item: len(item[1]))
         kind = "grayscale" if minority[0] == 1 else "colour"
         report.problems.append(Problem(
             "warning", "mixed_channels", minority[1],
@@ -687,42 +743,43 @@ def _summarise_images(report: CheckReport, splits: dict[str, list[Sample]],
                 f"{len(paths)} identical images in {where[0]}: {_shown(paths, LISTED)}{hint}"))
 
 
-def _summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
-                       results: dict[tuple[str, Path], _FileResult], names: list[str] | None,
-                       foreground: int | None, mask_suffix: str | None) -> None:
-    """Mask encoding, class pixel and image counts per split, out-of-class values, rare classes."""
-    readable = sorted(p for (kind, p), r in results.items() if kind == "mask" and r.ok)
-    if not readable:
-        return
+def _detect(report: CheckReport, readable: list[Path], names: list[str] | None,
+            encoding_options: dict[str, Any]) -> tuple[MaskEncoding, int, list[str]] | None:
+    """(encoding, num_classes, class names) as training would decide them; None (and a problem) if impossible."""
     ignore_index = report.ignore_index
+    options = dict(encoding_options)
+    if ignore_index != 255:
+        options["ignore_index"] = ignore_index
     try:
-        extra = {} if ignore_index == 255 else {"ignore_index": ignore_index}
-        encoding, detected = detect_encoding(readable, foreground=foreground, **extra)
+        encoding, detected = detect_encoding(readable, **options)
     except DataError as exc:
         report.problems.append(Problem("error", "mask_encoding", [readable[0].parent], str(exc)))
-        return
-
-    keys_per_mask = {p: _value_key(results[("mask", p)].values) for p in readable}  # type: ignore[arg-type]
-    all_keys = sorted({k for keys in keys_per_mask.values() for k in keys})
+        return None
     if names is not None:
-        num_classes = len(names)
-        if encoding.kind == "binary" and num_classes != 2:
+        if encoding.kind == "color" and len(names) != detected:
+            report.problems.append(Problem(
+                "error", "mask_encoding", [report.classes_file or readable[0].parent],
+                f"{len(names)} class names given but the color masks hold {detected} colors"))
+            return None
+        if encoding.kind == "binary" and len(names) != 2:
             encoding = MaskEncoding("index")
-    else:
-        num_classes = detected
-        if encoding.kind == "index":
-            # Every mask was read, so count up to the largest value anywhere, not just in detect's sample.
-            limit = min(ignore_index, 255)
-            top = max((k for k in all_keys if isinstance(k, int) and 0 <= k < limit), default=detected - 1)
-            num_classes = max(detected, top + 1)
-        names = (["background", "foreground"] if encoding.kind == "binary"
-                 else [f"class_{i}" for i in range(num_classes)])
-    report.encoding, report.class_names = encoding, list(names)
-    value_class = _decode_values(all_keys, encoding, num_classes, ignore_index)
+        return encoding, len(names), list(names)
+    palette_names = getattr(encoding, "names", None)
+    if encoding.kind == "binary":
+        return encoding, 2, ["background", "foreground"]
+    if palette_names:
+        return encoding, detected, list(palette_names)
+    return encoding, detected, [f"class_{i}" for i in range(detected)]
 
-    per_mask: dict[Path, np.ndarray] = {}
-    ignored_per_mask: dict[Path, int] = {}
-    where_seen: dict[int, list[Path]] = {}
+
+def _counts_by_value(report: CheckReport, readable: list[Path], results: dict[tuple[str, Path], _FileResult],
+                     encoding: MaskEncoding, num_classes: int) -> dict[Path, tuple[np.ndarray, int]]:
+    """Per-mask class pixels from the raw value histograms: exact where decoding maps each value alone."""
+    ignore_index = report.ignore_index
+    keys_per_mask = {p: results[("mask", p)].values.tolist() for p in readable}  # type: ignore[union-attr]
+    all_keys = sorted({k for keys in keys_per_mask.values() for k in keys})
+    value_class = _decode_values(all_keys, encoding, num_classes, ignore_index)
+    counts: dict[Path, tuple[np.ndarray, int]] = {}
     for path in readable:
         result = results[("mask", path)]
         assert result.counts is not None
@@ -739,12 +796,75 @@ def _summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
                 pixels[cls] += count
         if bad:
             shown = ", ".join(str(v) for v in bad[:10]) + (f", … and {len(bad) - 10} more" if len(bad) > 10 else "")
-            source = f" in {len(names)} classes given" if report.classes_given else f" ({num_classes} classes)"
+            source = f" of the {num_classes} classes given" if report.classes_given else f" ({num_classes} classes)"
             report.problems.append(Problem(
                 "error", "values_outside_classes", [path],
                 f"{path}: mask values [{shown}] are outside the classes 0..{num_classes - 1}{source} "
                 f"and are not ignore_index {ignore_index}"))
-        per_mask[path], ignored_per_mask[path] = pixels, ignored
+        counts[path] = (pixels, ignored)
+    return counts
+
+
+def _counts_by_decoding(report: CheckReport, readable: list[Path], encoding: MaskEncoding, num_classes: int,
+                        workers: int, progress: bool) -> dict[Path, tuple[np.ndarray, int]]:
+    """Per-mask class pixels from read_mask itself (colour and lossy masks: decoding looks at neighbours)."""
+    tasks = [(path, encoding, num_classes, report.ignore_index) for path in readable]
+    counts: dict[Path, tuple[np.ndarray, int]] = {}
+    lossy: list[_ClassCount] = []
+    for result in _map(_count_classes, tasks, workers, progress, "decoding masks"):
+        if result.pixels is None:
+            report.problems.append(Problem("error", result.code or "unreadable", [result.path],
+                                           result.message or f"{result.path}: cannot decode mask"))
+            continue
+        counts[result.path] = (result.pixels, result.ignored)
+        if result.lossy_notes:
+            lossy.append(result)
+    if lossy:
+        paths = [r.path for r in lossy]
+        report.problems.append(Problem(
+            "warning", "lossy_mask", paths,
+            f"{len(paths)} mask(s) are lossy (e.g. JPEG): off-class pixels were snapped to the nearest class; "
+            f"first: {lossy[0].lossy_notes[0]}"))
+    return counts
+
+
+def _summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
+                       results: dict[tuple[str, Path], _FileResult], names: list[str] | None,
+                       encoding_options: dict[str, Any], workers: int, progress: bool) -> None:
+    """Mask encoding, class pixel and image counts per split, out-of-class values, rare classes."""
+    readable = sorted(p for (kind, p), r in results.items() if kind == "mask" and r.ok)
+    if not readable:
+        return
+    detected = _detect(report, readable, names, encoding_options)
+    if detected is None:
+        return
+    encoding, num_classes, names = detected
+    ignore_index = report.ignore_index
+    # Decoding maps each raw value on its own unless masks are colour or lossy (JPEG): then decode for real.
+    by_value = (
+        encoding.kind in ("index", "binary")
+        and not getattr(encoding, "lossy", False)
+        and all(results[("mask", p)].format not in _LOSSY_FORMATS for p in readable)
+        and all(results[("mask", p)].values.ndim == 1 for p in readable)  # type: ignore[union-attr]
+    )
+    if by_value and encoding.kind == "index" and not report.classes_given:
+        # Every mask was read, so count up to the largest value anywhere, not just in detect's sample.
+        limit = min(ignore_index, 255)
+        top = max((k for p in readable for k in results[("mask", p)].values.tolist()  # type: ignore[union-attr]
+                   if 0 <= k < limit), default=num_classes - 1)
+        if top + 1 > num_classes:
+            num_classes = top + 1
+            names = [f"class_{i}" for i in range(num_classes)]
+    report.encoding, report.class_names = encoding, list(names)
+
+    if by_value:
+        counts = _counts_by_value(report, readable, results, encoding, num_classes)
+    else:
+        counts = _counts_by_decoding(report, readable, encoding, num_classes, workers, progress)
+    per_mask = {path: pixels for path, (pixels, _) in counts.items()}
+    ignored_per_mask = {path: ignored for path, (_, ignored) in counts.items()}
+    where_seen: dict[int, list[Path]] = {}
+    for path, pixels in sorted(per_mask.items()):
         for cls in np.flatnonzero(pixels).tolist():
             where_seen.setdefault(cls, []).append(path)
 
@@ -841,10 +961,8 @@ def write_fingerprint(report: CheckReport, path: str | Path) -> Path:
     return path
 
 
-def print_report(report: CheckReport, console: Any) -> None:
+def print_report(report: CheckReport, console: Console) -> None:
     """A readable terminal report: counts, classes, sizes, and problems grouped by code."""
-    from rich.markup import escape
-    from rich.table import Table
 
     def text(value: Any) -> str:
         return escape(safe_text(str(value)))

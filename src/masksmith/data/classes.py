@@ -1,0 +1,27 @@
+"""Class-name lists: classes.txt files (one name per line, background first) or Python lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from masksmith.errors import DataError
+
+
+def read_class_names(classes: str | Path | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Class names from a list or a classes.txt file (one per line, blank lines ignored); None stays None."""
+    if classes is None:
+        return None
+    if isinstance(classes, (list, tuple)):
+        source, names = "class list", [str(name) for name in classes]
+    else:
+        path = Path(classes)
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: cannot read class list: {error}") from None
+        source = str(path)
+    if len(names) < 2:
+        raise DataError(f"{source}: a class list needs at least 2 names (background first), found {len(names)}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{source}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return names
