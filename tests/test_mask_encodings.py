@@ -612,3 +612,24 @@ def test_read_mask_values_rgb_view(tmp_path):
     image.save(tmp_path / "p.png")
     assert read_mask_values(tmp_path / "p.png").tolist() == [[0, 1]]
     assert read_mask_values(tmp_path / "p.png", rgb=True).tolist() == [[list(BLACK), list(RED)]]
+
+
+def test_detection_skips_unreadable_masks_and_reports_them(tmp_path):
+    good = [_save(tmp_path / f"m{i}.png", _classes(k=2) * 255) for i in range(2)]
+    broken = tmp_path / "m9.png"
+    broken.write_text("not a png")
+    survey = survey_masks([*good, broken])
+    assert survey.encoding == MaskEncoding("binary", 255) and survey.files == 2
+    assert len(survey.unreadable) == 1 and survey.unreadable[0].startswith(f"{broken}: cannot read mask")
+    with pytest.raises(DataError, match=re.escape(f"{broken}: cannot read mask")):
+        detect_encoding([broken])  # nothing readable: the first error
+
+
+def test_table_text_for_binary_and_index_with_names():
+    binary = color_table_text(MaskEncoding("binary", 0, 255), [75, 25])
+    assert re.search(r"0\s+value 255\s+background\s+75\.0%", binary)
+    assert re.search(r"1\s+value 0\s+foreground\s+25\.0%", binary)
+    index = color_table_text(MaskEncoding("index"), [1, 3], names=["sky", "road"])
+    assert re.search(r"1\s+value 1\s+road\s+75\.0%", index)
+    with pytest.raises(ConfigError, match="3 class names for a table of 2 classes"):
+        color_table_text(MaskEncoding("binary"), [1, 1], names=["a", "b", "c"])

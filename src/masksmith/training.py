@@ -28,6 +28,7 @@ from masksmith.engine import (
     EpochHistory,
     SegmentationModule,
     build_trainer,
+    pick_accelerator,
     default_num_workers,
 )
 from masksmith.errors import ConfigError, DataError
@@ -163,6 +164,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     MODELS.get(cfg.model)  # an unknown model name fails now, not after the data has been read
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.auto and not resume:
+        # Layout and pairing errors first, in their own words, before the check pass summarises them.
+        discover(cfg.data, mask_suffix=cfg.mask_suffix, skip_unpaired=cfg.skip_unpaired)
         cfg = apply_auto_plan(cfg, run_dir, log)
     plan = plan_data(cfg, log)
     checked = dict(encoding=plan.encoding, num_classes=len(plan.class_names), ignore_index=cfg.ignore_index,

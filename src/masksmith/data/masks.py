@@ -66,9 +66,9 @@ def _optional_value(value: Any, what: str) -> int | None:
     """None, or a binary mask value as a non-negative int (JSON may give 255.0); else a ConfigError."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer)) or value != int(value):
-        raise ConfigError(f"binary mask {what} value must be a non-negative integer, got {value!r}")
-    if value < 0:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ConfigError(f"binary mask {what} value must be a non-negative integer, got {value!r}")
     return int(value)
 
@@ -361,12 +361,14 @@ class _RawMask:
             return self.values
         if self.palette is not None:
             return self.palette[self.values]
-        if self.values.size and (self.values.min() < 0 or self.values.max() > 255):
-            raise DataError(
-                f"{path}: mask values {int(self.values.min())}..{int(self.values.max())} are not 8-bit colors; "
-                "color masks are RGB images"
-            )
-        return np.repeat(self.values.astype(np.uint8)[:, :, None], 3, axis=2)
+        return _gray_to_rgb(self.values, f"{path}: ")
+
+
+def _gray_to_rgb(values: np.ndarray, where: str) -> np.ndarray:
+    """Gray values v as colors (v, v, v); values beyond 8 bits cannot be colors."""
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise DataError(f"{where}mask values {int(values.min())}..{int(values.max())} are not 8-bit colors")
+    return np.repeat(values.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def _gray_or_color(rgb: np.ndarray) -> np.ndarray:
@@ -458,16 +460,23 @@ def _warn_snapped(where: str, reason: str, snapped: int, total: int, what: str) 
         warnings.warn(
             f"{where}{reason}, {snapped} pixels ({share:.1f}%) snapped to the nearest class {what}",
             LossyMaskWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of read_mask / decode_mask
         )
 
 
 def _nearest(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row of `points` the index of, and Euclidean distance to, the nearest row of `centers`."""
-    diff = points[:, None, :].astype(np.float64) - centers[None, :, :].astype(np.float64)
-    dist = np.sqrt((diff**2).sum(axis=2))
-    nearest = dist.argmin(axis=1)
-    return nearest, dist[np.arange(len(points)), nearest]
+    nearest = np.zeros(len(points), np.int64)
+    distance = np.zeros(len(points), np.float64)
+    centers = centers.astype(np.float64)
+    step = max(1, 2**20 // max(len(centers), 1))  # a JPEG holds ~1e5 distinct colors: bound the NxK matrix
+    for start in range(0, len(points), step):
+        chunk = points[start : start + step].astype(np.float64)
+        squared = ((chunk[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        best = squared.argmin(axis=1)
+        nearest[start : start + step] = best
+        distance[start : start + step] = np.sqrt(squared[np.arange(len(chunk)), best])
+    return nearest, distance
 
 
 def _looks_lossy(unknown_counts: np.ndarray, distance: np.ndarray, space: str) -> bool:
@@ -483,16 +492,10 @@ def _refuse_far_regions(where: str, points: np.ndarray, counts: np.ndarray, dist
     """Snapping must not hide a real unlabelled class: one value far from every class covering a visible area."""
     far = (distance > _FAR[space]) & (counts >= max(_FAR_MIN_SHARE * total, _LEVEL_MIN_PIXELS))
     if far.any():
-        shown = ", ".join(_point_text(p, space) + f" × {int(c)} px" for p, c in zip(points[far][:5], counts[far][:5]))
-        raise DataError(f"{where}lossy mask has large areas far from every class {_space_word(space)}: {shown}")
-
-
-def _point_text(point: np.ndarray, space: str) -> str:
-    return color_text(point) if space == "color" else str(int(point[0]))
-
-
-def _space_word(space: str) -> str:
-    return "color" if space == "color" else "value"
+        texts = [color_text(p) if space == "color" else str(int(p[0])) for p in points[far][:5]]
+        shown = ", ".join(f"{text} × {int(c)} px" for text, c in zip(texts, counts[far][:5]))
+        word = "color" if space == "color" else "value"
+        raise DataError(f"{where}lossy mask has large areas far from every class {word}: {shown}")
 
 
 @dataclass(frozen=True)
@@ -524,11 +527,9 @@ class _ColorLookup:
 
 
 def _classify_colors(
-    keys: np.ndarray, counts: np.ndarray, encoding: MaskEncoding, ignore_index: int, where: str,
-    lossy_reason: str | None,
+    keys: np.ndarray, counts: np.ndarray, lookup: _ColorLookup, where: str, lossy_reason: str | None,
 ) -> tuple[np.ndarray, int, str | None]:
     """Class index per distinct packed color; returns (classes, snapped pixels, reason the mask counts as lossy)."""
-    lookup = _ColorLookup.of(encoding, ignore_index)
     classes, hit = lookup.find(keys)
     if hit.all():
         return classes, 0, lossy_reason
@@ -555,29 +556,36 @@ def _decode_color(rgb: np.ndarray, encoding: MaskEncoding, ignore_index: int, wh
                   lossy_reason: str | None) -> np.ndarray:
     """HxWx3 colors -> HxW class indices through the encoding's color table."""
     packed = pack_colors(rgb)
+    lookup = _ColorLookup.of(encoding, ignore_index)
     # Exact lookups by binary search (no sort of the whole image); only the misses go through np.unique.
-    out, hit = _ColorLookup.of(encoding, ignore_index).find(packed)
+    out, hit = lookup.find(packed)
     if hit.all():
         return out
     miss_keys, inverse, miss_counts = np.unique(packed[~hit], return_inverse=True, return_counts=True)
-    miss_classes, snapped, reason = _classify_colors(miss_keys, miss_counts, encoding, ignore_index, where,
-                                                     lossy_reason)
+    miss_classes, snapped, reason = _classify_colors(miss_keys, miss_counts, lookup, where, lossy_reason)
     out[~hit] = miss_classes[inverse]
     assert reason is not None
     _warn_snapped(where, reason, snapped, packed.size, "color")
     return out
 
 
+def _binary_classes(values: np.ndarray, encoding: MaskEncoding, lossy: bool) -> np.ndarray:
+    """Class 0/1 per value: the foreground value (any non-zero if unknown); lossy: the nearer of the two values."""
+    if lossy:  # a threshold at the midpoint; an unknown foreground is taken as 255
+        foreground = 255 if encoding.foreground is None else encoding.foreground
+        assert encoding.background is not None
+        wide = values.astype(np.int64)
+        return (np.abs(wide - foreground) < np.abs(wide - encoding.background)).astype(np.uint8)
+    if encoding.foreground is None:
+        return (values > 0).astype(np.uint8)
+    return (values == encoding.foreground).astype(np.uint8)
+
+
 def _snap_binary(values: np.ndarray, encoding: MaskEncoding, where: str, reason: str) -> np.ndarray:
-    """Lossy binary mask: each pixel goes to whichever of the two values is nearer (threshold at the midpoint)."""
-    foreground = 255 if encoding.foreground is None else encoding.foreground
-    background = encoding.background
-    assert background is not None
-    wide = values.astype(np.int64)
-    out = (np.abs(wide - foreground) < np.abs(wide - background)).astype(np.uint8)
-    snapped = int(values.size - np.count_nonzero((wide == foreground) | (wide == background)))
-    _warn_snapped(where, reason, snapped, values.size, "value")
-    return out
+    """Lossy binary mask: each pixel goes to whichever of the two values is nearer, with a warning."""
+    exact = (values == encoding.background) | (values == (255 if encoding.foreground is None else encoding.foreground))
+    _warn_snapped(where, reason, int(values.size - np.count_nonzero(exact)), values.size, "value")
+    return _binary_classes(values, encoding, lossy=True)
 
 
 def _snap_index(values: np.ndarray, num_classes: int, ignore_index: int, where: str, reason: str) -> np.ndarray:
@@ -608,9 +616,7 @@ def _decode(values: np.ndarray, encoding: MaskEncoding, num_classes: int, ignore
         if values.ndim == 3 and values.shape[2] in (3, 4):
             rgb = values[..., :3]
         elif values.ndim == 2:
-            if values.size and (values.min() < 0 or values.max() > 255):
-                raise DataError(f"{where}mask values {int(values.min())}..{int(values.max())} are not 8-bit colors")
-            rgb = np.repeat(values.astype(np.uint8)[:, :, None], 3, axis=2)  # a gray mask among color masks
+            rgb = _gray_to_rgb(values, where)  # a gray mask among color masks
         else:
             raise DataError(f"{where}color mask must be HxWx3 (RGB), got shape {values.shape}")
         if rgb.dtype != np.uint8:
@@ -628,9 +634,7 @@ def _decode(values: np.ndarray, encoding: MaskEncoding, num_classes: int, ignore
             raise ConfigError(f"binary masks have 2 classes (background, foreground), got num_classes={num_classes}")
         if lossy_reason is not None:
             return _snap_binary(values, encoding, where, lossy_reason)
-        if encoding.foreground is None:
-            return (values > 0).astype(np.uint8)
-        return (values == encoding.foreground).astype(np.uint8)
+        return _binary_classes(values, encoding, lossy=False)
 
     _check_classes(num_classes, ignore_index)
     if lossy_reason is not None:
@@ -910,18 +914,16 @@ def _color_survey(files: list[_FileSurvey], encoding: MaskEncoding | None, *, ig
             raise DataError(f"{where}masks hold no color besides the ignore color")
         encoding = MaskEncoding("color", colors=[_color_tuple(rgb) for rgb in unpack_colors(found)],
                                 ignore_color=ignore_color, lossy=lossy)
-    elif jpeg and not encoding.lossy:
-        encoding = MaskEncoding("color", colors=encoding.colors, names=encoding.names,
-                                ignore_color=encoding.ignore_color, lossy=True)
+    elif jpeg:
+        encoding = replace(encoding, lossy=True)
     assert encoding.colors is not None
     num_classes = len(encoding.colors)
     _check_classes(num_classes, ignore_index)
+    lookup = _ColorLookup.of(encoding, ignore_index)
     reason = "lossy mask" if encoding.lossy else None
-    classes, _, reason = _classify_colors(stats.keys.astype(np.uint32), stats.counts, encoding, ignore_index,
-                                          where, reason)
-    if reason is not None and not encoding.lossy:
-        encoding = MaskEncoding("color", colors=encoding.colors, names=encoding.names,
-                                ignore_color=encoding.ignore_color, lossy=True)
+    classes, _, reason = _classify_colors(stats.keys.astype(np.uint32), stats.counts, lookup, where, reason)
+    if reason is not None:
+        encoding = replace(encoding, lossy=True)  # a palette file's colors, smeared by compression
     counts, ignored = _class_counts(stats, classes, num_classes, ignore_index)
     return MaskSurvey(encoding, num_classes, counts, ignored, len(files))
 
@@ -1036,14 +1038,7 @@ def _gray_survey(files: list[_FileSurvey], *, foreground: int | None, ignore_ind
         counts, ignored = _class_counts(stats, keys, num_classes, ignore_index)
         return MaskSurvey(encoding, num_classes, counts, ignored, len(files))
 
-    wide = stats.keys
-    if lossy or encoding.foreground is None:
-        fg = 255 if encoding.foreground is None else encoding.foreground
-        assert encoding.background is not None
-        is_fg = np.abs(wide - fg) < np.abs(wide - encoding.background) if lossy else wide > 0
-    else:
-        is_fg = wide == encoding.foreground
-    counts, ignored = _class_counts(stats, is_fg.astype(np.int64), 2, ignore_index)
+    counts, _ = _class_counts(stats, _binary_classes(stats.keys, encoding, lossy), 2, ignore_index)
     return MaskSurvey(encoding, 2, counts, 0, len(files))
 
 
@@ -1122,20 +1117,27 @@ def detect_encoding(
 
 
 def color_table_text(encoding: MaskEncoding, counts: Sequence[int] | Sequence[tuple[Color, int]] | None = None,
-                     *, ignored: int = 0) -> str:
-    """A printed table of class index, value or color, name and pixel share (counts: per class, or discover_colors')."""
+                     *, ignored: int = 0, names: Sequence[str] | None = None) -> str:
+    """A printed table of class index, value or color, name and pixel share.
+
+    counts: pixels per class (MaskSurvey.counts) or discover_colors' (color, pixels) pairs; ignored: ignored
+    pixels; names: class names (default: the palette file's, else background/foreground or class_<i>).
+    """
     if encoding.kind == "color":
         assert encoding.colors is not None
         values = [f"{color_text(c):<15} #{c[0]:02x}{c[1]:02x}{c[2]:02x}" for c in encoding.colors]
-        names = list(encoding.names) if encoding.names else [f"class_{i}" for i in range(len(values))]
+        default = list(encoding.names) if encoding.names else [f"class_{i}" for i in range(len(values))]
     elif encoding.kind == "binary":
         fg = "non-zero" if encoding.foreground is None else str(encoding.foreground)
         values = [f"value {encoding.background}", f"value {fg}"]
-        names = ["background", "foreground"]
+        default = ["background", "foreground"]
     else:
-        size = len(counts) if counts is not None else 0
+        size = len(counts) if counts is not None else len(names or [])
         values = [f"value {i}" for i in range(size)]
-        names = [f"class_{i}" for i in range(size)]
+        default = [f"class_{i}" for i in range(size)]
+    if names is not None and len(names) != len(values):
+        raise ConfigError(f"{len(names)} class names for a table of {len(values)} classes")
+    names = list(names) if names is not None else default
     per_class: list[int | None] = [None] * len(values)
     if counts is not None:
         items = list(counts)

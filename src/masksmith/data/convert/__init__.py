@@ -10,6 +10,11 @@ as a dataset::
     OUT/SegmentationObjectVisualization/<stem>.jpg
     OUT/class_names.txt                           one class name per line, background first
 
+In SegmentationObject, Labelme's ``__ignore__`` pixels are 0 (as Labelme writes them; the class mask
+says ignore), and COCO crowd pixels are 255. Masks and visualizations are palette PNGs / JPEGs in the
+VOC palette (:func:`masksmith.visualize.default_colors`); an upright JPEG photo is copied byte for
+byte, anything else is re-encoded as JPEG.
+
 A bad annotation file (or, for COCO, a bad image entry) is recorded in :class:`ConvertReport.failed`
 with a one-line reason naming the file, and the run goes on; problems that make the whole run
 meaningless (no input files, an unreadable labels/annotations file) raise :class:`DataError`.
@@ -18,7 +23,6 @@ meaningless (no input files, an unreadable labels/annotations file) raise :class
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from PIL import Image
 from masksmith.fileio import atomic_path, write_text_atomic
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
-__all__ = ["ConvertReport", "convert_labelme", "convert_coco"]
+__all__ = ["ConvertReport", "convert_coco", "convert_labelme"]
 
 IGNORE_INDEX = 255
 # Orientation tag in EXIF; a JPEG carrying a rotation must be re-encoded upright, not copied.
@@ -90,12 +94,31 @@ def write_class_names(out_dir: Path, class_names: list[str]) -> None:
     write_text_atomic(out_dir / "class_names.txt", "\n".join(class_names))
 
 
-def copy_file_atomic(src: Path, dst: Path) -> None:
-    """Copy a file so that `dst` is either absent or complete."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Sutherland–Hodgman clip to an axis-aligned box; keeps the polygon's area inside the box."""
+    x0, y0, x1, y1 = box
+    boundaries = ((0, x0, 1), (0, x1, -1), (1, y0, 1), (1, y1, -1))  # (axis, bound, inner side)
+    # Beyond 1e12 px the direction of an edge into the image no longer changes by a measurable
+    # amount, and staying there keeps the arithmetic below finite (1e308 - -1e308 is inf).
+    pts = [tuple(p) for p in np.clip(points, -1e12, 1e12).tolist()]
+    for axis, bound, side in boundaries:
+        if not pts:
+            break
+        clipped = []
+        for i, cur in enumerate(pts):
+            prev = pts[i - 1]
+            cur_in = (cur[axis] - bound) * side >= 0
+            if cur_in != ((prev[axis] - bound) * side >= 0):
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = [prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])]
+                cross[axis] = bound
+                clipped.append(tuple(cross))
+            if cur_in:
+                clipped.append(cur)
+        pts = clipped
+    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 
 # Imported last: both modules use ConvertReport and the writers above from this package.
-from masksmith.data.convert.coco import convert_coco  # noqa: E402
-from masksmith.data.convert.labelme import convert_labelme  # noqa: E402
+from masksmith.data.convert.coco import convert_coco
+from masksmith.data.convert.labelme import convert_labelme

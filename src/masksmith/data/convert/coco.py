@@ -32,12 +32,18 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from masksmith.data.convert import IGNORE_INDEX, ConvertReport, write_class_names, write_sample
+from masksmith.data.convert import (
+    IGNORE_INDEX,
+    ConvertReport,
+    clip_polygon,
+    write_class_names,
+    write_sample,
+)
 from masksmith.data.masks import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
-__all__ = ["convert_coco", "coco_classes", "rle_counts"]
+__all__ = ["coco_classes", "convert_coco", "rle_counts"]
 
 BACKGROUND_NAMES = ("_background_", "background", "__background__")
 # Instance ids share the byte with 255 = ignore.
@@ -76,7 +82,8 @@ def coco_classes(categories: list[Any], where: str = "categories") -> tuple[list
     """Class names (background first) and category id → class index for COCO `categories`."""
     seen_ids: dict[int, str] = {}
     for number, category in enumerate(categories):
-        if not isinstance(category, dict) or not _is_int(category.get("id")) or not isinstance(category.get("name"), str):
+        valid = isinstance(category, dict) and _is_int(category.get("id")) and isinstance(category.get("name"), str)
+        if not valid:
             raise DataError(f"{where}: category {number} needs an integer 'id' and a text 'name', got {category!r}")
         if category["id"] in seen_ids:
             raise DataError(f"{where}: category id {category['id']} is listed twice")
@@ -118,7 +125,7 @@ def rle_counts(counts: str | bytes) -> list[int]:
             if not more and char & 0x10:
                 value |= -1 << (5 * shift)  # sign-extend: a negative difference
         # Runs after the second are stored as the difference to the run two places back.
-        if len(runs) > 2 - 1 + 1:
+        if len(runs) > 2:
             value += runs[-2]
         runs.append(value)
     return runs
@@ -153,8 +160,8 @@ def _decode(where: str, segmentation: Any, height: int, width: int) -> np.ndarra
             raise DataError(f"{where}: RLE 'counts' must be a list or a string, got {type(counts).__name__}")
         # pycocotools would read past its buffer on runs longer than the image; refuse them here.
         if sum(runs) != height * width:
-            raise DataError(f"{where}: RLE covers {sum(runs)} pixels but the image has {height}x{width} "
-                            f"= {height * width}")
+            raise DataError(f"{where}: RLE covers {sum(runs)} pixels but the image has {height * width} "
+                            f"(height {height} x width {width})")
         rle = mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list) else \
             {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
         return mask_utils.decode(rle).astype(bool)
@@ -172,9 +179,17 @@ def _decode(where: str, segmentation: Any, height: int, width: int) -> np.ndarra
                 raise DataError(f"{where}: polygon {number} has an odd number of coordinates ({len(polygon)})")
             if len(polygon) < 6:
                 raise DataError(f"{where}: polygon {number} has {len(polygon) // 2} points, needs at least 3")
-            # Clamp far-away coordinates: pycocotools scales them by 5 into C ints, which overflow.
-            limit = 4.0 * (height + width) + 16
-            polygons.append([min(max(float(v), -limit), limit) for v in polygon])
+            points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+            # pycocotools scales coordinates by 5 into C ints, which overflow far outside the image;
+            # clipping to a box around the image keeps every in-image pixel as it was.
+            pad = max(height, width) + 16
+            box = (-pad, -pad, width + pad, height + pad)
+            if (points < box[:2]).any() or (points > box[2:]).any():
+                points = clip_polygon(points, box)
+            if len(points) >= 3:
+                polygons.append(points.ravel().tolist())
+        if not polygons:  # everything lies far outside the image
+            return np.zeros((height, width), dtype=bool)
         rles = mask_utils.frPyObjects(polygons, height, width)
         return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
     raise DataError(f"{where}: segmentation is neither polygons nor RLE (got {type(segmentation).__name__})")
@@ -183,24 +198,29 @@ def _decode(where: str, segmentation: Any, height: int, width: int) -> np.ndarra
 def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int, int],
            height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Class and instance masks of one image (crowds first as ignore, then objects in file order)."""
-    classes = np.zeros((height, width), dtype=np.uint8)
-    objects = np.zeros((height, width), dtype=np.uint8)
-    decoded = []
+    checked = []
     for annotation in annotations:
         at = f"{where}: annotation id {annotation.get('id', '?')}"
         category = annotation.get("category_id")
         if not _is_int(category) or category not in class_index:
             raise DataError(f"{at}: category_id {category!r} is not in 'categories'")
-        region = _decode(at, annotation.get("segmentation"), height, width)
-        decoded.append((bool(annotation.get("iscrowd", 0)), class_index[category], region))
-    for crowd, _, region in decoded:
+        crowd = annotation.get("iscrowd", 0)
+        if crowd not in (0, 1, None):  # also False/True, which equal 0/1
+            raise DataError(f"{at}: iscrowd must be 0 or 1, got {crowd!r}")
+        checked.append((at, bool(crowd), class_index[category], annotation.get("segmentation")))
+    classes = np.zeros((height, width), dtype=np.uint8)
+    objects = np.zeros((height, width), dtype=np.uint8)
+    # Two passes, each mask decoded only when drawn: an image's decoded masks need not all fit in memory.
+    for at, crowd, _, segmentation in checked:
         if crowd:
+            region = _decode(at, segmentation, height, width)
             classes[region] = IGNORE_INDEX
             objects[region] = IGNORE_INDEX
     instance = 0
-    for crowd, cls, region in decoded:
+    for at, crowd, cls, segmentation in checked:
         if crowd:
             continue
+        region = _decode(at, segmentation, height, width)
         classes[region] = cls
         if cls == 0:  # a background annotation erases; it is no instance
             objects[region] = 0
@@ -242,8 +262,8 @@ def convert_coco(
     images: dict[Any, dict[str, Any]] = {}
     for number, entry in enumerate(data["images"]):
         if not isinstance(entry, dict) or not _is_int(entry.get("id")) or not isinstance(entry.get("file_name"), str):
-            report.failed.append((ann_path, f"{ann_path}: images[{number}] needs an integer 'id' and a text "
-                                            f"'file_name'"))
+            message = f"{ann_path}: images[{number}] needs an integer 'id' and a text 'file_name'"
+            report.failed.append((ann_path, message))
             continue
         if entry["id"] in images:
             report.failed.append((ann_path, f"{ann_path}: image id {entry['id']} is listed twice"))
@@ -252,10 +272,10 @@ def convert_coco(
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for number, annotation in enumerate(data["annotations"]):
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-        if image_id not in images:
+        if not _is_int(image_id) or image_id not in images:
             ident = annotation.get("id", f"#{number}") if isinstance(annotation, dict) else f"#{number}"
-            report.failed.append((ann_path, f"{ann_path}: annotation id {ident} refers to image_id {image_id!r}, "
-                                            f"which is not in 'images'"))
+            message = f"{ann_path}: annotation id {ident} refers to image_id {image_id!r}, which is not in 'images'"
+            report.failed.append((ann_path, message))
             continue
         by_image[image_id].append(annotation)
 

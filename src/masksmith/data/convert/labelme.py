@@ -29,19 +29,22 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from masksmith.data.convert import (
     IGNORE_INDEX,
     ConvertReport,
+    clip_polygon,
     write_class_names,
     write_sample,
 )
@@ -49,7 +52,7 @@ from masksmith.data.masks import read_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
 from masksmith.visualize import default_colors
 
-__all__ = ["convert_labelme", "read_labels", "shape_to_mask", "LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES"]
+__all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "convert_labelme", "read_labels", "shape_to_mask"]
 
 LINE_WIDTH = 10
 POINT_SIZE = 5
@@ -158,7 +161,7 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
         raise _fail(json_path, f"{where} has no text 'label'")
     where = f"shape {number} ({label!r})"
     shape_type = shape.get("shape_type") or "polygon"  # Labelme's default, and old files omit it
-    if shape_type not in SHAPE_TYPES:
+    if not isinstance(shape_type, str) or shape_type not in SHAPE_TYPES:
         raise _fail(json_path, f"{where} has unknown shape_type {shape_type!r} "
                                f"(known: {', '.join(SHAPE_TYPES)})")
     group_id = shape.get("group_id")
@@ -171,7 +174,9 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
     for point in points:
         xy = [_number(v) for v in point] if isinstance(point, (list, tuple)) and len(point) == 2 else [None]
         if None in xy:
-            raise _fail(json_path, f"{where} has a point that is not two finite numbers: {point!r}")
+            shown = json.dumps(point, default=repr)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise _fail(json_path, f"{where} has a point that is not two finite numbers: {shown}")
         coords.append(xy)
     low, high = SHAPE_TYPES[shape_type]
     if len(coords) < low or (high is not None and len(coords) > high):
@@ -184,7 +189,7 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
 def _decode_b64_image(text: Any) -> tuple[Image.Image, bytes]:
     """Decode a base64-encoded image file into a loaded PIL image and its bytes (ValueError when broken)."""
     if not isinstance(text, str):
-        raise ValueError("it is not a base64 text")
+        raise ValueError("it is not a base64 text")  # noqa: TRY004 - callers report every bad value alike
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -196,8 +201,11 @@ def _decode_b64_image(text: Any) -> tuple[Image.Image, bytes]:
     try:
         image = Image.open(io.BytesIO(raw))
         image.load()
+    except UnidentifiedImageError:
+        raise ValueError("decoded bytes are not an image (unknown format)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for undecodable data
-        raise ValueError(f"decoded bytes are not an image ({' '.join(str(exc).split()) or type(exc).__name__})")
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"decoded bytes are not an image ({reason})") from None
     return image, raw
 
 
@@ -245,18 +253,20 @@ def _find_image(json_path: Path, image_path: str) -> Path:
 
 # --------------------------------------------------------------------------- rasterization
 #
-# Labelme draws with PIL's ImageDraw, and Pillow has changed its polygon fill more than once
-# (Pillow 8, 9 and 10 each move a few corner pixels), so the same JSON gives slightly different
-# masks under different Pillow versions. Labelme's reference outputs were made with Pillow 9's rule;
-# the scanline fill below is our own NumPy version of that rule, so polygons, rectangles and lines
-# come out the same whatever Pillow is installed, and match Labelme's outputs pixel for pixel:
+# Labelme draws with PIL's ImageDraw, and Pillow has changed its polygon fill over the years, so
+# the same JSON gives slightly different masks under different Pillow versions: the Pillow 13 here
+# is 1 pixel off Labelme's reference outputs, and differs from the rule below on about a third of
+# small random polygons (by up to 12 pixels). The reference outputs were made with the rule of
+# Pillow 9 (it joins corners, but without the odd-crossing check added later); the scanline fill
+# below is our own NumPy version of that rule, so polygons, rectangles and lines come out the same
+# whatever Pillow is installed, and match Labelme's outputs pixel for pixel:
 # * vertices are truncated to ints (C's (int) cast, toward zero);
 # * each row meets every non-horizontal edge at a float32 x; crossings are sorted and paired left to
 #   right, and each pair fills round-half-up(left) .. round-half-down(right); horizontal edges are
 #   filled as they are;
 # * on a row holding an edge's end: the lower end counts twice (except on the last row) so that
 #   two edges meeting there pair up, and where two edges sloping the same way meet at a whole x,
-#   Pillow 9 widens the corner to the neighbouring row's extent ("connect discontiguous corners");
+#   the corner is widened to the neighbouring row's extent ("connect discontiguous corners");
 # * an outline in the fill colour is not drawn (PIL skips it), so the fill is all of it.
 # Circles and points use the installed Pillow's ellipse (Labelme's reference has none to match).
 
@@ -405,32 +415,10 @@ def _wide_line(out: np.ndarray, a: np.ndarray, b: np.ndarray, width: int) -> Non
     _fill_polygon(out, corners)
 
 
-def _clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """Sutherland–Hodgman clip to an axis-aligned box; keeps the polygon's area inside the box."""
-    x0, y0, x1, y1 = box
-    boundaries = ((0, x0, 1), (0, x1, -1), (1, y0, 1), (1, y1, -1))  # (axis, bound, inner side)
-    pts = [tuple(p) for p in points.tolist()]
-    for axis, bound, side in boundaries:
-        if not pts:
-            break
-        clipped = []
-        for i, cur in enumerate(pts):
-            prev = pts[i - 1]
-            cur_in = (cur[axis] - bound) * side >= 0
-            if cur_in != ((prev[axis] - bound) * side >= 0):
-                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
-                cross = [prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])]
-                cross[axis] = bound
-                clipped.append(tuple(cross))
-            if cur_in:
-                clipped.append(cur)
-        pts = clipped
-    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-
-
 def _clip_segment(a: np.ndarray, b: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray | None:
     """Liang–Barsky clip of segment a→b to a box; None when it misses the box."""
     t0, t1 = 0.0, 1.0
+    a, b = np.clip(a, -1e12, 1e12), np.clip(b, -1e12, 1e12)  # keeps b - a finite (see clip_polygon)
     d = b - a
     for p, q in ((-d[0], a[0] - box[0]), (d[0], box[2] - a[0]), (-d[1], a[1] - box[1]), (d[1], box[3] - a[1])):
         if p == 0:
@@ -499,14 +487,14 @@ def shape_to_mask(
             out[top:bottom + 1, left:right + 1] = True
     elif shape_type in ("line", "linestrip"):
         # PIL draws a line strip one segment at a time, so clipping each segment draws the same.
-        for a, b in zip(pts[:-1], pts[1:]):
+        for a, b in itertools.pairwise(pts):
             segment = np.stack([a, b]) if inside else _clip_segment(a, b, box)
             if segment is not None:
                 ends = _truncate(segment)
                 _wide_line(out, ends[0], ends[1], line_width)
     else:  # polygon
         if not inside:
-            pts = _clip_polygon(pts, box)
+            pts = clip_polygon(pts, box)
         _fill_polygon(out, _truncate(pts))
     return out
 
