@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh test
-python -m pytest -q -n 2 "$@"
+python -m pytest -q -n 2 --dist loadfile "$@"

@@ -47,6 +47,16 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
+def _parse_color(text: str | None) -> list[int] | None:
+    """'255,255,255' → [255, 255, 255]."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise MasksmithError(f"--ignore-color {text!r}: expected R,G,B with values 0..255")
+    return [int(p) for p in parts]
+
+
 @app.command()
 @user_errors
 def train(
@@ -65,6 +75,8 @@ def train(
     loss: Optional[str] = typer.Option(None, help="e.g. ce, dice, bce, focal, dice+ce, 0.5*dice+ce"),
     augment: Optional[str] = typer.Option(None, help="augmentation preset: none | light | default"),
     foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
+    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share without a val folder [0.2]"),
     skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="skip images without masks (listed)"),
@@ -92,7 +104,8 @@ def train(
     options = dict(
         classes=classes, model=model, model_options=_parse_options(model_option), size=size, resize=resize,
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
-        augment=augment, foreground=foreground, mask_suffix=mask_suffix, val_fraction=val_fraction,
+        augment=augment, foreground=foreground, palette=palette, ignore_color=_parse_color(ignore_color),
+        mask_suffix=mask_suffix, val_fraction=val_fraction,
         skip_unpaired=skip_unpaired or None, skip_invalid=skip_invalid or None, binary_head=binary_head, early_stopping=early_stopping,
         monitor=monitor, max_time=max_time, grad_clip=grad_clip, weight_decay=weight_decay, seed=seed,
         device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None, auto=auto)
@@ -106,6 +119,8 @@ def check(
     data: Path = typer.Argument(..., help="dataset folder"),
     classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
     foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
+    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
     ignore_index: int = typer.Option(255, help="mask value that marks pixels to ignore"),
     workers: Optional[int] = typer.Option(None, help="worker processes [default: all cores]"),
@@ -123,8 +138,10 @@ def check(
     from masksmith.data.check import check_dataset, print_report, write_fingerprint
     from masksmith.fileio import write_text_atomic
 
+    color = _parse_color(ignore_color)
     report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
-                           ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output))
+                           ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output),
+                           palette=palette, ignore_color=tuple(color) if color else None)
     out = out or Path("runs") / f"check-{data.resolve().name}"
     text = json.dumps(report.to_dict(), indent=1)
     write_text_atomic(out / "report.json", text)
@@ -167,6 +184,8 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="output folder for <name>.png masks"),
     overlay: bool = typer.Option(False, "--overlay", help="also write blended overlays to OUT/overlays/"),
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
+    mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
+                                    "training masks' own encoding (0/255, RGB colors, ...)"),
     batch_size: int = typer.Option(4, "--batch-size", "-b"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -176,13 +195,59 @@ def predict(
 
     predictor = Predictor.load(bundle, device=device)
     report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
-                           batch_size=batch_size, progress=not quiet)
+                           batch_size=batch_size, mask_format=mask_format, progress=not quiet)
     typer.echo(f"wrote {len(report.written)} masks to {out}")
     if report.failed:
         err.print(f"[red]{len(report.failed)} file(s) could not be read:[/red]", markup=True)
         for path, reason in report.failed:
             err.print(f"  {reason}", markup=False)
         raise typer.Exit(1)
+
+
+convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
+app.add_typer(convert_app, name="convert")
+
+
+def _finish_conversion(report: Any, out: Path) -> None:
+    typer.echo(f"wrote {len(report.written)} masks, {len(report.class_names)} classes, to {out}")
+    if report.failed:
+        err.print(f"[red]{len(report.failed)} file(s) could not be converted:[/red]", markup=True)
+        for _, reason in report.failed:
+            err.print(f"  {reason}", markup=False)
+        raise typer.Exit(1)
+
+
+@convert_app.command("labelme")
+@user_errors
+def convert_labelme_command(
+    src: Path = typer.Argument(..., help="folder of Labelme JSON files (images beside them or embedded)"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    labels: Optional[Path] = typer.Option(None, help="labels.txt: __ignore__, _background_, then the classes"),
+    instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/"),
+    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Labelme JSON → JPEGImages/, SegmentationClass/ (palette PNG), class_names.txt."""
+    from masksmith.data.convert import convert_labelme
+
+    report = convert_labelme(src, out, labels, instances=instances, visualize=visualize, progress=not quiet)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("coco")
+@user_errors
+def convert_coco_command(
+    annotations: Path = typer.Argument(..., help="COCO annotations JSON (polygons or RLE)"),
+    images: Path = typer.Argument(..., help="folder holding the images"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """COCO instances → index masks; category ids mapped to contiguous classes; iscrowd → ignore."""
+    from masksmith.data.convert import convert_coco
+
+    report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet)
+    _finish_conversion(report, out)
 
 
 @app.command()

@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     foreground: int | None = Field(
         None, description="binary masks: the pixel value that means foreground (ISBI membrane: 0); default: non-zero")
     ignore_index: int = Field(255, ge=0, le=255, description="mask value that counts for no loss and no metric")
+    palette: str | None = Field(
+        None, description="RGB color masks: a palette file (CVAT labelmap.txt, name,r,g,b or r g b name); default: colors found")
+    ignore_color: list[int] | None = Field(None, description="RGB color masks: the color that marks ignored pixels")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share when the data has no val folder")
     skip_unpaired: bool = Field(False, description="skip (and list) images without masks instead of failing")
     skip_invalid: bool = Field(

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from masksmith.bundle import BundleMeta, load_bundle
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.discover import list_images
-from masksmith.data.masks import read_image
+from masksmith.data.masks import MaskEncoding, read_image, write_mask
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models import build_model, logits_to_probabilities
 from masksmith.visualize import overlay, save_image, save_mask_png
@@ -137,8 +137,14 @@ def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
-                  progress: bool = True) -> PredictReport:
-    """Predict files, folders or globs into OUT/<stem>.png palette masks (and OUT/overlays/<stem>.jpg)."""
+                  mask_format: str = "palette", progress: bool = True) -> PredictReport:
+    """Predict files, folders or globs into OUT/<stem>.png masks (and OUT/overlays/<stem>.jpg).
+
+    mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
+    masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
+    """
+    if mask_format not in ("palette", "dataset"):
+        raise MasksmithError(f"mask format must be 'palette' or 'dataset', got {mask_format!r}")
     out_dir = Path(out_dir)
     paths = list_images(list(inputs))
     stems: dict[str, Path] = {}
@@ -162,7 +168,11 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                 for path, array, probabilities in zip(readable, arrays, predictor.probabilities(arrays)):
                     mask = predictor.decide(probabilities, threshold)
                     target = out_dir / f"{path.stem}.png"
-                    save_mask_png(mask, target, predictor.colors, predictor.meta.ignore_index)
+                    if mask_format == "dataset":
+                        write_mask(target, mask, MaskEncoding.from_dict(predictor.meta.mask_encoding),
+                                   predictor.meta.ignore_index)
+                    else:
+                        save_mask_png(mask, target, predictor.colors, predictor.meta.ignore_index)
                     report.written.append(target)
                     if overlay_images:
                         save_image(overlay(array, mask, predictor.colors), out_dir / "overlays" / f"{path.stem}.jpg")

@@ -22,7 +22,13 @@ from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
 from masksmith.data.classes import read_class_names
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.data.discover import Sample, discover, split_samples
-from masksmith.data.masks import MaskEncoding, detect_encoding, image_channels
+from masksmith.data.masks import (
+    MaskEncoding,
+    color_table_text,
+    describe_encoding,
+    detect_encoding,
+    image_channels,
+)
 from masksmith.data.validate import validate_samples
 from masksmith.engine import (
     EpochHistory,
@@ -118,31 +124,35 @@ def plan_data(cfg: TrainConfig, log: RunLog) -> DataPlan:
     split["val"] = [s.name for s in val_samples]
     names = read_class_names(cfg.classes)
     encoding, detected_classes = detect_encoding(
-        [s.mask for s in train_samples if s.mask is not None], foreground=cfg.foreground)
+        [s.mask for s in train_samples if s.mask is not None], foreground=cfg.foreground, palette=cfg.palette,
+        ignore_color=cfg.ignore_color)
     if names is not None and encoding.kind == "binary" and len(names) != 2:
         encoding, detected_classes = MaskEncoding(kind="index"), len(names)
     if names is None:
         names = (["background", "foreground"] if encoding.kind == "binary"
-                 else [f"class_{i}" for i in range(detected_classes)])
+                 else list(encoding.names) if encoding.names else [f"class_{i}" for i in range(detected_classes)])
     elif encoding.kind == "index" and detected_classes > len(names):
         raise DataError(f"{cfg.classes}: lists {len(names)} classes but the masks hold values up to "
                         f"{detected_classes - 1}")
+    elif encoding.kind == "color" and detected_classes != len(names):
+        raise DataError(f"{cfg.classes}: lists {len(names)} classes but the color masks hold {detected_classes} colors")
     channels = cfg.channels or image_channels(train_samples[0].image)
     mean = cfg.mean or (IMAGENET_MEAN if channels == 3 else [0.5])
     std = cfg.std or (IMAGENET_STD if channels == 3 else [0.25])
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean and std need {channels} values each (one per input channel)")
     log.info(f"data: {len(train_samples)} train / {len(val_samples)} val images ({split['kind']} split), "
-             f"{len(names)} classes, {encoding.kind} masks"
-             + (f" (foreground value {encoding.foreground})" if encoding.foreground is not None else "")
-             + f", {channels}-channel input")
+             f"{len(names)} classes, {describe_encoding(encoding)}, {channels}-channel input")
+    if encoding.kind == "color":
+        log.info(color_table_text(encoding, names=names).rstrip())
     return DataPlan(train_samples, val_samples, encoding, names, channels, list(mean), list(std), split)
 
 
 def apply_auto_plan(cfg: TrainConfig, run_dir: Path, log: RunLog) -> TrainConfig:
     """Check the data, fingerprint it, and fill the options the user did not give from the plan."""
     report = check_dataset(cfg.data, classes=cfg.classes, foreground=cfg.foreground, mask_suffix=cfg.mask_suffix,
-                           ignore_index=cfg.ignore_index, progress=not cfg.quiet)
+                           ignore_index=cfg.ignore_index, progress=not cfg.quiet, palette=cfg.palette,
+                           ignore_color=tuple(cfg.ignore_color) if cfg.ignore_color else None)
     data_fingerprint = fingerprint(report)
     write_fingerprint(report, run_dir / "fingerprint.json")
     given = {name: getattr(cfg, name) for name in cfg.model_fields_set}
@@ -205,7 +215,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     meta = BundleMeta(
         model=cfg.model, model_options=cfg.model_options, in_channels=plan.channels,
         out_channels=1 if sigmoid else num_classes, class_names=plan.class_names,
-        colors=default_colors(num_classes).tolist(), size=cfg.size, resize=cfg.resize, mean=plan.mean,
+        colors=class_colors(plan.encoding, num_classes), size=cfg.size, resize=cfg.resize, mean=plan.mean,
         std=plan.std, threshold=cfg.threshold, mask_encoding=plan.encoding.to_dict(),
         ignore_index=cfg.ignore_index, split=plan.split)
     bundle = save_bundle(run_dir / "model.msb", network.state_dict(), meta)
@@ -223,6 +233,13 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
              f"model bundle {bundle}")
     log.info(f"predict with: masksmith predict {bundle} IMAGES... --out predictions")
     return result
+
+
+def class_colors(encoding: MaskEncoding, num_classes: int) -> list[list[int]]:
+    """Display colors: the dataset's own for color masks (so predictions look like the labels), else VOC's."""
+    if encoding.kind == "color" and encoding.colors:
+        return [list(color) for color in encoding.colors]
+    return default_colors(num_classes).tolist()
 
 
 def _best_epoch(rows: list[dict[str, float]], cfg: TrainConfig) -> int | None:
