@@ -17,7 +17,7 @@ class RunLog:
 
     def info(self, message: str) -> None:
         """Log one message."""
-        self.console.print(message, markup=False)
+        self.console.print(message, markup=False, soft_wrap=True)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as handle:
