@@ -63,8 +63,14 @@ def train(
     data: Optional[Path] = typer.Argument(None, help="dataset folder (or give data: in --config)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; options below override it"),
     classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    model: Optional[str] = typer.Option(None, help="architecture: unet, fcn-lite (see `masksmith models`)"),
+    model: Optional[str] = typer.Option(None, help="architecture: unet, fcn-lite, smp.Unet, smp.FPN ... (see `masksmith models`)"),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-m", help="NAME=VALUE, e.g. depth=3"),
+    encoder: Optional[str] = typer.Option(None, help="smp models: encoder name, e.g. resnet34, densenet121, tu-…"),
+    weights: Optional[str] = typer.Option(None, help="imagenet (smp, online) or a local .safetensors/.pth file"),
+    freeze_encoder_epochs: Optional[int] = typer.Option(
+        None, help="epochs with the encoder frozen, then fine-tuned [default: 0]"),
+    encoder_lr: Optional[float] = typer.Option(
+        None, help="encoder learning rate [default: lr/10 when freezing, else lr]"),
     size: Optional[int] = typer.Option(None, help="input size in pixels [default: 256]"),
     resize: Optional[str] = typer.Option(None, help="resize | random_crop | center_crop [default: resize]"),
     epochs: Optional[int] = typer.Option(None, help="maximum epochs [default: 50]"),
@@ -102,7 +108,8 @@ def train(
     if data is None and config is None and resume is None:
         raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
     options = dict(
-        classes=classes, model=model, model_options=_parse_options(model_option), size=size, resize=resize,
+        classes=classes, model=model, model_options=_parse_options(model_option), encoder=encoder, weights=weights,
+        freeze_encoder_epochs=freeze_encoder_epochs, encoder_lr=encoder_lr, size=size, resize=resize,
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
         augment=augment, foreground=foreground, palette=palette, ignore_color=_parse_color(ignore_color),
         mask_suffix=mask_suffix, val_fraction=val_fraction,
@@ -179,7 +186,7 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb) or exported model (model.onnx)"),
     inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder for <name>.png masks"),
     overlay: bool = typer.Option(False, "--overlay", help="also write blended overlays to OUT/overlays/"),
@@ -188,20 +195,59 @@ def predict(
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
     batch_size: int = typer.Option(4, "--batch-size", "-b"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
+    tile: Optional[int] = typer.Option(None, help="predict in tiles of this many pixels [default: automatic for "
+                                       "crop-trained models on images over 2x the training size]"),
+    overlap: Optional[int] = typer.Option(None, help="tile overlap in pixels [default: tile/4]"),
+    blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
+    tta: bool = typer.Option(False, "--tta", help="average over flipped copies (4 forward passes per image)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays)."""
-    from masksmith.predict import Predictor, predict_files
+    from masksmith.predict import TTA_PASSES, Predictor, predict_files
 
-    predictor = Predictor.load(bundle, device=device)
+    predictor = Predictor.load(bundle, device=device, backend=backend, tile=tile, overlap=overlap,
+                               blend=blend, tta=tta)
     report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
                            batch_size=batch_size, mask_format=mask_format, progress=not quiet)
     typer.echo(f"wrote {len(report.written)} masks to {out}")
-    if report.failed:
-        err.print(f"[red]{len(report.failed)} file(s) could not be read:[/red]", markup=True)
-        for path, reason in report.failed:
-            err.print(f"  {reason}", markup=False)
-        raise typer.Exit(1)
+    if tta and report.written:
+        per_image = 1000 * report.seconds / len(report.written)
+        typer.echo(f"tta: {TTA_PASSES} forward passes per image, ~{TTA_PASSES}x the inference time "
+                   f"({per_image:.0f} ms per image with TTA)")
+    _exit_on_failures(report.failed, "read")
+
+
+def _exit_on_failures(failed: list[tuple[Any, str]], verb: str) -> None:
+    """List the files a folder run went past (each reason names its file) and exit 1; nothing if none."""
+    if not failed:
+        return
+    err.print(f"[red]{len(failed)} file(s) could not be {verb}:[/red]", markup=True)
+    for _, reason in failed:
+        err.print(f"  {reason}", markup=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: the bundle's name with .onnx "
+                                       "(.int8.onnx with --int8)]"),
+    export_format: str = typer.Option("onnx", "--format", help="export format: onnx"),
+    int8: bool = typer.Option(False, "--int8", help="static int8 quantization of the convolutions"),
+    calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="images for int8 calibration "
+                                                    "(files, folders or globs; real images)"),
+    opset: int = typer.Option(18, help="ONNX opset"),
+) -> None:
+    """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
+    from masksmith.export import export_onnx
+
+    if export_format != "onnx":
+        raise MasksmithError(f"--format {export_format!r}: only 'onnx' is supported")
+    target = out or bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
+    report = export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration or None)
+    typer.echo(report.summary())
 
 
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
@@ -210,11 +256,7 @@ app.add_typer(convert_app, name="convert")
 
 def _finish_conversion(report: Any, out: Path) -> None:
     typer.echo(f"wrote {len(report.written)} masks, {len(report.class_names)} classes, to {out}")
-    if report.failed:
-        err.print(f"[red]{len(report.failed)} file(s) could not be converted:[/red]", markup=True)
-        for _, reason in report.failed:
-            err.print(f"  {reason}", markup=False)
-        raise typer.Exit(1)
+    _exit_on_failures(report.failed, "converted")
 
 
 @convert_app.command("labelme")

@@ -54,6 +54,11 @@ class TrainConfig(BaseModel):
     # --- model ------------------------------------------------------------------------------
     model: str = Field("unet", description="architecture name (see `masksmith models`)")
     model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}")
+    encoder: str | None = Field(
+        None, description="smp models: encoder (backbone) name, e.g. resnet34, densenet121, tu-convnext_tiny")
+    weights: str | None = Field(
+        None, description="initial weights: a hub name for smp encoders (imagenet) or a local .safetensors/.pth file "
+                          "(whole model or encoder alone); default: random")
     binary_head: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="binary data: 2-class softmax or a 1-channel sigmoid head")
     threshold: float = Field(0.5, gt=0, lt=1, description="binary: foreground probability threshold at prediction")
@@ -64,6 +69,10 @@ class TrainConfig(BaseModel):
     optimizer: Optimizer = Field("adam", description="adam, adamw, sgd (momentum 0.9, nesterov) or rmsprop")
     lr: float = Field(1e-3, gt=0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    freeze_encoder_epochs: int = Field(
+        0, ge=0, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
+    encoder_lr: float | None = Field(
+        None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, else lr")
     scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
     epochs: int = Field(50, ge=1, description="maximum number of epochs")
     batch_size: int = Field(8, ge=1, description="images per training step")

@@ -114,8 +114,79 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer parameter groups (one group; a hook for discriminative learning rates)."""
-        return [{"params": [p for p in self.network.parameters() if p.requires_grad]}]
+        """Optimizer parameter groups: the rest at `lr`, the encoder (when the model has one) at `encoder_lr`."""
+        encoder = self.encoder
+        if encoder is None:
+            return [{"params": [p for p in self.network.parameters() if p.requires_grad]}]
+        encoder_ids = {id(p) for p in encoder.parameters()}
+        rest = [p for p in self.network.parameters() if id(p) not in encoder_ids and p.requires_grad]
+        # The encoder's parameters join the optimizer even while frozen: a frozen parameter just gets
+        # no gradient (and Adam/SGD skip it), so unfreezing needs no optimizer rebuild.
+        # The decoder group comes first: the history's "lr" column reads group 0.
+        return [{"params": rest, "name": "decoder"},
+                {"params": list(encoder.parameters()), "lr": self.encoder_lr, "name": "encoder"}]
+
+    @property
+    def encoder(self) -> torch.nn.Module | None:
+        """The network's encoder (smp models and masksmith's UNet have one), or None."""
+        encoder = getattr(self.network, "encoder", None)
+        return encoder if isinstance(encoder, torch.nn.Module) else None
+
+    @property
+    def encoder_lr(self) -> float:
+        """The encoder's learning rate: as configured, else lr / 10 after a frozen start, else lr."""
+        if self.config.encoder_lr is not None:
+            return self.config.encoder_lr
+        # Pretrained features are fine-tuned gently once the randomly initialised decoder has settled.
+        return self.config.lr / 10 if self.config.freeze_encoder_epochs else self.config.lr
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder is frozen in the current epoch (epochs 0 .. freeze_encoder_epochs - 1)."""
+        if not self.config.freeze_encoder_epochs or self.encoder is None or self._trainer is None:
+            return False
+        return self.current_epoch < self.config.freeze_encoder_epochs
+
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Freeze (no gradients, BatchNorm statistics fixed) or unfreeze the encoder."""
+        encoder = self.encoder
+        if encoder is None:
+            return
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(not frozen)
+        if frozen:
+            _batchnorm_eval(encoder)
+        elif self.training:
+            encoder.train()
+
+    def train(self, mode: bool = True) -> "SegmentationModule":
+        """Switch train/eval mode, keeping a frozen encoder's BatchNorm layers in eval mode."""
+        # Lightning calls train() after every validation run; without this the frozen encoder's
+        # BatchNorm would go back to updating its running statistics.
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            _batchnorm_eval(self.encoder)
+        return self
+
+    def on_fit_start(self) -> None:
+        """Check the freeze options against the model before the first epoch."""
+        if (self.config.freeze_encoder_epochs or self.config.encoder_lr is not None) and self.encoder is None:
+            from masksmith.errors import ConfigError
+
+            raise ConfigError(f"model {self.config.model!r} has no encoder: freeze_encoder_epochs and encoder_lr "
+                              "need one (smp models and unet have one)")
+
+    def on_train_epoch_start(self) -> None:
+        """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on."""
+        if self.config.freeze_encoder_epochs and self.encoder is not None:
+            self.set_encoder_frozen(self.encoder_frozen)
+
+
+def _batchnorm_eval(module: torch.nn.Module) -> None:
+    """Put every BatchNorm layer of `module` in eval mode, so its running statistics stay fixed."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 class EpochHistory(Callback):

@@ -1,15 +1,25 @@
-"""Predictor: a loaded bundle that turns images into masks at their original size."""
+"""Predictor: a loaded model (PyTorch bundle or ONNX) that turns images into masks at their original size.
+
+One Predictor holds the pre- and post-processing; a *backend* only maps a normalized N x C x H x W
+float batch to logits of the same height and width. The PyTorch backend runs the network (folded
+BatchNorm, channels_last, one thread per physical core); the ONNX backend (masksmith.export) runs
+an onnxruntime session. Large images of crop-trained models are predicted tile by tile.
+"""
 
 from __future__ import annotations
 
+import copy
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
 from masksmith.bundle import BundleMeta, load_bundle
@@ -21,20 +31,235 @@ from masksmith.models import build_model, logits_to_probabilities
 from masksmith.visualize import overlay, save_image, save_mask_png
 
 ImageInput = np.ndarray | Image.Image | str | Path
+Blend = Literal["gaussian", "linear"]
+BACKENDS = ("torch", "onnx")
+BLENDS = ("gaussian", "linear")
+# Crop-trained models switch to tiles when an image side exceeds this many times the training size:
+# whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
+AUTO_TILE_FACTOR = 2.0
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads share one core's arithmetic units)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical_id = core_id = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                physical_id = value.strip()
+            elif key == "core id":
+                core_id = value.strip()
+                cores.add((physical_id, core_id))
+    except OSError:
+        pass
+    # Containers often see every host core in cpuinfo but may run on fewer: take the smaller.
+    return max(1, min(len(cores), available) if cores else available)
+
+
+class Backend(Protocol):
+    """Maps a normalized N x C x H x W float batch (any H, W) to N x K x H x W float logits on the CPU."""
+
+    name: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """A copy of `network` (eval mode) with every Conv→BatchNorm pair inside a Sequential merged into one conv.
+
+    Inference-only: the BatchNorm becomes Identity, so the copy computes the same function with
+    one layer fewer per pair; the original module is left untouched for training.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (name, layer), (next_name, follower) in zip(children, children[1:]):
+            # Exact types only: a subclass (quantized, custom) may not compute a plain convolution.
+            if type(follower) is nn.BatchNorm2d and follower.track_running_stats and \
+                    type(layer) in (nn.Conv2d, nn.ConvTranspose2d):
+                fused = fuse_conv_bn_eval(layer, follower, transpose=isinstance(layer, nn.ConvTranspose2d))
+                setattr(module, name, fused)
+                setattr(module, next_name, nn.Identity())
+    return folded
+
+
+class TorchBackend:
+    """The PyTorch network, optionally optimized for inference (BN folded, channels_last, threads)."""
+
+    name = "torch"
+
+    def __init__(self, network: nn.Module, device: str | torch.device = "cpu", optimize: bool = True):
+        self.device = torch.device(device)
+        self.optimize = optimize
+        network = network.eval()
+        if optimize:
+            network = fold_batchnorm(network)
+            if self.device.type == "cpu":
+                torch.set_num_threads(physical_cores())
+        self.network = network.to(self.device)
+        if optimize:
+            # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels without layout reorders.
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalized batch."""
+        batch = batch.to(self.device)
+        if self.optimize:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.network(batch).float().contiguous().cpu()
+
+
+def _blend_weights(size: int, overlap: int, blend: str, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1-D tile weights: low near tile edges shared with a neighbour tile, so seams fade out."""
+    position = torch.arange(size, dtype=torch.float64) + 0.5
+    if blend == "gaussian":
+        # nnU-Net's choice: sigma of 1/8 of the tile puts almost all weight on the tile centre.
+        sigma = size / 8.0
+        weight = torch.exp(-((position - size / 2.0) ** 2) / (2 * sigma**2))
+        if at_start:
+            weight[: size // 2] = 1.0
+        if at_end:
+            weight[size // 2:] = 1.0
+        weight = weight / weight.max()
+    else:
+        # A trapezoid that is zero on the outer quarter of the overlap and reaches one at three quarters:
+        # pixels that close to a tile edge saw zero padding instead of image, so the neighbour tile,
+        # which sees them well inside, decides them alone. Exact for receptive fields < overlap / 2.
+        margin, ramp = overlap / 4.0, max(overlap / 2.0, 1.0)
+        ones = torch.ones(size, dtype=torch.float64)
+        rising = ones if at_start else torch.clamp((position - margin) / ramp, 0.0, 1.0)
+        falling = ones if at_end else torch.clamp((size - position - margin) / ramp, 0.0, 1.0)
+        weight = torch.minimum(rising, falling)
+    # Every pixel keeps a sliver of weight so no pixel divides by zero, whatever the tile layout.
+    return torch.clamp(weight, min=1e-6).float()
+
+
+def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets covering [0, length) with tiles of `tile`, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, *, tile: int, overlap: int,
+                 multiple: int = 1, blend: Blend = "gaussian", batch: int = 4) -> torch.Tensor:
+    """Sliding-window logits (1 x K x H x W) for a normalized 1 x C x H x W image, tiles blended by weight.
+
+    The image is first padded to `multiple` (as the network itself would) and every tile starts at a
+    multiple of it, so each tile's pooling grid lines up with whole-image inference and tiles differ
+    from it only near their edges, where the blend weights are small.
+    """
+    if blend not in BLENDS:
+        raise MasksmithError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    if tile < 1 or not 0 <= overlap < tile:
+        raise MasksmithError(f"tiling needs tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    from masksmith.models.unet import pad_to_multiple
+
+    height, width = image.shape[-2:]
+    multiple = max(1, multiple)
+    tile = max(multiple, tile // multiple * multiple)
+    stride = max(multiple, (tile - overlap) // multiple * multiple)
+    padded = pad_to_multiple(image, multiple)
+    full_h, full_w = padded.shape[-2:]
+    tile_h, tile_w = min(tile, full_h), min(tile, full_w)
+    ys, xs = _tile_starts(full_h, tile_h, stride), _tile_starts(full_w, tile_w, stride)
+    boxes = [(y, x) for y in ys for x in xs]
+    total: torch.Tensor | None = None
+    weights = torch.zeros(1, 1, full_h, full_w)
+    for first in range(0, len(boxes), max(1, batch)):
+        chunk = boxes[first:first + max(1, batch)]
+        logits = backend(torch.cat([padded[:, :, y:y + tile_h, x:x + tile_w] for y, x in chunk]))
+        if total is None:
+            total = torch.zeros(1, logits.shape[1], full_h, full_w)
+        for row, (y, x) in enumerate(chunk):
+            weight = (_blend_weights(tile_h, overlap, blend, y == 0, y + tile_h >= full_h)[:, None]
+                      * _blend_weights(tile_w, overlap, blend, x == 0, x + tile_w >= full_w)[None, :])
+            total[:, :, y:y + tile_h, x:x + tile_w] += logits[row:row + 1].float() * weight
+            weights[:, :, y:y + tile_h, x:x + tile_w] += weight
+    assert total is not None
+    return (total / weights)[:, :, :height, :width]
+
+
+def flip_tta(backend: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a backend so it averages logits over the identity, horizontal, vertical and both flips."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in ((), (3,), (2,), (2, 3)):
+            flipped = batch.flip(dims) if dims else batch
+            logits = backend(flipped)
+            logits = logits.flip(dims) if dims else logits
+            total = logits if total is None else total + logits
+        return total / 4.0
+
+    return run
+
+
+TTA_PASSES = 4
 
 
 class Predictor:
-    """A model ready for inference; everything it needs comes from the bundle."""
+    """A model ready for inference; everything it needs comes from the bundle (or the ONNX metadata)."""
 
-    def __init__(self, network: torch.nn.Module, meta: BundleMeta, device: str = "cpu"):
+    def __init__(self, network: nn.Module | Backend, meta: BundleMeta, device: str = "cpu", *,
+                 optimize: bool = True, tile: int | None = None, overlap: int | None = None,
+                 blend: Blend = "gaussian", tile_batch: int = 4, tta: bool = False,
+                 auto_tile_factor: float | None = AUTO_TILE_FACTOR, multiple: int | None = None):
         self.meta = meta
         self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
+        if isinstance(network, nn.Module):
+            self.backend: Backend = TorchBackend(network, self.device, optimize=optimize)
+            self.network: nn.Module | None = self.backend.network  # type: ignore[attr-defined]
+            self.multiple = multiple or int(getattr(network, "multiple", 1))
+        else:
+            self.backend = network
+            self.network = None
+            self.multiple = multiple or int(getattr(network, "multiple", 1))
         self.colors = np.array(meta.colors, dtype=np.uint8)
+        if blend not in BLENDS:
+            raise MasksmithError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+        if tile is not None and tile < 1:
+            raise MasksmithError(f"tile must be a positive number of pixels, got {tile}")
+        if overlap is not None and overlap < 0:
+            raise MasksmithError(f"overlap must be >= 0 pixels, got {overlap}")
+        self.tile = tile
+        self.overlap = overlap
+        self.blend: Blend = blend
+        self.tile_batch = tile_batch
+        self.tta = tta
+        self.auto_tile_factor = auto_tile_factor
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Predictor":
-        """Build the network from a bundle and load its weights."""
+    def load(cls, path: str | Path, device: str = "auto", *, backend: str | None = None,
+             optimize: bool = True, **options) -> "Predictor":
+        """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle run by PyTorch.
+
+        `backend="onnx"` on a bundle exports it to ONNX in memory first; options go to the constructor.
+        """
+        path = Path(path)
+        if backend is not None and backend not in BACKENDS:
+            raise MasksmithError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if path.suffix.lower() == ".onnx":
+            if backend == "torch":
+                raise MasksmithError(f"{path}: an ONNX model runs on the onnx backend only; "
+                                     "give the .msb bundle for --backend torch")
+            from masksmith.export import OnnxBackend
+
+            onnx_backend = OnnxBackend(path)
+            return cls(onnx_backend, onnx_backend.meta, "cpu", multiple=onnx_backend.multiple, **options)
         meta, weights = load_bundle(path)
         network = build_model(meta.model, meta.in_channels, meta.out_channels, **meta.model_options)
         try:
@@ -42,18 +267,81 @@ class Predictor:
         except RuntimeError as error:
             raise BundleError(f"{path}: weights do not fit the {meta.model} architecture "
                               f"({str(error).splitlines()[0]})") from None
+        if backend == "onnx":
+            from masksmith.export import OnnxBackend, network_to_onnx
+
+            onnx_backend = OnnxBackend(network_to_onnx(network.eval(), meta), source=f"{path} (exported)")
+            return cls(onnx_backend, meta, "cpu", multiple=onnx_backend.multiple, **options)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(network, meta, device)
+        return cls(network, meta, device, optimize=optimize, **options)
 
     @property
     def class_names(self) -> list[str]:
         """Class names, index order."""
         return self.meta.class_names
 
+    @property
+    def backend_name(self) -> str:
+        """'torch' or 'onnx'."""
+        return self.backend.name
+
     def _input_size(self) -> tuple[int, int] | None:
         # Models trained on crops are fully convolutional: they see the whole image at prediction.
         return (self.meta.size, self.meta.size) if self.meta.resize == "resize" else None
+
+    def tiling_for(self, shape: Sequence[int]) -> tuple[int, int] | None:
+        """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None."""
+        if self.meta.resize == "resize":
+            return None  # the whole image is resized to the training size: tiles would change its scale
+        tile = self.tile
+        if tile is None:
+            if self.auto_tile_factor is None or max(shape[:2]) <= self.auto_tile_factor * self.meta.size:
+                return None
+            tile = self.meta.size
+        if max(shape[:2]) <= tile:
+            return None
+        overlap = self.overlap if self.overlap is not None else tile // 4
+        return tile, min(overlap, tile - 1)
+
+    def _runner(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return flip_tta(self.backend) if self.tta else self.backend
+
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """Raw logits (1 x K x h x w) of one HxWxC uint8 image at the network's input size (tiled when due)."""
+        tiling = self.tiling_for(image.shape)
+        batch = preprocess_image(image, self._input_size(), self.meta.mean, self.meta.std)
+        if tiling is None:
+            return self._runner()(batch)
+        return tiled_logits(self._runner(), batch, tile=tiling[0], overlap=tiling[1], multiple=self.multiple,
+                            blend=self.blend, batch=self.tile_batch)
+
+    def _to_probabilities(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # Upsample logits (not labels) to the original size, then decide: smooth boundaries.
+        if logits.shape[2:] != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return logits_to_probabilities(logits)[0].cpu()
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Class probabilities (K x H x W) for each image, at the image's own size."""
+        size = self._input_size()
+        by_index: dict[int, torch.Tensor] = {}
+        # Images of the same input shape go through the network together; tiled ones one by one.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            if self.tiling_for(image.shape) is not None:
+                by_index[index] = self._to_probabilities(self.logits(image), *image.shape[:2])
+                continue
+            shape = size if size is not None else image.shape[:2]
+            groups.setdefault(tuple(shape), []).append(index)
+        runner = self._runner()
+        for indices in groups.values():
+            batch = torch.cat([preprocess_image(images[i], size, self.meta.mean, self.meta.std) for i in indices])
+            logits = runner(batch)
+            for row, i in enumerate(indices):
+                by_index[i] = self._to_probabilities(logits[row:row + 1], *images[i].shape[:2])
+        return [by_index[index] for index in range(len(images))]
 
     def to_array(self, image: ImageInput) -> np.ndarray:
         """Any accepted input as an HxWxC uint8 array with the model's channel count."""
@@ -75,30 +363,6 @@ class Predictor:
                 array = array[:, :, :3]
         return np.ascontiguousarray(array.astype(np.uint8))
 
-    @torch.inference_mode()
-    def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Class probabilities (K x H x W) for each image, at the image's own size."""
-        size = self._input_size()
-        results: list[torch.Tensor] = []
-        # Images of the same input shape go through the network together.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            shape = size if size is not None else image.shape[:2]
-            groups.setdefault(tuple(shape), []).append(index)
-        by_index: dict[int, torch.Tensor] = {}
-        for indices in groups.values():
-            batch = torch.cat([preprocess_image(images[i], size, self.meta.mean, self.meta.std) for i in indices])
-            logits = self.network(batch.to(self.device)).float()
-            for row, i in enumerate(indices):
-                height, width = images[i].shape[:2]
-                # Upsample logits (not labels) to the original size, then decide: smooth boundaries.
-                resized = F.interpolate(logits[row:row + 1], size=(height, width), mode="bilinear",
-                                        align_corners=False) if logits.shape[2:] != (height, width) else logits[row:row + 1]
-                by_index[i] = logits_to_probabilities(resized)[0].cpu()
-        for index in range(len(images)):
-            results.append(by_index[index])
-        return results
-
     def decide(self, probabilities: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """Class-index mask from probabilities: threshold for binary, argmax otherwise."""
         if self.meta.num_classes == 2:
@@ -115,6 +379,19 @@ class Predictor:
         arrays = [self.to_array(image) for image in images]
         return [self.decide(p, threshold) for p in self.probabilities(arrays)]
 
+    @torch.inference_mode()
+    def predict_tiled(self, image: ImageInput, tile: int | None = None, overlap: int | None = None,
+                      blend: Blend | None = None, batch: int | None = None,
+                      threshold: float | None = None) -> np.ndarray:
+        """Predict one image by sliding-window tiles (whatever its size); returns the HxW class-index mask."""
+        array = self.to_array(image)
+        tile = tile or self.tile or self.meta.size
+        overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else tile // 4)
+        batch_tensor = preprocess_image(array, None, self.meta.mean, self.meta.std)
+        logits = tiled_logits(self._runner(), batch_tensor, tile=tile, overlap=overlap, multiple=self.multiple,
+                              blend=blend or self.blend, batch=batch or self.tile_batch)
+        return self.decide(self._to_probabilities(logits, *array.shape[:2]), threshold)
+
 
 @dataclass
 class PredictReport:
@@ -122,6 +399,7 @@ class PredictReport:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -155,6 +433,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                                  "predict them into separate --out folders")
         stems[path.stem] = path
     report = PredictReport()
+    inference = 0.0
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
         for batch in _batches(paths, batch_size):
             arrays, readable = [], []
@@ -165,8 +444,11 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                 except MasksmithError as error:
                     report.failed.append((path, str(error)))
             if arrays:
-                for path, array, probabilities in zip(readable, arrays, predictor.probabilities(arrays)):
-                    mask = predictor.decide(probabilities, threshold)
+                started = time.perf_counter()
+                probabilities = predictor.probabilities(arrays)
+                inference += time.perf_counter() - started
+                for path, array, probs in zip(readable, arrays, probabilities):
+                    mask = predictor.decide(probs, threshold)
                     target = out_dir / f"{path.stem}.png"
                     if mask_format == "dataset":
                         write_mask(target, mask, MaskEncoding.from_dict(predictor.meta.mask_encoding),
@@ -177,4 +459,5 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                     if overlay_images:
                         save_image(overlay(array, mask, predictor.colors), out_dir / "overlays" / f"{path.stem}.jpg")
             bar.update(len(batch))
+    report.seconds = inference
     return report

@@ -39,7 +39,8 @@ from masksmith.engine import (
 )
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
-from masksmith.models import MODELS, build_model
+from masksmith.models import MODELS, build_model, model_options
+from masksmith.models.smp import encoder_normalization, import_smp, is_weights_file, load_weights
 from masksmith.plan import derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
 from masksmith.visualize import default_colors
@@ -172,12 +173,20 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # expected when resuming
     log = RunLog(run_dir / "train.log", quiet=cfg.quiet)
     MODELS.get(cfg.model)  # an unknown model name fails now, not after the data has been read
+    model_arguments = _model_arguments(cfg)  # as do bad encoder/weights options and a missing extra
+    user_normalization = bool({"mean", "std"} & cfg.model_fields_set)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.auto and not resume:
         # Layout and pairing errors first, in their own words, before the check pass summarises them.
         discover(cfg.data, mask_suffix=cfg.mask_suffix, skip_unpaired=cfg.skip_unpaired)
         cfg = apply_auto_plan(cfg, run_dir, log)
     plan = plan_data(cfg, log)
+    normalization = encoder_normalization(cfg.model, model_arguments, plan.channels)
+    if normalization and not user_normalization and not resume:
+        # A pretrained encoder expects the statistics it was trained with, not the dataset's own.
+        plan.mean, plan.std = normalization
+        cfg.mean, cfg.std = list(plan.mean), list(plan.std)
+        log.info(f"normalization of encoder {model_arguments.get('encoder')}: mean {plan.mean}, std {plan.std}")
     checked = dict(encoding=plan.encoding, num_classes=len(plan.class_names), ignore_index=cfg.ignore_index,
                    progress=not cfg.quiet, skip_invalid=cfg.skip_invalid)
     plan.train = validate_samples(plan.train, **checked)
@@ -192,7 +201,11 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
 
     num_classes = len(plan.class_names)
     sigmoid = num_classes == 2 and cfg.binary_head == "sigmoid"
-    network = build_model(cfg.model, plan.channels, 1 if sigmoid else num_classes, **cfg.model_options)
+    network = build_model(cfg.model, plan.channels, 1 if sigmoid else num_classes, **model_arguments)
+    if cfg.weights and "weights" not in model_arguments:
+        # Models without their own `weights` option (the built-in ones) take a local file here.
+        report = load_weights(network, cfg.weights, part="auto")
+        log.info(f"weights: {report.loaded} tensors of the {report.part} from {cfg.weights}")
     module = SegmentationModule(network, cfg, num_classes)
     train_loader, val_loader = _loaders(cfg, plan)
     history = EpochHistory(run_dir)
@@ -213,7 +226,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
         network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     meta = BundleMeta(
-        model=cfg.model, model_options=cfg.model_options, in_channels=plan.channels,
+        model=cfg.model, model_options=_bundle_options(model_arguments), in_channels=plan.channels,
         out_channels=1 if sigmoid else num_classes, class_names=plan.class_names,
         colors=class_colors(plan.encoding, num_classes), size=cfg.size, resize=cfg.resize, mean=plan.mean,
         std=plan.std, threshold=cfg.threshold, mask_encoding=plan.encoding.to_dict(),
@@ -233,6 +246,35 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
              f"model bundle {bundle}")
     log.info(f"predict with: masksmith predict {bundle} IMAGES... --out predictions")
     return result
+
+
+def _model_arguments(cfg: TrainConfig) -> dict[str, Any]:
+    """The builder options: model_options plus the top-level `encoder` and (for smp models) `weights`."""
+    arguments = dict(cfg.model_options)
+    accepted = model_options(cfg.model)
+    for name in ("encoder", "weights"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if name in arguments and arguments[name] != value:
+            raise ConfigError(f"{name} is given twice, as {value!r} and as model option {arguments[name]!r}")
+        if name in accepted:
+            arguments[name] = value
+        elif name == "encoder":
+            raise ConfigError(f"model {cfg.model!r} takes no encoder; encoders go with smp models, "
+                              "e.g. --model smp.Unet --encoder resnet34")
+        elif not is_weights_file(value):
+            raise ConfigError(f"model {cfg.model!r}: weights {value!r} is not a local file; hub weights "
+                              "(imagenet) are for smp encoders, e.g. --model smp.Unet --weights imagenet")
+    if cfg.model.startswith("smp."):
+        import_smp(cfg.model)  # the install hint now, before the data check
+    return arguments
+
+
+def _bundle_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Model options for the bundle: the architecture only, since the bundle holds the weights itself."""
+    # Rebuilding from a bundle must neither download hub weights nor need the original weights file.
+    return {**arguments, "weights": None} if "weights" in arguments else dict(arguments)
 
 
 def class_colors(encoding: MaskEncoding, num_classes: int) -> list[list[int]]:

@@ -124,6 +124,12 @@ class UNet(nn.Module):
         # would start with overconfident logits (|logit| ~ 20) and a huge first loss.
         self.head.reset_parameters()
 
+    @property
+    def encoder(self) -> nn.ModuleList:
+        """The contracting path (stem + downsampling blocks): what a freeze-then-fine-tune schedule freezes."""
+        # A fresh, unregistered container over registered modules: no duplicate keys in state_dict.
+        return nn.ModuleList([self.stem, *self.down])
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits N x out_channels x H x W for an N x in_channels x H x W image batch."""
         height, width = x.shape[-2:]

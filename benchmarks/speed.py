@@ -1,0 +1,174 @@
+"""Throughput of the built-in models, and masksmith's pipeline overhead against a plain PyTorch loop.
+
+    python benchmarks/speed.py [--sizes 256 512] [--steps 6] [--models unet fcn-lite]
+
+For each model and input size it prints one row: parameters, GFLOPs per image (forward), training
+images/s through masksmith's own pipeline (files → dataset → augmentation → Lightning step) and through
+a plain PyTorch loop over the same model and images already in memory (the tutorials' way), the share of
+step time that masksmith's data loading, augmentation and logging cost, inference images/s at batch 1
+and 8, peak memory (resident set of a fresh process per row), and achieved GFLOP/s as a fraction of
+this machine's ceiling (a large fp32 matrix product measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "membrane"
+
+
+def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n matrix product: this machine's practical compute ceiling."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_gflops(model: torch.nn.Module, size: int, channels: int = 1) -> float:
+    """Forward FLOPs of one image, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, channels, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def images_per_second(step, images_per_step: int, steps: int) -> float:
+    """Run step() once to warm up, then `steps` times; images per second of the timed steps."""
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return images_per_step * steps / (time.perf_counter() - start)
+
+
+def plain_training(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
+    """The tutorials' loop: tensors in memory, Adam, cross-entropy, no data pipeline at all."""
+    from masksmith.data.dataset import preprocess_image
+    from masksmith.data.masks import MaskEncoding, read_mask, read_image
+
+    images = torch.cat([preprocess_image(read_image(p, 1), (size, size), [0.5], [0.25])
+                        for p in sorted((DATA / "images").glob("*.png"))[:batch]])
+    masks = torch.stack([torch.from_numpy(read_mask(p, MaskEncoding("binary", 0), 2).astype(np.int64))
+                         for p in sorted((DATA / "masks").glob("*.png"))[:batch]])
+    masks = torch.nn.functional.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), masks).backward()
+        optimizer.step()
+
+    return images_per_second(step, batch, steps)
+
+
+def masksmith_training(model_name: str, size: int, batch: int, steps: int) -> float:
+    """masksmith's own path: discover → dataset with augmentation → Lightning, for `steps` steps."""
+    import masksmith
+
+    with tempfile.TemporaryDirectory() as out:
+        common = dict(foreground=0, size=size, batch_size=batch, model=model_name, auto=False, quiet=True,
+                      epochs=1, early_stopping=0, augment="default", loss="ce")
+        # Time two runs that differ only in their number of training steps: the difference is pure
+        # training throughput, free of start-up, validation and bundle writing.
+        timings = []
+        for count in (steps, 2 * steps):
+            subset = _subset(Path(out) / f"data{count}", count * batch)
+            start = time.perf_counter()
+            masksmith.train(subset, out=str(Path(out) / f"run{count}"), **common)
+            timings.append(time.perf_counter() - start)
+    return steps * batch / (timings[1] - timings[0])
+
+
+def _subset(folder: Path, count: int) -> Path:
+    """Split folders: `count` training pairs (demo images, cycled) and one fixed validation pair."""
+    import shutil
+
+    sources = sorted((DATA / "images").glob("*.png"))
+    for split, names in (("train", [sources[i % len(sources)].name for i in range(count)]), ("val", ["0.png"])):
+        for kind in ("images", "masks"):
+            (folder / split / kind).mkdir(parents=True)
+            for i, name in enumerate(names):
+                shutil.copy(DATA / kind / name, folder / split / kind / f"{i:04d}.png")
+    return folder
+
+
+def inference(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
+    """Forward passes without gradients at the given batch size."""
+    model.eval()
+    x = torch.randn(batch, 1, size, size)
+
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return images_per_second(step, batch, steps)
+
+
+def measure(row: dict, queue: mp.Queue) -> None:
+    """One row, in a fresh process so that its peak memory is its own."""
+    from masksmith.models import build_model
+
+    torch.manual_seed(0)
+    name, size, steps = row["model"], row["size"], row["steps"]
+    model = build_model(name, 1, 2)
+    result = dict(row)
+    result["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    result["gflops"] = forward_gflops(model, size)
+    result["plain_train"] = plain_training(model, size, 4, steps)
+    result["masksmith_train"] = masksmith_training(name, size, 4, steps)
+    result["infer_b1"] = inference(model, size, 1, steps)
+    result["infer_b8"] = inference(model, size, 8, max(2, steps // 2))
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["unet", "fcn-lite"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    ceiling = matmul_ceiling_gflops()
+    print(f"machine ceiling: {ceiling:.1f} GFLOP/s (fp32 2048x2048 matmul, {torch.get_num_threads()} threads)")
+    header = (f"{'model':<9} {'size':>4} {'params M':>8} {'GFLOPs':>7} {'train img/s':>11} {'plain img/s':>11} "
+              f"{'overhead':>8} {'infer b1':>8} {'infer b8':>8} {'peak MB':>8} {'of ceiling':>10}")
+    print(header)
+    print("-" * len(header))
+    context = mp.get_context("spawn")
+    for name in args.models:
+        for size in args.sizes:
+            queue = context.Queue()
+            process = context.Process(target=measure, args=({"model": name, "size": size, "steps": args.steps}, queue))
+            process.start()
+            r = queue.get()
+            process.join()
+            overhead = 1 - r["masksmith_train"] / r["plain_train"]
+            # Training costs about 3x the forward FLOPs (forward + backward).
+            achieved = 3 * r["gflops"] * r["plain_train"]
+            print(f"{name:<9} {size:>4} {r['params_m']:>8.2f} {r['gflops']:>7.1f} {r['masksmith_train']:>11.2f} "
+                  f"{r['plain_train']:>11.2f} {overhead:>8.1%} {r['infer_b1']:>8.2f} {r['infer_b8']:>8.2f} "
+                  f"{r['peak_mb']:>8.0f} {achieved / ceiling:>10.1%}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""ONNX export (fp32 or static int8) of a model bundle, and the onnxruntime backend that runs it.
+
+The exported graph takes a normalized N x C x H x W float batch whose H and W are multiples of the
+network's downsampling factor (recorded as `input_multiple`); `OnnxBackend` pads any other size the
+same way the PyTorch network does and crops the logits back, so both backends give the same logits.
+The bundle's metadata travels inside the ONNX file (metadata_props key "masksmith").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from masksmith import __version__
+from masksmith.bundle import BundleMeta
+from masksmith.errors import BundleError, MasksmithError
+from masksmith.fileio import atomic_path
+from masksmith.models.unet import pad_to_multiple
+from masksmith.predict import Predictor, physical_cores
+
+METADATA_KEY = "masksmith"
+FORMAT_NAME = "masksmith-onnx"
+FORMAT_VERSION = 1
+# Opset 18 is the lowest the torch.export-based exporter implements natively (17 needs a conversion pass).
+DEFAULT_OPSET = 18
+# Logits of an fp32 export must match PyTorch to this fraction of the largest logit magnitude.
+FP32_TOLERANCE = 1e-4
+# Models that do not say how much they downsample get the usual encoder factor.
+DEFAULT_MULTIPLE = 32
+
+
+@dataclass
+class ExportCheck:
+    """One verification input: its shape and how far ONNX logits are from PyTorch's."""
+
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    agreement: float  # share of pixels with the same predicted class
+    real: bool = False  # a real (calibration) image rather than random noise
+
+
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote and how closely the ONNX model reproduces PyTorch."""
+
+    path: Path
+    precision: str
+    opset: int
+    input_multiple: int
+    size_bytes: int = 0
+    seconds: float = 0.0
+    calibration_images: int = 0
+    checks: list[ExportCheck] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        """Largest absolute logit difference over all checks."""
+        return max((check.max_abs for check in self.checks), default=0.0)
+
+    @property
+    def max_rel_diff(self) -> float:
+        """Largest difference relative to the largest reference logit magnitude."""
+        return max((check.max_rel for check in self.checks), default=0.0)
+
+    @property
+    def agreement(self) -> float:
+        """Smallest share of pixels whose class agrees with PyTorch (real images only, when there are any)."""
+        real = [check.agreement for check in self.checks if check.real]
+        return min(real or [check.agreement for check in self.checks], default=1.0)
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        return (f"{self.path} ({self.precision}, opset {self.opset}, {self.size_bytes / 1e6:.2f} MB): "
+                f"max |logit diff| vs PyTorch {self.max_abs_diff:.2e} (relative {self.max_rel_diff:.2e}), "
+                f"{100 * self.agreement:.2f}% pixels agree")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress prints and version-conversion warnings (the report says what matters)."""
+    # The root logger too: onnxruntime.quantization warns through it.
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _header(meta: BundleMeta, multiple: int, precision: str, opset: int) -> str:
+    return json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "input_multiple": multiple,
+                       "precision": precision, "opset": opset, "exported_by": __version__,
+                       "meta": meta.model_dump(mode="json")})
+
+
+def _set_metadata(model: Any, header: str) -> None:
+    """Replace the masksmith entry of an onnx.ModelProto's metadata_props."""
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, header
+
+
+def network_to_onnx(network: nn.Module, meta: BundleMeta, *, opset: int = DEFAULT_OPSET) -> bytes:
+    """Serialized fp32 ONNX model (metadata embedded) with dynamic batch, height and width."""
+    from torch.export import Dim
+
+    network = network.eval()
+    multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
+    side = max(multiple, -(-meta.size // multiple) * multiple)
+    sample = torch.randn(2, meta.in_channels, side, side)
+    # H and W declared as multiples of the downsampling factor: the network's own padding then
+    # provably does nothing and is traced away, instead of being frozen at the sample's size.
+    shapes = {"x": {0: Dim("batch", min=1, max=4096),
+                    2: multiple * Dim("height_blocks", min=1, max=65536 // multiple),
+                    3: multiple * Dim("width_blocks", min=1, max=65536 // multiple)}}
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(network, (sample,), None, dynamo=True, opset_version=opset,
+                                        input_names=["image"], output_names=["logits"],
+                                        dynamic_shapes=shapes, verbose=False)
+    except Exception as error:  # the exporter raises many types; the user needs the model and the reason
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MasksmithError(f"model {meta.model!r} could not be exported to ONNX ({reason})") from None
+    model = program.model_proto
+    _set_metadata(model, _header(meta, multiple, "fp32", opset))
+    return model.SerializeToString()
+
+
+def _parse_header(raw: str | None, source: str) -> tuple[BundleMeta, dict[str, Any]]:
+    if raw is None:
+        raise BundleError(f"{source}: an ONNX model but not one exported by masksmith "
+                          f"(no '{METADATA_KEY}' metadata); export it with `masksmith export`")
+    try:
+        header = json.loads(raw)
+        if header.get("format") != FORMAT_NAME:
+            raise ValueError("wrong format name")
+        if header.get("format_version", 0) > FORMAT_VERSION:
+            raise BundleError(f"{source}: ONNX metadata format {header['format_version']} is newer than this "
+                              f"masksmith ({__version__}) reads; upgrade masksmith")
+        meta = BundleMeta(**header["meta"])
+        header["input_multiple"] = int(header.get("input_multiple", 1))
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, ValidationError) as error:
+        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({str(error).splitlines()[0]})") from None
+    return meta, header
+
+
+def read_onnx_meta(path: str | Path) -> BundleMeta:
+    """The BundleMeta embedded in a masksmith ONNX file."""
+    return OnnxBackend(path).meta
+
+
+class OnnxBackend:
+    """An onnxruntime CPU session producing the same logits as the PyTorch network."""
+
+    name = "onnx"
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = None, source: str | None = None):
+        import onnxruntime as ort
+
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            source = source or str(path)
+            if not path.is_file():
+                raise BundleError(f"{path}: no such ONNX model")
+            if path.stat().st_size == 0:
+                raise BundleError(f"{path}: empty file, not an ONNX model")
+            model = path.read_bytes()
+        source = source or "ONNX model"
+        options = ort.SessionOptions()
+        # One thread per physical core: hyper-threads only contend for the same vector units.
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for protobuf and graph errors
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            raise BundleError(f"{source}: not a readable ONNX model ({reason})") from None
+        self.source = source
+        self.meta, self.header = _parse_header(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
+                                               source)
+        self.multiple = self.header["input_multiple"]
+        self.precision = self.header.get("precision", "fp32")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (N x K x H x W) for a normalized batch of any height and width."""
+        height, width = batch.shape[-2:]
+        # The same padding the PyTorch network applies inside its forward.
+        padded = pad_to_multiple(batch.detach().float().cpu(), self.multiple)
+        feed = np.ascontiguousarray(padded.numpy(), dtype=np.float32)
+        logits = self.session.run(None, {self.input_name: feed})[0]
+        return torch.from_numpy(logits[:, :, :height, :width].copy())
+
+
+def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
+    """Normalized 1 x C x H x W tensors from real images, preprocessed as prediction would see them."""
+    from masksmith.data.dataset import preprocess_image
+    from masksmith.data.discover import list_images
+    from masksmith.data.masks import read_image
+
+    paths = list_images([str(item) for item in inputs])[:limit]
+    if not paths:
+        raise MasksmithError(f"no calibration images found in {', '.join(map(str, inputs))}")
+    batches = []
+    for path in paths:
+        image = read_image(path, channels=meta.in_channels)
+        if meta.resize == "resize":
+            batches.append(preprocess_image(image, (meta.size, meta.size), meta.mean, meta.std))
+            continue
+        # Crop-trained models predict large images in tiles of the training size: calibrate on such views.
+        side = 2 * meta.size
+        top, left = max(0, (image.shape[0] - side) // 2), max(0, (image.shape[1] - side) // 2)
+        batches.append(preprocess_image(image[top:top + side, left:left + side], None, meta.mean, meta.std))
+    return batches
+
+
+def _head_conv(model: Any) -> str | None:
+    """Name of the Conv node producing the graph output (through slices/reshapes), if any."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    node = producers.get(model.graph.output[0].name)
+    for _ in range(16):
+        if node is None:
+            return None
+        if node.op_type == "Conv":
+            return node.name
+        node = producers.get(node.input[0]) if node.input else None
+    return None
+
+
+def quantize_int8(fp32: bytes, batches: Sequence[torch.Tensor], multiple: int) -> bytes:
+    """Static int8 quantization (QDQ, per-channel weights) of the convolutions, calibrated on `batches`."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, input_name: str):
+            self.items = iter([{input_name: pad_to_multiple(b, multiple).numpy()} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    model = onnx.load_from_string(fp32)
+    head = _head_conv(model)
+    with tempfile.TemporaryDirectory(prefix="masksmith-int8-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(fp32)
+        with _quiet_exporter():
+            # The classifier stays fp32: its logits decide every pixel and it is a tiny share of the work.
+            quantize_static(str(source), str(target), Reader(model.graph.input[0].name),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=[head] if head else [], calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return target.read_bytes()
+
+
+def _verification_inputs(meta: BundleMeta, multiple: int, real: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Batch 1 at the training size and batch 3 at an odd size (exercises padding), plus real images."""
+    generator = torch.Generator().manual_seed(0)
+    side = max(multiple, -(-meta.size // multiple) * multiple)
+    odd_h, odd_w = side + multiple // 2 + 3, max(3, side - 5)
+    inputs = [torch.randn(1, meta.in_channels, side, side, generator=generator),
+              torch.randn(3, meta.in_channels, odd_h, odd_w, generator=generator)]
+    return inputs + [batch for batch in real[:4]]
+
+
+def verify(network: nn.Module, backend: OnnxBackend, inputs: Sequence[torch.Tensor],
+           real_from: int | None = None) -> list[ExportCheck]:
+    """Compare ONNX and PyTorch logits on each input."""
+    checks = []
+    network = network.eval()
+    for index, batch in enumerate(inputs):
+        with torch.inference_mode():
+            expected = network(batch).float()
+        got = backend(batch)
+        if got.shape != expected.shape:
+            raise MasksmithError(f"{backend.source}: ONNX output shape {tuple(got.shape)} differs from "
+                                 f"PyTorch's {tuple(expected.shape)} for input {tuple(batch.shape)}")
+        difference = float((got - expected).abs().max())
+        scale = float(expected.abs().max()) or 1.0
+        if expected.shape[1] == 1:
+            same = ((got > 0) == (expected > 0)).float().mean()
+        else:
+            same = (got.argmax(1) == expected.argmax(1)).float().mean()
+        checks.append(ExportCheck(tuple(batch.shape), difference, difference / scale, float(same),
+                                  real=real_from is not None and index >= real_from))
+    return checks
+
+
+def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
+                calibration: str | Path | Sequence[str | Path] | None = None,
+                calibration_limit: int = 32) -> ExportReport:
+    """Export a bundle to ONNX (fp32, or int8 calibrated on real images) and verify it against PyTorch."""
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise MasksmithError(f"{out_path}: the exported model's name must end in .onnx")
+    if int8 and not calibration:
+        raise MasksmithError("int8 export needs calibration images (--calibration FOLDER or glob)")
+    predictor = Predictor.load(bundle_path, device="cpu", optimize=False)
+    network, meta = predictor.network, predictor.meta
+    assert network is not None
+    real: list[torch.Tensor] = []
+    if calibration:
+        items = [calibration] if isinstance(calibration, (str, Path)) else list(calibration)
+        real = calibration_batches(meta, items, calibration_limit)
+    model = network_to_onnx(network, meta, opset=opset)
+    multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
+    precision = "int8" if int8 else "fp32"
+    if int8:
+        import onnx
+
+        quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
+        _set_metadata(quantized, _header(meta, multiple, "int8", opset))
+        model = quantized.SerializeToString()
+    backend = OnnxBackend(model, source=str(out_path))
+    report = ExportReport(out_path, precision, opset, multiple, len(model), calibration_images=len(real))
+    report.checks = verify(network, backend, _verification_inputs(meta, multiple, real), real_from=2)
+    if not int8 and report.max_rel_diff > FP32_TOLERANCE:
+        raise MasksmithError(f"{out_path}: ONNX logits differ from PyTorch by {report.max_rel_diff:.2e} of their "
+                             f"range (limit {FP32_TOLERANCE:.0e}); not written")
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(model)
+    report.seconds = time.perf_counter() - started
+    return report
