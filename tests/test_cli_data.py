@@ -31,15 +31,16 @@ def test_labelme_convert_check_train_predict(tmp_path):
     result = invoke("convert", "labelme", LABELME / "data_annotated", voc, "--labels", LABELME / "labels.txt", "-q")
     assert result.exit_code == 0, result.output
     assert "wrote 3 masks, 21 classes" in result.output
-    result = invoke("check", voc, "--classes", voc / "class_names.txt", "--out", tmp_path / "check", "--json")
+    # The converted folder carries its class_names.txt: check and train find it without --classes.
+    result = invoke("check", voc, "--out", tmp_path / "check", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert json.loads((tmp_path / "check" / "report.json").read_text()) == report
     fingerprint = json.loads((tmp_path / "check" / "fingerprint.json").read_text())
     assert fingerprint["num_classes"] == 21 and "aeroplane" in fingerprint["never_seen"]
-    result = invoke("train", voc, "--classes", voc / "class_names.txt", "--val-fraction", "0.34",
-                    "--out", tmp_path / "run", *TINY)
+    result = invoke("train", voc, "--val-fraction", "0.34", "--out", tmp_path / "run", *TINY)
     assert result.exit_code == 0, result.output
+    assert read_meta(tmp_path / "run" / "model.msb").class_names[:2] == ["_background_", "aeroplane"]
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["choices"]
     result = invoke("predict", tmp_path / "run" / "model.msb", voc / "JPEGImages", "--out", tmp_path / "pred", "-q")
     assert result.exit_code == 0, result.output

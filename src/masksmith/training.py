@@ -19,7 +19,7 @@ from masksmith.augment import build_augmentation
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.config import TrainConfig, config_to_yaml, make_config, resolve_config
 from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
-from masksmith.data.classes import read_class_names
+from masksmith.data.classes import find_class_file, read_class_names
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.data.discover import Sample, discover, split_samples
 from masksmith.data.masks import (
@@ -97,6 +97,8 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
             raise ConfigError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                               "or choose another --out")
         cfg.out = str(run_dir)
+    if cfg.classes is None and cfg.data is not None and find_class_file(cfg.data) is not None:
+        cfg.classes = str(find_class_file(cfg.data))  # the dataset's own list (e.g. from masksmith convert)
     run_dir.mkdir(parents=True, exist_ok=True)
     return _run(cfg, run_dir, resume=resume is not None)
 
@@ -143,7 +145,7 @@ def plan_data(cfg: TrainConfig, log: RunLog) -> DataPlan:
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean and std need {channels} values each (one per input channel)")
     log.info(f"data: {len(train_samples)} train / {len(val_samples)} val images ({split['kind']} split), "
-             f"{len(names)} classes, {describe_encoding(encoding)}, {channels}-channel input")
+             f"{len(names)} classes{f' (from {cfg.classes})' if isinstance(cfg.classes, str) else ''}, {describe_encoding(encoding)}, {channels}-channel input")
     if encoding.kind == "color":
         log.info(color_table_text(encoding, names=names).rstrip())
     return DataPlan(train_samples, val_samples, encoding, names, channels, list(mean), list(std), split)

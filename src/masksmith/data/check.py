@@ -54,7 +54,7 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from masksmith.data.classes import read_class_names
+from masksmith.data.classes import find_class_file, read_class_names
 from masksmith.data.discover import IMAGE_EXTENSIONS, MASK_SUFFIXES, Sample, discover
 from masksmith.data.masks import (
     MaskEncoding,
@@ -610,6 +610,8 @@ def check_dataset(
     root = Path(root)
     if not 0 <= ignore_index <= 255:
         raise ConfigError(f"ignore_index must be between 0 and 255, got {ignore_index}")
+    if classes is None:
+        classes = find_class_file(root)
     names = read_class_names(classes)
     if names is not None and len(names) > ignore_index:
         raise ConfigError(f"{len(names)} classes need an ignore_index of at least {len(names)}, got {ignore_index}")

@@ -7,6 +7,15 @@ from pathlib import Path
 from masksmith.errors import DataError
 
 
+# Class lists a dataset folder may carry (masksmith convert writes class_names.txt, as labelme2voc does).
+CLASS_FILES = ("classes.txt", "class_names.txt")
+
+
+def find_class_file(root: str | Path) -> Path | None:
+    """The class list shipped in a dataset folder (classes.txt or class_names.txt), or None."""
+    return next((Path(root) / name for name in CLASS_FILES if (Path(root) / name).is_file()), None)
+
+
 def read_class_names(classes: str | Path | list[str] | tuple[str, ...] | None) -> list[str] | None:
     """Class names from a list or a classes.txt file (one per line, blank lines ignored); None stays None."""
     if classes is None:

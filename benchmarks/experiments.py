@@ -1,0 +1,135 @@
+"""Accuracy experiments on real data: train, evaluate, predict, and print one line of numbers each.
+
+    benchmarks/run.sh EXPERIMENT [--minutes M] [--out runs/bench]     (creates its environment)
+    python benchmarks/experiments.py EXPERIMENT [--minutes M] [--out runs/bench]
+
+Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
+    clothing-tutorial  59 classes, the tutorials' setting: 128x128 resize, 80/20 seeded split, cross-entropy,
+                       flips/rotation/crop/brightness/gamma/hue, early stopping
+    clothing-unet      masksmith's recipe: 256x256, dice+ce with class weights, cosine schedule
+    clothing-smp       the same recipe and time budget on smp.Unet with a ResNet-18 encoder from scratch
+                       (needs the smp extra: run it with .venv-smp, see test-smp.sh)
+    membrane           ISBI 2012: 24/6 seeded split, 256 crops at full resolution, whole-image prediction
+                       at 512x512 and tiled prediction of the unlabelled test slices
+    labelme            labelme-examples: convert → check → train → predict (a smoke test of the path)
+
+Each writes OUT/NAME/{run,evaluate,predictions}, a summary.json, and prints one line with the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MASKSMITH_DATA", REPO.parent / "shared" / "data"))
+CLOTHING = DATA / "clothing-co-parsing"
+MEMBRANE = DATA / "isbi2012-membrane"
+LABELME = DATA / "labelme-examples"
+
+# The clothing recipes differ only where listed; both use the same seeded 80/20 split.
+CLOTHING_COMMON = ["--classes", str(CLOTHING / "classes.txt"), "--val-fraction", "0.2", "--seed", "42",
+                   "--augment", "default", "--early-stopping", "10", "--monitor", "val_miou"]
+RECIPES: dict[str, dict] = {
+    "clothing-tutorial": dict(data=CLOTHING, minutes=25, args=[
+        "--no-auto", "--model", "unet", "-m", "base_channels=16", "--size", "128", "--resize", "resize",
+        "--loss", "ce", "--optimizer", "adam", "--lr", "1e-3", "--scheduler", "none", "--batch-size", "16",
+        "--epochs", "200", *CLOTHING_COMMON]),
+    "clothing-unet": dict(data=CLOTHING, minutes=30, args=[
+        "--model", "unet", "-m", "base_channels=16", "--size", "256", "--resize", "resize",
+        "--optimizer", "adamw", "--lr", "2e-3", "--scheduler", "cosine", "--batch-size", "8",
+        "--epochs", "60", *CLOTHING_COMMON]),
+    "clothing-smp": dict(data=CLOTHING, minutes=30, args=[
+        "--model", "smp.Unet", "--encoder", "resnet18", "--size", "256", "--resize", "resize",
+        "--optimizer", "adamw", "--lr", "2e-3", "--scheduler", "cosine", "--batch-size", "8",
+        "--epochs", "60", *CLOTHING_COMMON]),
+    "membrane": dict(data=MEMBRANE / "train", minutes=25, args=[
+        "--no-auto", "--foreground", "0", "--model", "unet", "-m", "base_channels=16", "--size", "256",
+        "--resize", "random_crop", "--loss", "dice+ce", "--optimizer", "adamw", "--lr", "2e-3",
+        "--scheduler", "cosine", "--batch-size", "4", "--epochs", "300", "--val-fraction", "0.2",
+        "--seed", "42", "--augment", "default", "--early-stopping", "0", "--monitor", "val_dice"]),
+}
+
+
+def masksmith(*args: str) -> None:
+    """Run the masksmith CLI of this interpreter's environment; stop on failure."""
+    command = [str(Path(sys.executable).parent / "masksmith"), *args]
+    print("$ masksmith " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def present_class_scores(metrics: dict) -> dict:
+    """mIoU over the classes present in the truth of the split (the tutorials' and papers' convention)."""
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=np.float64)
+    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    present = support > 0
+    iou = tp[present] / (support + predicted - tp)[present]
+    return {"classes_present": int(present.sum()), "miou_present": float(iou.mean()),
+            "pixel_error": 1.0 - float(metrics["pixel_accuracy"])}
+
+
+def train_evaluate_predict(name: str, out: Path, minutes: float) -> dict:
+    recipe = RECIPES[name]
+    folder = out / name
+    shutil.rmtree(folder, ignore_errors=True)
+    masksmith("train", str(recipe["data"]), *recipe["args"], "--max-time", str(minutes), "--quiet",
+              "--out", str(folder / "run"))
+    bundle = str(folder / "run" / "model.msb")
+    masksmith("evaluate", bundle, str(recipe["data"]), "--out", str(folder / "evaluate"))
+    if name == "membrane":
+        # The unlabelled test slices, tiled (256 tiles, 64 px overlap, Gaussian blending), with overlays.
+        masksmith("predict", bundle, str(MEMBRANE / "test" / "images"), "--out", str(folder / "predictions"),
+                  "--tile", "256", "--overlap", "64", "--overlay", "--quiet")
+    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
+    history = [line.split(",") for line in (folder / "run" / "metrics.csv").read_text().splitlines()]
+    return {"epochs": len(history) - 1, **present_class_scores(metrics),
+            **{key: metrics.get(key) for key in ("pixel_accuracy", "miou", "mean_dice", "miou_no_background",
+                                                 "mean_dice_no_background")},
+            "foreground_dice": (metrics["per_class"][1]["dice"] if len(metrics["per_class"]) == 2 else None),
+            "foreground_iou": (metrics["per_class"][1]["iou"] if len(metrics["per_class"]) == 2 else None)}
+
+
+def labelme_path(out: Path) -> dict:
+    """convert → check → train → predict on the Labelme examples (3 images: the path, not accuracy)."""
+    folder = out / "labelme"
+    shutil.rmtree(folder, ignore_errors=True)
+    source = LABELME / "semantic_segmentation"
+    masksmith("convert", "labelme", str(source / "data_annotated"), str(folder / "voc"),
+              "--labels", str(source / "labels.txt"), "--quiet")
+    masksmith("check", str(folder / "voc"), "--out", str(folder / "check"))
+    masksmith("train", str(folder / "voc"), "--size", "128", "--epochs", "5", "--val-fraction", "0.34",
+              "--early-stopping", "0", "--quiet", "--out", str(folder / "run"))
+    masksmith("predict", str(folder / "run" / "model.msb"), str(folder / "voc" / "JPEGImages"),
+              "--out", str(folder / "predictions"), "--overlay", "--quiet")
+    written = sorted(p.name for p in (folder / "predictions").glob("*.png"))
+    return {"masks_written": len(written)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=[*RECIPES, "labelme"])
+    parser.add_argument("--minutes", type=float, help="training time budget [default: the experiment's]")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    if args.experiment == "labelme":
+        result = labelme_path(args.out)
+    else:
+        minutes = args.minutes or RECIPES[args.experiment]["minutes"]
+        result = {"budget_minutes": minutes, **train_evaluate_predict(args.experiment, args.out, minutes)}
+    result = {"experiment": args.experiment, "wall_minutes": round((time.perf_counter() - start) / 60, 1),
+              "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)), **result}
+    (args.out / args.experiment / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("RESULT " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
