@@ -89,6 +89,19 @@ def test_default_preset_rotation_fills_mask_with_ignore():
     assert filled > 0  # rotations happened, and their uncovered corners are ignore, not background
 
 
+def test_upright_preset_never_turns_an_image_upside_down():
+    # A top-bright, bottom-dark image stays so under every seed (ignore fill aside): no vertical flip, no 90° turn.
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:32] = 200
+    mask = (image[:, :, 0] > 0).astype(np.uint8)
+    pipeline = build_augmentation("upright", ignore_index=IGNORE)
+    for seed in range(40):
+        seed_augmentation(pipeline, seed)
+        out = pipeline(image=image, mask=mask)
+        top, bottom = out["mask"][:20], out["mask"][44:]
+        assert (top == 0).mean() < 0.2 and (bottom == 1).mean() < 0.2, f"seed {seed} turned the image"
+
+
 def test_default_preset_has_no_hue_shift_for_one_channel():
     names3 = [type(t).__name__ for t in build_augmentation("default", channels=3)]
     names1 = [type(t).__name__ for t in build_augmentation("default", channels=1)]
@@ -134,7 +147,7 @@ def test_custom_nested_spec():
         ([{"name": "Affine", "mask_interpolation": cv2.INTER_LINEAR}], "nearest"),
         ([{"p": 0.5}], "mapping with a 'name'"),
         (["HorizontalFlip"], "mapping with a 'name'"),
-        ("heavy", "unknown augmentation 'heavy'; valid names: default, light, none"),
+        ("heavy", "unknown augmentation 'heavy'; valid names: default, light, none, upright"),
         ({"name": "HorizontalFlip"}, "preset name or a list"),
     ],
 )

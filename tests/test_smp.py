@@ -149,6 +149,14 @@ def test_train_bundle_and_predict_with_an_smp_unet(tmp_path):
     assert meta.mean == pytest.approx(mean) and meta.std == pytest.approx(std)
     mask = masksmith.load(str(result.bundle), device="cpu").predict(str(data / "images" / "s00.jpg"))
     assert mask.shape == (40, 56) and mask.max() <= 2
+    # ONNX export of an smp model: verified against PyTorch at export, and the same masks from both backends.
+    pytest.importorskip("onnxruntime")
+    from masksmith.export import export_onnx
+
+    report = export_onnx(result.bundle, tmp_path / "model.onnx")
+    assert report.max_rel_diff <= 1e-4
+    onnx_mask = masksmith.load(str(tmp_path / "model.onnx"), device="cpu").predict(str(data / "images" / "s00.jpg"))
+    assert np.array_equal(onnx_mask, mask)
 
 
 def test_grayscale_frozen_then_fine_tuned_from_a_local_encoder_file(tmp_path):

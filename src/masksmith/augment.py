@@ -54,6 +54,27 @@ def _default(ignore_index: int = 255, channels: int = 3) -> list:
     return transforms
 
 
+@AUGMENTATIONS.register("upright")
+def _upright(ignore_index: int = 255, channels: int = 3) -> list:
+    """For photos where up is up (people, streets): left-right flips, small rotation/scale/shift, color.
+
+    No vertical flips or 90° turns: an upside-down person is not a training example, it is noise.
+    """
+    transforms = [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(
+            rotate=(-10, 10), scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+            fill=0, fill_mask=ignore_index, p=0.6,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+    ]
+    if channels == 3:
+        transforms.append(A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=15, val_shift_limit=10, p=0.3))
+    return transforms
+
+
 def _one_line(exc: Exception) -> str:
     """An exception message on one line, without pydantic's 'further information' links."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]

@@ -7,7 +7,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -272,13 +272,14 @@ def default_num_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
+                  extra_callbacks: Sequence[Callback] = ()) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with best/last checkpoints, early stopping, the time budget and TensorBoard logs."""
     accelerator = pick_accelerator(config.device)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=config.monitor_mode(),
         save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[Callback] = [checkpoint, history]
+    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
     if not config.quiet:
         callbacks.append(ProgressBar())
     if config.early_stopping:

@@ -127,7 +127,8 @@ def network_to_onnx(network: nn.Module, meta: BundleMeta, *, opset: int = DEFAUL
 
     network = network.eval()
     multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
-    side = max(multiple, -(-meta.size // multiple) * multiple)
+    # At least 2 blocks per side (and 2 images): the exporter would freeze a dimension traced at size 1.
+    side = max(2 * multiple, -(-meta.size // multiple) * multiple)
     sample = torch.randn(2, meta.in_channels, side, side)
     # H and W declared as multiples of the downsampling factor: the network's own padding then
     # provably does nothing and is traced away, instead of being frozen at the sample's size.

@@ -8,9 +8,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
 import torch
 from torch.utils.data import DataLoader
 
@@ -78,8 +79,11 @@ class DataPlan:
 
 
 def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
-          resume: str | Path | None = None, **options: Any) -> TrainResult:
-    """Train a model: `masksmith.train("data/", epochs=20, size=256)`; options are TrainConfig fields."""
+          resume: str | Path | None = None, callbacks: Sequence[Callback] = (), **options: Any) -> TrainResult:
+    """Train a model: `masksmith.train("data/", epochs=20, size=256)`; options are TrainConfig fields.
+
+    `callbacks`: extra Lightning callbacks (profiling, custom logging), added to masksmith's own.
+    """
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -100,7 +104,7 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
     if cfg.classes is None and cfg.data is not None and find_class_file(cfg.data) is not None:
         cfg.classes = str(find_class_file(cfg.data))  # the dataset's own list (e.g. from masksmith convert)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return _run(cfg, run_dir, resume=resume is not None)
+    return _run(cfg, run_dir, resume=resume is not None, callbacks=callbacks)
 
 
 def next_run_dir(out: str | None, base: Path = Path("runs")) -> Path:
@@ -166,7 +170,7 @@ def apply_auto_plan(cfg: TrainConfig, run_dir: Path, log: RunLog) -> TrainConfig
     return make_config({**cfg.model_dump(), **{choice.option: choice.value for choice in choices}})
 
 
-def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
+def _run(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence[Callback] = ()) -> TrainResult:
     started = time.perf_counter()
     # Our own log says what matters; Lightning's start-up chatter and tips would bury it.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -213,7 +217,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     history = EpochHistory(run_dir)
     if resume:
         history.load_existing()
-    trainer, checkpoint = build_trainer(cfg, run_dir, history)
+    trainer, checkpoint = build_trainer(cfg, run_dir, history, extra_callbacks=callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"{last}: no checkpoint to resume from")

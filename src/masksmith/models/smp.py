@@ -135,6 +135,7 @@ def pad_inputs_to_stride(model: nn.Module) -> None:
     """
     multiple = int(getattr(getattr(model, "encoder", None), "output_stride", 32) or 32)
     input_sizes: list[tuple[int, int]] = []
+    model.multiple = multiple  # read by tiled prediction and ONNX export, as for the built-in models
 
     def pad(module: nn.Module, args: tuple) -> tuple:
         input_sizes.append(tuple(args[0].shape[-2:]))
