@@ -132,13 +132,22 @@ def test_small_foreground_gets_dice():
     assert plan["loss"].value == "dice+ce" and "5.0%" in plan["loss"].reason
 
 
-def test_class_weights_are_inverse_sqrt_with_mean_one():
-    weights, capped, unseen = class_weights([0.64, 0.16, 0.16, 0.04])
-    raw = [1 / 0.8, 1 / 0.4, 1 / 0.4, 1 / 0.2]
-    mean = sum(raw) / 4
-    assert weights == pytest.approx([r / mean for r in raw], abs=1e-4)
-    assert sum(weights) / 4 == pytest.approx(1.0, abs=1e-3)
+def test_class_weights_are_inverse_sqrt_with_a_pixel_mean_of_one():
+    frequency = [0.64, 0.16, 0.16, 0.04]
+    weights, capped, unseen = class_weights(frequency)
+    # 1/sqrt(f) = 1.25, 2.5, 2.5, 5; the pixel-weighted mean of those is 0.8 + 0.4 + 0.4 + 0.2 = 1.8.
+    assert weights == pytest.approx([1.25 / 1.8, 2.5 / 1.8, 2.5 / 1.8, 5 / 1.8], abs=1e-4)
+    assert sum(f * w for f, w in zip(frequency, weights)) == pytest.approx(1.0, abs=1e-3)
     assert capped == [] and unseen == []
+
+
+def test_a_dominant_background_keeps_a_real_weight_beside_very_rare_classes():
+    # The clothing data's shape: background 77%, a few common classes, many classes near 1e-5.
+    frequency = [0.77, 0.08, 0.06, 0.04, 0.03, 0.02] + [1e-5] * 40
+    frequency[0] += 1 - sum(frequency)
+    weights, capped, _ = class_weights(frequency)
+    assert weights[0] > 0.25  # a mean of 1 over the classes gave it about 0.01
+    assert len(capped) == 40
 
 
 def test_channels_given_differently_skips_mean_and_std():
