@@ -15,7 +15,8 @@ import masksmith  # noqa: E402
 from masksmith.bundle import read_meta  # noqa: E402
 from masksmith.cli import app  # noqa: E402
 from masksmith.errors import BundleError, MasksmithError  # noqa: E402
-from masksmith.export import OnnxBackend, export_onnx, read_onnx_meta  # noqa: E402
+from masksmith.export import (OnnxBackend, export_onnx, network_to_onnx, read_onnx_meta,  # noqa: E402
+                              upsampling_as_depth_to_space)
 from masksmith.predict import Predictor  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
 
@@ -71,6 +72,32 @@ def test_int8_export_is_calibrated_and_agrees_with_fp32(trained):
     images = sorted((data / "images").iterdir())
     same = [np.mean(a == b) for a, b in zip(fp32.predict_batch(images), int8.predict_batch(images))]
     assert np.mean(same) >= 0.95
+
+
+def test_int8_graph_stays_int8_with_weights_that_cannot_saturate(trained):
+    root, _, _, _, _ = trained
+    model = onnx.load(str(root / "model.int8.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    # The upsampling runs as an int8 1x1 conv + pixel shuffle, not as an fp32 ConvTranspose.
+    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights
+    # 7-bit weights: two uint8 x int8 products (255 * 64 * 2) fit in VPMADDUBSW's 16 bits on CPUs without VNNI.
+    assert all(np.abs(w).max() <= 64 for w in weights)
+
+
+def test_transposed_conv_rewrite_computes_the_same_function(trained):
+    _, _, bundle, _, _ = trained
+    predictor = Predictor.load(bundle, device="cpu", optimize=False)
+    model = onnx.load_from_string(network_to_onnx(predictor.network, predictor.meta))
+    assert any(node.op_type == "ConvTranspose" for node in model.graph.node)
+    rewritten = upsampling_as_depth_to_space(onnx.load_from_string(model.SerializeToString()))
+    assert not any(node.op_type == "ConvTranspose" for node in rewritten.graph.node)
+    onnx.checker.check_model(rewritten)
+    batch = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(1))
+    expected = OnnxBackend(model.SerializeToString())(batch)
+    got = OnnxBackend(rewritten.SerializeToString())(batch)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
 
 
 def test_onnx_predictions_match_the_bundle_from_the_command_line(trained, tmp_path):
