@@ -1,11 +1,13 @@
 """CPU inference benchmark: PyTorch eager / optimized, ONNX Runtime fp32 / int8, speed and accuracy in one table.
 
-    python benchmarks/inference.py [BUNDLE.msb] [--seconds 3] [--threads N]
+    python benchmarks/inference.py [BUNDLE.msb --data DATA] [--seconds 3] [--threads N]
 
 Without a bundle it trains a small U-Net on examples/membrane for about a minute (crop-trained at 256,
-so 512x512 images run whole). Accuracy is measured on the bundle's recorded validation split; int8
-is calibrated on the other images. The variants are timed interleaved, one call each in turn, and
-reported as speed-ups over PyTorch eager: load from other processes then slows all of them alike.
+so 512x512 images run whole). Accuracy is measured on the bundle's recorded validation split of DATA
+(default examples/membrane); int8 is calibrated on 16 of its other images. The variants are timed
+interleaved, one call each in turn, so load from other processes slows all of them alike. Prints one
+table: images/s, median and p95 latency and the speed-up over PyTorch eager per size and batch, and
+the mIoU and mean Dice of each variant on the validation images.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import masksmith
@@ -40,8 +43,8 @@ def train_demo_model(out: Path) -> Path:
 Backend = Callable[[torch.Tensor], torch.Tensor]
 
 
-def time_interleaved(backends: dict[str, Backend], batch: torch.Tensor, seconds: float) -> dict[str, float]:
-    """Median seconds per call of each backend on one batch, calling them in turn (order reversed every round)."""
+def time_interleaved(backends: dict[str, Backend], batch: torch.Tensor, seconds: float) -> dict[str, list[float]]:
+    """Seconds of every call of each backend on one batch, calling them in turn (order reversed every round)."""
     for backend in backends.values():  # warm-up: allocator, kernel selection, ORT's first-run graph work
         backend(batch)
     times: dict[str, list[float]] = {name: [] for name in backends}
@@ -53,7 +56,7 @@ def time_interleaved(backends: dict[str, Backend], batch: torch.Tensor, seconds:
             backends[name](batch)
             times[name].append(time.perf_counter() - started)
         order.reverse()
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def onnx_predictor(path: Path, threads: int) -> Predictor:
@@ -66,6 +69,7 @@ def main() -> None:
     """Run every variant and print one table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", type=Path)
+    parser.add_argument("--data", type=Path, default=MEMBRANE, help="labelled data the bundle was trained on")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and variant")
     parser.add_argument("--threads", type=int, default=physical_cores(), help="threads of every backend")
     args = parser.parse_args()
@@ -74,7 +78,11 @@ def main() -> None:
     meta = read_meta(bundle)
     val = sorted(set(meta.split.get("val", []))) or ["0"]
     # Calibrate on images the model is not scored on.
-    calibration = [path for path in sorted((MEMBRANE / "images").glob("*.png")) if path.stem not in val][:16]
+    from masksmith.data.discover import discover
+
+    pool = [sample for samples in discover(args.data).values() for sample in samples]
+    calibration = [sample.image for sample in pool if sample.name not in val][:16]
+    image = read_image(next(sample.image for sample in pool if sample.name == val[0]), channels=meta.in_channels)
     export_onnx(bundle, work / "model.onnx")
     export_onnx(bundle, work / "model.int8.onnx", int8=True, calibration=calibration)
     predictors = {
@@ -84,25 +92,29 @@ def main() -> None:
         "ONNX Runtime int8": onnx_predictor(work / "model.int8.onnx", args.threads),
     }
     torch.set_num_threads(args.threads)  # after loading: the optimized backend sets its own count
-    image = read_image(MEMBRANE / "images" / f"{val[0]}.png", channels=meta.in_channels)
     cells = [(256, 1), (256, 8), (512, 1), (512, 8)]
     print(f"model {meta.model} {meta.model_options}, {args.threads} threads, torch {torch.__version__}, "
           f"validation images: {len(val)}")
-    medians = {}
+    timings = {}
     for side, batch_size in cells:
-        crop = image[:side, :side] if image.shape[0] >= side else image
+        crop = image[:side, :side] if min(image.shape[:2]) >= side else image
         batch = preprocess_image(crop, (side, side), meta.mean, meta.std).repeat(batch_size, 1, 1, 1)
         backends = {name: predictor.backend for name, predictor in predictors.items()}
-        medians[side, batch_size] = time_interleaved(backends, batch, args.seconds)
-    header = "| variant | " + " | ".join(f"{s}² b{b} x eager (ms)" for s, b in cells) + " | mIoU | Dice |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+        timings[side, batch_size] = time_interleaved(backends, batch, args.seconds)
+    print("| variant | size | batch | images/s | median ms | p95 ms | x eager |")
+    print("|---|---|---|---|---|---|---|")
+    for name in predictors:
+        for (side, batch_size), times in timings.items():
+            median, eager = statistics.median(times[name]), statistics.median(times["PyTorch eager"])
+            p95 = float(np.percentile(times[name], 95))
+            print(f"| {name} | {side}² | {batch_size} | {batch_size / median:.1f} | {1000 * median:.0f} | "
+                  f"{1000 * p95:.0f} | {eager / median:.2f}x |")
+    print(f"\n| variant | mIoU | mean Dice |  (validation split, {len(val)} images at their own size)")
+    print("|---|---|---|")
     for name, predictor in predictors.items():
-        row = [f"{cell['PyTorch eager'] / cell[name]:.2f}x ({1000 * cell[name]:.0f})" for cell in medians.values()]
-        scores = masksmith.evaluate(predictor, MEMBRANE, split="val", out=work / "eval" / name.replace(" ", "_"),
+        scores = masksmith.evaluate(predictor, args.data, split="val", out=work / "eval" / name.replace(" ", "_"),
                                     progress=False)
-        print(f"| {name} | " + " | ".join(row) + f" | {scores['miou']:.4f} | {scores['mean_dice']:.4f} |",
-              flush=True)
+        print(f"| {name} | {scores['miou']:.4f} | {scores['mean_dice']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
