@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import masksmith
 from masksmith.config import TrainConfig
-from masksmith.engine import SegmentationModule
+from masksmith.engine import SegmentationModule, epochs_within_budget
 from masksmith.errors import ConfigError
 from masksmith.models import build_model
 from tests.helpers import make_shapes_dataset
@@ -81,3 +84,39 @@ def test_default_run_folders_count_up(tmp_path, monkeypatch):
     (tmp_path / "runs" / "train2").mkdir()
     assert str(next_run_dir(None)) == "runs/train3"
     assert str(next_run_dir("mine")) == "mine"
+
+
+@pytest.mark.parametrize("epochs, done, seconds_per_epoch, seconds_left, expected", [
+    (300, 10, 20.0, 1200.0, 70),   # the budget ends first: 10 done + 60 that fit
+    (300, 10, 20.0, 1219.0, 70),   # a partial epoch does not count
+    (50, 10, 20.0, 1200.0, 50),    # --epochs ends first
+    (300, 10, 20.0, -5.0, 10),     # out of time: the schedule is over
+    (300, 0, 20.0, 0.0, 1),
+])
+def test_the_schedule_spans_the_epochs_that_fit_in_the_time_left(epochs, done, seconds_per_epoch, seconds_left,
+                                                                  expected):
+    assert epochs_within_budget(epochs, done, seconds_per_epoch, seconds_left) == expected
+
+
+class _SlowEpochs(Callback):
+    """Makes every epoch last at least `seconds`, so a time budget fits a known number of epochs."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_epoch_start(self, trainer, module):
+        time.sleep(self.seconds)
+
+
+def test_a_cosine_schedule_anneals_by_the_time_budget_not_by_an_unreachable_epoch_count(tmp_path):
+    data = make_shapes_dataset(tmp_path / "shapes", count=4)
+    # 1000 epochs asked, about 6 fit in 3 seconds: the rate must still come down to its floor by the end.
+    result = masksmith.train(data, classes=str(data / "classes.txt"), size=16, epochs=1000, batch_size=2, lr=0.01,
+                             scheduler="cosine", max_time=0.05, early_stopping=0, model="fcn-lite",
+                             model_options={"base_channels": 4, "depth": 2}, callbacks=[_SlowEpochs(0.5)],
+                             out=str(tmp_path / "run"), quiet=True)
+    rates = [float(row.split(",")[-1]) for row in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert 2 <= len(rates) < 1000
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+    # A 1000-epoch cosine would still be at 99.9% of its peak; fitted to the budget it ends below a third.
+    assert rates[-1] < 0.01 / 3

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     ModelCheckpoint,
+    Timer,
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -42,6 +44,7 @@ class SegmentationModule(L.LightningModule):
         self.confusion = ConfusionMatrix(num_classes, config.ignore_index)
         self._image_dice: list[float] = []
         self.last_validation: dict[str, Any] = {}
+        self._schedule_clock: tuple[int, float] | None = None  # (first epoch of this fit, its start time)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)
@@ -106,12 +109,27 @@ class SegmentationModule(L.LightningModule):
                 optimizer, mode=config.monitor_mode(), factor=0.5, patience=max(2, config.early_stopping // 3))
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": config.monitor, "interval": "epoch"}}
-        if config.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
-        else:  # poly, as in DeepLab: lr * (1 - epoch / epochs) ** 0.9
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda epoch: max(0.0, 1 - epoch / config.epochs) ** 0.9)
+        # cosine (down to lr / 100) or poly as in DeepLab, lr * (1 - progress) ** 0.9, where progress is the
+        # epoch over the schedule's length: --epochs, or the epochs that fit in what is left of --max-time.
+        shape = _cosine if config.scheduler == "cosine" else _poly
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: shape(min(1.0, epoch / self.schedule_length(epoch))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_start(self) -> None:
+        self._schedule_clock = (self.current_epoch, time.monotonic())
+
+    def schedule_length(self, epochs_done: int) -> float:
+        """Epochs the cosine/poly schedule spans: `epochs`, or fewer when the time budget will stop training
+        first, so the rate has annealed by the deadline (a 300-epoch cosine cut off by --max-time at epoch
+        70 would end at 95% of its peak rate). Estimated from the mean epoch time of this fit so far."""
+        timer = self._trainer and next((c for c in self._trainer.callbacks if isinstance(c, Timer)), None)
+        seconds_left = timer.time_remaining("train") if timer else None
+        if seconds_left is None or self._schedule_clock is None or epochs_done <= self._schedule_clock[0]:
+            return self.config.epochs
+        first_epoch, started = self._schedule_clock
+        seconds_per_epoch = (time.monotonic() - started) / (epochs_done - first_epoch)
+        return epochs_within_budget(self.config.epochs, epochs_done, seconds_per_epoch, seconds_left)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the rest at `lr`, the encoder (when the model has one) at `encoder_lr`."""
@@ -180,6 +198,19 @@ class SegmentationModule(L.LightningModule):
         """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on."""
         if self.config.freeze_encoder_epochs and self.encoder is not None:
             self.set_encoder_frozen(self.encoder_frozen)
+
+
+def epochs_within_budget(epochs: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
+    """The epochs a run will complete: `epochs`, or fewer if the time left stops it first (at least 1)."""
+    return max(1, min(epochs, epochs_done + math.floor(max(seconds_left, 0.0) / max(seconds_per_epoch, 1e-9))))
+
+
+def _cosine(progress: float) -> float:
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _poly(progress: float) -> float:
+    return (1 - progress) ** 0.9
 
 
 def _batchnorm_eval(module: torch.nn.Module) -> None:
