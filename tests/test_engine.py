@@ -120,3 +120,17 @@ def test_a_cosine_schedule_anneals_by_the_time_budget_not_by_an_unreachable_epoc
     assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
     # A 1000-epoch cosine would still be at 99.9% of its peak; fitted to the budget it ends below a third.
     assert rates[-1] < 0.01 / 3
+
+
+def test_the_curves_mark_the_best_epoch_of_the_monitored_metric(tmp_path, monkeypatch):
+    import masksmith.visualize
+
+    marked = []
+    monkeypatch.setattr(masksmith.visualize, "plot_curves", lambda csv, png, monitor=None: marked.append(monitor))
+    data = make_shapes_dataset(tmp_path / "shapes", count=4)
+    for monitor, expected in [("val_miou", "val_miou"), ("val_loss", None)]:
+        marked.clear()
+        masksmith.train(data, classes=str(data / "classes.txt"), size=16, epochs=2, batch_size=2, monitor=monitor,
+                        model="fcn-lite", model_options={"base_channels": 4, "depth": 2},
+                        out=str(tmp_path / monitor), quiet=True)
+        assert marked and set(marked) == {expected}  # a loss is plotted with the losses, unmarked

@@ -223,9 +223,11 @@ def _batchnorm_eval(module: torch.nn.Module) -> None:
 class EpochHistory(Callback):
     """Writes one row per epoch to metrics.csv and redraws curves.png, as nnU-Net's progress plot."""
 
-    def __init__(self, run_dir: Path, plot: bool = True):
+    def __init__(self, run_dir: Path, plot: bool = True, monitor: str | None = None):
         self.run_dir = run_dir
         self.plot = plot
+        # The metric whose best epoch curves.png marks (the one checkpointing follows); losses are not marked.
+        self.monitor = monitor if monitor and "loss" not in monitor else None
         self.rows: list[dict[str, float]] = []
 
     def load_existing(self) -> None:
@@ -270,7 +272,9 @@ class EpochHistory(Callback):
         if self.plot:
             from masksmith.visualize import plot_curves
 
-            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            logged = any(math.isfinite(row.get(self.monitor, math.nan)) for row in self.rows) if self.monitor else False
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png",
+                        monitor=self.monitor if logged else None)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -214,7 +214,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence[Call
         log.info(f"weights: {report.loaded} tensors of the {report.part} from {cfg.weights}")
     module = SegmentationModule(network, cfg, num_classes)
     train_loader, val_loader = _loaders(cfg, plan)
-    history = EpochHistory(run_dir)
+    history = EpochHistory(run_dir, monitor=cfg.monitor)
     if resume:
         history.load_existing()
     trainer, checkpoint = build_trainer(cfg, run_dir, history, extra_callbacks=callbacks)
