@@ -1,7 +1,10 @@
 """Accuracy experiments on real data: train, evaluate, predict, and print one line of numbers each.
 
-    benchmarks/run.sh EXPERIMENT [--minutes M] [--out runs/bench]     (creates its environment)
-    python benchmarks/experiments.py EXPERIMENT [--minutes M] [--out runs/bench]
+    benchmarks/run.sh EXPERIMENT [--minutes M] [--out runs/bench] [--name NAME] [-- TRAIN OPTIONS]
+    python benchmarks/experiments.py EXPERIMENT [...]           (the same, in the current environment)
+
+Options after `--` go to `masksmith train` after the recipe's own and override them (a variant of a recipe,
+for ablations: `benchmarks/run.sh clothing-unet --name clothing-unet-128 -- --size 128`); --name is its folder.
 
 Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
     clothing-tutorial  59 classes, the tutorials' setting: U-Net at 128x128, 80/20 seeded split, cross-entropy,
@@ -78,12 +81,11 @@ def present_class_scores(metrics: dict) -> dict:
             "pixel_error": 1.0 - float(metrics["pixel_accuracy"])}
 
 
-def train_evaluate_predict(name: str, out: Path, minutes: float) -> dict:
+def train_evaluate_predict(name: str, folder: Path, minutes: float, train_args: list[str]) -> dict:
     recipe = RECIPES[name]
-    folder = out / name
     shutil.rmtree(folder, ignore_errors=True)
     masksmith("train", str(recipe["data"]), *recipe["args"], "--max-time", str(minutes), "--quiet",
-              "--out", str(folder / "run"))
+              "--out", str(folder / "run"), *train_args)
     bundle = str(folder / "run" / "model.msb")
     masksmith("evaluate", bundle, str(recipe["data"]), "--out", str(folder / "evaluate"))
     if name == "membrane":
@@ -99,9 +101,8 @@ def train_evaluate_predict(name: str, out: Path, minutes: float) -> dict:
             "foreground_iou": (metrics["per_class"][1]["iou"] if len(metrics["per_class"]) == 2 else None)}
 
 
-def labelme_path(out: Path) -> dict:
+def labelme_path(folder: Path) -> dict:
     """convert → check → train → predict on the Labelme examples (3 images: the path, not accuracy)."""
-    folder = out / "labelme"
     shutil.rmtree(folder, ignore_errors=True)
     source = LABELME / "semantic_segmentation"
     masksmith("convert", "labelme", str(source / "data_annotated"), str(folder / "voc"),
@@ -120,16 +121,25 @@ def main() -> None:
     parser.add_argument("experiment", choices=[*RECIPES, "labelme"])
     parser.add_argument("--minutes", type=float, help="training time budget [default: the experiment's]")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
-    args = parser.parse_args()
+    parser.add_argument("--name", help="folder under --out and name in the RESULT line [default: EXPERIMENT]")
+    argv = sys.argv[1:]
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:len(argv) - len(train_args) - (1 if "--" in argv else 0)])
+    if train_args and args.experiment == "labelme":
+        parser.error("options for masksmith train (after --) are for the training experiments")
+    name = args.name or args.experiment
     start = time.perf_counter()
     if args.experiment == "labelme":
-        result = labelme_path(args.out)
+        result = labelme_path(args.out / name)
     else:
         minutes = args.minutes or RECIPES[args.experiment]["minutes"]
-        result = {"budget_minutes": minutes, **train_evaluate_predict(args.experiment, args.out, minutes)}
-    result = {"experiment": args.experiment, "wall_minutes": round((time.perf_counter() - start) / 60, 1),
+        result = {"budget_minutes": minutes,
+                  **train_evaluate_predict(args.experiment, args.out / name, minutes, train_args)}
+    result = {"experiment": name, "wall_minutes": round((time.perf_counter() - start) / 60, 1),
               "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)), **result}
-    (args.out / args.experiment / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    if train_args:
+        result["train_options"] = " ".join(train_args)
+    (args.out / name / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     print("RESULT " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
