@@ -252,3 +252,29 @@ def test_uint8_target_and_half_logits_are_accepted() -> None:
     got = build_loss("dice+ce", num_classes=3)(logits.bfloat16(), target.to(torch.uint8))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=0.02, rtol=0.02)
+
+
+def _one_hot_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, smooth: float = 1.0) -> torch.Tensor:
+    """The textbook soft Dice loss with one-hot tensors, classes present in truth or prediction."""
+    valid = (target != ignore_index)[:, None].float()
+    safe = torch.where(target == ignore_index, torch.zeros_like(target), target)
+    probs = torch.softmax(logits, 1) * valid
+    truth = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+    predicted = F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+    dice = (2 * (probs * truth).sum((0, 2, 3)) + smooth) / (probs.sum((0, 2, 3)) + truth.sum((0, 2, 3)) + smooth)
+    present = ((truth.sum((0, 2, 3)) + predicted.sum((0, 2, 3))) > 0).float()
+    return 1 - (dice * present).sum() / present.sum()
+
+
+def test_dice_equals_the_one_hot_formula_in_value_and_gradient() -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 9, 12, 10, generator=generator, requires_grad=True)
+    target = torch.randint(0, 6, (3, 12, 10), generator=generator)  # classes 6..8 absent from the truth
+    target[0, :4] = 255
+    loss = build_loss("dice", num_classes=9)(logits, target)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    reference = _one_hot_dice(logits, target, 255)
+    (reference_gradient,) = torch.autograd.grad(reference, logits)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert torch.allclose(gradient, reference_gradient, atol=1e-8)
+    assert gradient[0, :, :4].abs().max() == 0  # ignored pixels get no gradient

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masksmith.errors import ConfigError, DataError
+from masksmith.models.heads import best_class
 from masksmith.registry import Registry
 
 LOSSES = Registry("loss")
@@ -239,26 +240,32 @@ class DiceLoss(SegmentationLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """1 - mean soft Dice over the classes present in the batch target or prediction."""
         logits, safe_target, valid = self._prepare(logits, target)
-        mask = valid[:, None].float()
         if logits.shape[1] == 1:
             # where() rather than multiplying by the mask: only ignored pixels are dropped, and
             # their gradient is exactly zero.
             probs = torch.where(valid[:, None], torch.sigmoid(logits), torch.zeros_like(logits))
-            truth = (safe_target[:, None] == 1).float() * mask
-            predicted = (logits > 0) & valid[:, None]
+            truth = (safe_target[:, None] == 1) & valid[:, None]
+            intersection = (probs * truth).sum()[None]
+            probability_mass, truth_count = probs.sum()[None], truth.sum()[None].float()
+            predicted_count = ((logits > 0) & valid[:, None]).sum()[None]
             weights = None
         else:
+            # Per-class sums without one-hot tensors (K values per pixel, costly for many classes): the
+            # intersection adds up each pixel's probability of its true class, per class. Ignored pixels
+            # go to an extra bin K that is dropped (cheaper than selecting the valid pixels).
+            num_classes = logits.shape[1]
             probs = torch.softmax(logits, dim=1)
-            probs = torch.where(valid[:, None], probs, torch.zeros_like(probs))
-            truth = F.one_hot(safe_target, logits.shape[1]).permute(0, 3, 1, 2).float() * mask
-            predicted = F.one_hot(logits.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2).bool()
-            predicted &= valid[:, None]
+            probability_mass = torch.einsum("nkhw,nhw->k", probs, valid.to(probs.dtype))  # no N x K x H x W temporary
+            true_bin = torch.where(valid, safe_target, num_classes).flatten()
+            intersection = probs.new_zeros(num_classes + 1).index_add(
+                0, true_bin, probs.gather(1, safe_target[:, None]).flatten())[:num_classes]
+            truth_count = torch.bincount(true_bin, minlength=num_classes + 1)[:num_classes].to(probs.dtype)
+            predicted_bin = torch.where(valid, best_class(logits, dim=1), num_classes).flatten()
+            predicted_count = torch.bincount(predicted_bin, minlength=num_classes + 1)[:num_classes]
             weights = self.class_weights
-        dims = (0, 2, 3)
-        intersection = (probs * truth).sum(dims)
-        denominator = probs.sum(dims) + truth.sum(dims)
+        denominator = probability_mass + truth_count
         dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth).clamp_min(1e-12)
-        present = ((truth.sum(dims) > 0) | predicted.any(dim=0).flatten(1).any(dim=1)).float()
+        present = ((truth_count > 0) | (predicted_count > 0)).float()
         if weights is not None:
             present = present * weights
         # Nothing present (e.g. every pixel ignored) -> 0 with a graph, rather than 0/0.

@@ -27,7 +27,7 @@ from masksmith.data.dataset import preprocess_image
 from masksmith.data.discover import list_images
 from masksmith.data.masks import MaskEncoding, read_image, write_mask
 from masksmith.errors import BundleError, MasksmithError
-from masksmith.models import build_model, logits_to_probabilities
+from masksmith.models import best_class, build_model, logits_to_probabilities
 from masksmith.visualize import overlay, save_image, save_mask_png
 
 ImageInput = np.ndarray | Image.Image | str | Path
@@ -368,7 +368,7 @@ class Predictor:
         if self.meta.num_classes == 2:
             cut = self.meta.threshold if threshold is None else threshold
             return (probabilities[1] > cut).numpy().astype(np.uint8)
-        return probabilities.argmax(0).numpy().astype(np.uint8)
+        return best_class(probabilities, dim=0).numpy().astype(np.uint8)
 
     def predict(self, image: ImageInput, threshold: float | None = None) -> np.ndarray:
         """Predict one image (array, PIL image or path): an HxW uint8 class-index mask at its original size."""
