@@ -14,7 +14,7 @@ def _check_logits(logits: Tensor) -> None:
 def best_class(scores: Tensor, dim: int) -> Tensor:
     """Index of the largest score along `dim` (the first on ties), as argmax. On CPU, torch's argmax over a
     dimension that is not the innermost runs up to 10x slower than max(...).indices (24 ms against 2.4 for
-    2 x 256 x 256 x 4 logits); this is on every validation step, prediction and Dice loss."""
+    4 x 2 x 256 x 256 logits); this is on every validation step, prediction and Dice loss."""
     return scores.max(dim=dim).indices
 
 
