@@ -119,7 +119,7 @@ class SegmentationModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._schedule_clock = (self.current_epoch, time.monotonic())
 
-    def schedule_length(self, epochs_done: int) -> float:
+    def schedule_length(self, epochs_done: int) -> int:
         """Epochs the cosine/poly schedule spans: `epochs`, or fewer when the time budget will stop training
         first, so the rate has annealed by the deadline (a 300-epoch cosine cut off by --max-time at epoch
         70 would end at 95% of its peak rate). Estimated from the mean epoch time of this fit so far."""

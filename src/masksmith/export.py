@@ -28,6 +28,7 @@ from masksmith import __version__
 from masksmith.bundle import BundleMeta
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
+from masksmith.models.heads import logits_to_classes
 from masksmith.models.unet import pad_to_multiple
 from masksmith.predict import Predictor, physical_cores
 
@@ -377,10 +378,7 @@ def verify(network: nn.Module, backend: OnnxBackend, inputs: Sequence[torch.Tens
                                  f"PyTorch's {tuple(expected.shape)} for input {tuple(batch.shape)}")
         difference = float((got - expected).abs().max())
         scale = float(expected.abs().max()) or 1.0
-        if expected.shape[1] == 1:
-            same = ((got > 0) == (expected > 0)).float().mean()
-        else:
-            same = (got.argmax(1) == expected.argmax(1)).float().mean()
+        same = (logits_to_classes(got) == logits_to_classes(expected)).float().mean()
         checks.append(ExportCheck(tuple(batch.shape), difference, difference / scale, float(same),
                                   real=real_from is not None and index >= real_from))
     return checks
