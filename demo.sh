@@ -3,7 +3,7 @@
 # Usage: ./demo.sh            (about 4 minutes on 2 CPU cores, environment included)
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/env.sh
+source scripts/env.sh pretrained
 
 OUT=demo-output
 rm -rf "$OUT"

@@ -1,5 +1,5 @@
 # Sourced by demo.sh and test.sh: create .venv with the pinned CPU torch and masksmith, then activate it.
-# Usage: source scripts/env.sh [EXTRA]   (EXTRA: an optional-dependency group such as "test")
+# Usage: source scripts/env.sh [EXTRAS]   (EXTRAS: optional-dependency groups such as "test,pretrained")
 extra="${1:-}"
 venv="${MASKSMITH_VENV:-.venv}"
 stamp="$venv/.installed${extra:+-$extra}"
