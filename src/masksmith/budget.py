@@ -1,0 +1,159 @@
+"""Fit the network, input size and batch to the compute a run has: measured training steps, not guesses.
+
+nnU-Net plans for GPU memory; on a CPU the binding limit is time. A plan that picks a 24-GFLOP U-Net
+at 256² for a 15-minute budget gets one epoch and learns nothing (tried: street scenes, mIoU 0.08),
+while a light pretrained encoder at a smaller, aspect-keeping input fits dozens. The rule:
+
+- Candidates: each installed ImageNet-pretrained encoder under the U-Net decoder (when the images have
+  1 or 3 channels), else the classic from-scratch U-Net; input sizes keep the median image's aspect
+  ratio, short side from the device cap down to MIN_SHORT_SIDE in steps of 32 (sides multiples of 32).
+- Each candidate encoder is timed for a few real optimizer steps (forward, backward, update) at the
+  smallest and the largest input; the time of the sizes between is interpolated by pixel count
+  (a convolutional network's step time grows linearly with its pixels).
+- A candidate fits when the budget (minus the planning time and a share for validation) holds at
+  least MIN_STEPS optimizer steps and MIN_EPOCHS epochs: fewer leaves a network half trained,
+  whatever its size. Among the fitting candidates the largest input wins (segmentation detail is in
+  the pixels), then the larger encoder. When nothing fits, the cheapest candidate at the smallest input.
+- Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
+  lowered for datasets too small to fill two batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from masksmith.models import build_model
+
+SIZE_STEP = 32
+MIN_SHORT_SIDE = 128
+MAX_LONG_RATIO = 2.0  # inputs at most twice as long as wide: panoramas are cropped, not squashed
+MIN_STEPS = 600
+MIN_EPOCHS = 8
+BATCH = 8
+VALIDATION_SHARE = 0.15  # of each epoch's time, for the validation pass (forward only, a fifth of the data)
+TIMED_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One network the plan may train: an encoder name (None: the classic U-Net) at an input size."""
+
+    encoder: str | None
+    size: tuple[int, int]  # (height, width)
+
+    @property
+    def name(self) -> str:
+        """How the plan prints it: `efficientnet_lite0 U-Net` or `classic U-Net`."""
+        return f"{self.encoder} U-Net" if self.encoder else "classic U-Net"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A candidate with its measured cost and what the budget holds of it."""
+
+    candidate: Candidate
+    seconds_per_step: float
+    steps: int
+    epochs: float
+
+    @property
+    def fits(self) -> bool:
+        """Whether the budget holds enough optimizer steps and epochs."""
+        return self.steps >= MIN_STEPS and self.epochs >= MIN_EPOCHS
+
+
+StepTimer = Callable[[str | None, tuple[int, int], int, int, int], float]
+
+
+def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tuple[int, int]]:
+    """Input sizes (height, width), largest first, keeping the median image's aspect ratio."""
+    short, long = sorted((median_width, median_height))
+    ratio = min(long / short, MAX_LONG_RATIO) if short > 0 else 1.0
+    top = max(MIN_SHORT_SIDE, min(cap, int(short) // SIZE_STEP * SIZE_STEP))
+    sizes = []
+    for side in range(top, MIN_SHORT_SIDE - 1, -SIZE_STEP):
+        other = max(side, int(round(side * ratio / SIZE_STEP)) * SIZE_STEP)
+        sizes.append((side, other) if median_width >= median_height else (other, side))
+    return sizes
+
+
+def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, channels: int,
+                       num_classes: int) -> float:
+    """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data, best of a few."""
+    network = build_model("unet", channels, num_classes, **({"encoder": encoder} if encoder else {}))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    images = torch.randn(batch, channels, *size)
+    target = torch.randint(0, num_classes, (batch, *size))
+    network.train()
+    best = math.inf
+    for attempt in range(TIMED_STEPS + 1):  # the first step warms up allocators and kernels
+        started = time.perf_counter()
+        loss = F.cross_entropy(network(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if attempt:
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *, budget_seconds: float,
+                    train_images: int, batch: int, channels: int, num_classes: int,
+                    timer: StepTimer = time_training_step) -> tuple[Fit, list[Fit]]:
+    """Time each encoder at the smallest and largest size, estimate the rest, and pick by the module's rule."""
+    started = time.perf_counter()
+    measured: dict[tuple[str | None, tuple[int, int]], float] = {}
+    for encoder in encoders:
+        for size in {sizes[0], sizes[-1]}:
+            measured[encoder, size] = timer(encoder, size, batch, channels, num_classes)
+    left = max(0.0, budget_seconds - (time.perf_counter() - started)) * (1 - VALIDATION_SHARE)
+    steps_per_epoch = max(1, train_images // batch)
+    fits = []
+    for encoder in encoders:
+        for size in sizes:
+            seconds = _interpolate(measured, encoder, size, sizes[0], sizes[-1])
+            steps = int(left / seconds) if seconds > 0 else 0
+            fits.append(Fit(Candidate(encoder, size), seconds, steps, steps / steps_per_epoch))
+    fitting = [fit for fit in fits if fit.fits]
+    if fitting:
+        # Largest input first; then the larger (slower) encoder, which is also the stronger one.
+        best = max(fitting, key=lambda fit: (fit.candidate.size[0] * fit.candidate.size[1], fit.seconds_per_step))
+    else:
+        best = min(fits, key=lambda fit: fit.seconds_per_step)
+    return best, fits
+
+
+def _interpolate(measured: dict[tuple[str | None, tuple[int, int]], float], encoder: str | None,
+                 size: tuple[int, int], largest: tuple[int, int], smallest: tuple[int, int]) -> float:
+    """Step time at `size`: linear in pixels between the two measured sizes."""
+    low, high = measured[encoder, smallest], measured[encoder, largest]
+    low_pixels, high_pixels = smallest[0] * smallest[1], largest[0] * largest[1]
+    if high_pixels == low_pixels:
+        return high
+    share = (size[0] * size[1] - low_pixels) / (high_pixels - low_pixels)
+    return low + share * (high - low)
+
+
+def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int) -> str:
+    """One line saying what was measured and why this candidate won."""
+    candidate = best.candidate
+    measured = sorted({fit.candidate.encoder for fit in fits}, key=lambda e: e or "")
+    rule = (f"the largest input fitting ≥ {MIN_STEPS} steps and ≥ {MIN_EPOCHS} epochs in "
+            f"{budget_seconds / 60:.0f} min" if best.fits else
+            f"nothing fits {MIN_STEPS} steps and {MIN_EPOCHS} epochs in {budget_seconds / 60:.0f} min: the cheapest")
+    return (f"{candidate.name} at {candidate.size[0]}x{candidate.size[1]} (aspect kept): "
+            f"{best.seconds_per_step:.2f} s a step of {batch} (measured), ~{best.steps} steps, "
+            f"~{best.epochs:.0f} epochs; {rule} (timed: {', '.join(e or 'classic' for e in measured)})")
+
+
+def describe_fits(fits: list[Fit]) -> list[dict[str, Any]]:
+    """The candidates as JSON-ready rows for plan.json."""
+    return [{"encoder": fit.candidate.encoder, "size": list(fit.candidate.size),
+             "seconds_per_step": round(fit.seconds_per_step, 4), "steps": fit.steps,
+             "epochs": round(fit.epochs, 1), "fits": fit.fits} for fit in fits]
