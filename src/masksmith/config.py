@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     skip_unpaired: bool = Field(False, description="skip (and list) images without masks instead of failing")
     skip_invalid: bool = Field(
         False, description="skip (and list) unreadable or inconsistent pairs instead of failing")
+    max_image_pixels: int | None = Field(
+        None, ge=1, description="refuse (before decoding) images with more pixels than this, as possible "
+                                "decompression bombs; default: $MASKSMITH_MAX_IMAGE_PIXELS or 89478485")
     size: int = Field(256, ge=16, description="network input size in pixels (square)")
     resize: ResizeMode = Field(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")

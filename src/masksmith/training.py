@@ -23,6 +23,7 @@ from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
 from masksmith.data.classes import find_class_file, read_class_names
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.data.discover import Sample, discover, split_samples
+from masksmith.data.limits import image_pixel_limit
 from masksmith.data.masks import (
     MaskEncoding,
     color_table_text,
@@ -104,7 +105,8 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
     if cfg.classes is None and cfg.data is not None and find_class_file(cfg.data) is not None:
         cfg.classes = str(find_class_file(cfg.data))  # the dataset's own list (e.g. from masksmith convert)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return _run(cfg, run_dir, resume=resume is not None, callbacks=callbacks)
+    with image_pixel_limit(cfg.max_image_pixels):  # every image read of the run obeys the run's limit
+        return _run(cfg, run_dir, resume=resume is not None, callbacks=callbacks)
 
 
 def next_run_dir(out: str | None, base: Path = Path("runs")) -> Path:
@@ -197,6 +199,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence[Call
                    progress=not cfg.quiet, skip_invalid=cfg.skip_invalid)
     plan.train = validate_samples(plan.train, **checked)
     plan.val = validate_samples(plan.val, **checked)
+    plan.split["val"] = [s.name for s in plan.val]  # the recorded split is what was used: skipped pairs leave it
     if not plan.train or not plan.val:
         raise DataError(f"{cfg.data}: no usable {'training' if not plan.train else 'validation'} images left")
     header = (f"masksmith {__version__} training config (resolved). Repeat this run with:\n"

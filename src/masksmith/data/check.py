@@ -11,7 +11,7 @@ Problem codes (severity):
   empty                   (error)   a 0-byte file
   truncated               (error)   the file ends before its pixel data does
   not_an_image            (error)   no known image format (e.g. a text file named .png)
-  too_large               (error)   declares more pixels than PIL's decompression-bomb limit; never decoded
+  too_large               (error)   declares more pixels than masksmith.data.limits allows; never decoded
   size_mismatch           (error)   a mask whose width x height differs from its image's
   values_outside_classes  (error)   mask values that are neither a class index nor ignore_index
   mask_encoding           (error)   the mask encoding could not be detected (no class statistics then)
@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from masksmith.data.classes import find_class_file, read_class_names
 from masksmith.data.discover import IMAGE_EXTENSIONS, MASK_SUFFIXES, Sample, discover
+from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
 from masksmith.data.masks import (
     MaskEncoding,
     decode_mask,
@@ -335,12 +336,11 @@ def _read_header(result: _FileResult) -> None:
         result.mode = result.format = "npy"
         return
     try:
-        with Image.open(path) as image:
+        with open_image(path, kind) as image:
             result.mode, result.format = image.mode, image.format
             result.bits = _bit_depth(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        result.code = "too_large"
-        result.message = f"{path}: {kind} refused as a possible decompression bomb: {_reason(exc)}"
+    except ImageTooLarge as exc:
+        result.code, result.message = "too_large", str(exc)
     except UnidentifiedImageError:
         result.code = "not_an_image"
         result.message = f"{path}: not an image file ({size_bytes} bytes in no known image format)"
@@ -405,16 +405,13 @@ def _inspect(task: tuple[str, Path, bool]) -> _FileResult:
     """Check one file; every failure becomes a coded result, never an exception."""
     kind, path, want_stats = task
     result = _FileResult(kind, path)
-    with warnings.catch_warnings():
-        # Between PIL's warning and error limits an image would still be decoded (GBs): refuse it too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            _read_header(result)
-            if result.ok:
-                (_inspect_image if kind == "image" else _inspect_mask)(result, want_stats)
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the check of a thousand others
-            reason = _reason(exc)
-            result.code, result.message = _failure_code(reason), f"{path}: cannot read {kind}: {reason}"
+    try:
+        _read_header(result)  # the pixel limit (masksmith.data.limits) is applied here, before any decode
+        if result.ok:
+            (_inspect_image if kind == "image" else _inspect_mask)(result, want_stats)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the check of a thousand others
+        reason = _reason(exc)
+        result.code, result.message = _failure_code(reason), f"{path}: cannot read {kind}: {reason}"
     if not result.ok:
         result.values = result.counts = result.stats = None
     return result
@@ -430,7 +427,9 @@ def _map(function: Callable[[Any], Any], tasks: list[Any], workers: int, progres
                 bar.update()
             return
         try:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            # Workers apply the parent's pixel limit, whether they were forked or spawned.
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=set_max_image_pixels,
+                                     initargs=(max_image_pixels(),)) as pool:
                 for result in pool.map(function, tasks, chunksize=CHUNKSIZE):
                     yield result
                     bar.update()

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from masksmith.data.limits import open_image
 from masksmith.data.palette import Color, color_text, pack_colors, read_palette_file, unpack_colors
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import atomic_path
@@ -225,7 +226,7 @@ def _open(path: Path, what: str, *, single_frame: bool = False) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: cannot read {what}: file is empty (0 bytes)")
-        with Image.open(path) as image:
+        with open_image(path, what) as image:  # refuses a bomb before decoding
             frames = getattr(image, "n_frames", 1)
             if single_frame and frames > 1:
                 # A mask is one label image; silently taking page 1 of a stack would train on the wrong labels.
@@ -234,7 +235,7 @@ def _open(path: Path, what: str, *, single_frame: bool = False) -> Image.Image:
             # Masks are stored upright like their images; honour a rotation tag on either.
             ImageOps.exif_transpose(image, in_place=True)
         return image
-    except DataError:
+    except (DataError, ConfigError):  # ConfigError: a bad pixel-limit setting
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: cannot read {what}: file not found") from None

@@ -1,14 +1,18 @@
-"""Check every pair before training starts, so a bad file fails in seconds, not mid-epoch."""
+"""Check every pair before training starts, so a bad file fails in seconds, not mid-epoch.
+
+Every image and mask is fully decoded here (one at a time), so a truncated file is found before the
+first step, and the pixel limit (masksmith.data.limits) refuses a decompression bomb before decoding.
+"""
 
 from __future__ import annotations
 
 import warnings
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from masksmith.data.discover import Sample
-from masksmith.data.masks import MaskEncoding, read_mask
+from masksmith.data.limits import open_image
+from masksmith.data.masks import MaskEncoding, read_image, read_mask
 from masksmith.errors import DataError
 
 MAX_LISTED = 10
@@ -17,9 +21,11 @@ MAX_LISTED = 10
 def image_size(path) -> tuple[int, int]:
     """(width, height) from the file header, after EXIF orientation; DataError if unreadable."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
+    except DataError:
+        raise
     except Exception as error:
         raise DataError(f"{path}: cannot read image: {error}") from None
     # EXIF orientations 5-8 swap width and height when the image is turned upright.
@@ -29,7 +35,10 @@ def image_size(path) -> tuple[int, int]:
 def sample_problem(sample: Sample, encoding: MaskEncoding, num_classes: int, ignore_index: int = 255) -> str | None:
     """What is wrong with one pair (unreadable, size mismatch, mask values outside the classes), or None."""
     try:
-        size = image_size(sample.image)
+        # A full decode, not just the header: a truncated file must fail here, not in the middle of an epoch.
+        image = read_image(sample.image)
+        size = (image.shape[1], image.shape[0])
+        del image  # one decoded image at a time
         if sample.mask is None:
             return None
         mask = read_mask(sample.mask, encoding, num_classes, ignore_index)
