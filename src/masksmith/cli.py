@@ -242,10 +242,12 @@ def export_command(
 ) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
     from masksmith.export import export_onnx
+    from masksmith.fileio import refuse_overwrite
 
     if export_format != "onnx":
         raise MasksmithError(f"--format {export_format!r}: only 'onnx' is supported")
     target = out or bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
+    refuse_overwrite([bundle], [target])
     report = export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration or None)
     typer.echo(report.summary())
 

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from masksmith.bundle import BundleMeta, load_bundle
 from masksmith.data.dataset import preprocess_image
-from masksmith.data.discover import list_images
+from masksmith.data.discover import list_inputs
 from masksmith.data.masks import MaskEncoding, read_image, write_mask
 from masksmith.errors import BundleError, MasksmithError
+from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, build_model, logits_to_probabilities
 from masksmith.visualize import overlay, save_image, save_mask_png
 
@@ -424,7 +425,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     if mask_format not in ("palette", "dataset"):
         raise MasksmithError(f"mask format must be 'palette' or 'dataset', got {mask_format!r}")
     out_dir = Path(out_dir)
-    paths = list_images(list(inputs))
+    paths, skipped = list_inputs(list(inputs))
     stems: dict[str, Path] = {}
     for path in paths:
         if path.stem in stems and stems[path.stem] != path:
@@ -432,7 +433,11 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
             raise MasksmithError(f"{path} and {stems[path.stem]} would both be written as {path.stem}.png; "
                                  "predict them into separate --out folders")
         stems[path.stem] = path
-    report = PredictReport()
+    targets = [out_dir / f"{stem}.png" for stem in stems]
+    if overlay_images:
+        targets += [out_dir / "overlays" / f"{stem}.jpg" for stem in stems]
+    refuse_overwrite(paths, targets)  # e.g. --out INPUT_DIR with PNG inputs: masks would replace the photos
+    report = PredictReport(failed=list(skipped))
     inference = 0.0
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
         for batch in _batches(paths, batch_size):

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masksmith.fileio import atomic_path, write_text_atomic
+from masksmith.errors import ConfigError
+from masksmith.fileio import atomic_path, refuse_overwrite, write_text_atomic
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
 __all__ = ["ConvertReport", "convert_coco", "convert_labelme"]
@@ -57,6 +58,34 @@ def _copyable_jpeg(data: bytes) -> bool:
         return False
 
 
+def sample_paths(out_dir: Path, stem: str) -> dict[str, Path]:
+    """Where write_sample puts each file of one sample (the one place these names are decided)."""
+    return {
+        "image": out_dir / "JPEGImages" / f"{stem}.jpg",
+        "class": out_dir / "SegmentationClass" / f"{stem}.png",
+        "class_viz": out_dir / "SegmentationClassVisualization" / f"{stem}.jpg",
+        "object": out_dir / "SegmentationObject" / f"{stem}.png",
+        "object_viz": out_dir / "SegmentationObjectVisualization" / f"{stem}.jpg",
+    }
+
+
+def refuse_overwriting_sources(out_dir: Path, source_dir: Path, inputs: list[Path], stems: list[str],
+                               *, visualize: bool, objects: bool) -> None:
+    """ConfigError before any work when OUT is the source folder or any output would replace an input file."""
+    if out_dir.resolve() == source_dir.resolve():
+        # The copies in OUT/JPEGImages would sit beside (and a rerun would read) the originals.
+        raise ConfigError(f"{out_dir}: is the folder the annotations and images are read from; "
+                          "convert into a folder of its own")
+    wanted = {"image", "class"}
+    if objects:
+        wanted.add("object")
+    if visualize:
+        wanted |= {"class_viz", "object_viz"} if objects else {"class_viz"}
+    outputs = [out_dir / "class_names.txt"]
+    outputs += [path for stem in stems for key, path in sample_paths(out_dir, stem).items() if key in wanted]
+    refuse_overwrite(inputs, outputs)
+
+
 def write_sample(
     out_dir: Path,
     stem: str,
@@ -68,7 +97,8 @@ def write_sample(
     visualize: bool,
 ) -> None:
     """Write one converted sample in the VOC layout (every file atomically)."""
-    jpeg_path = out_dir / "JPEGImages" / f"{stem}.jpg"
+    paths = sample_paths(out_dir, stem)
+    jpeg_path = paths["image"]
     data = source.read_bytes() if isinstance(source, Path) else source
     if data is not None and _copyable_jpeg(data):
         # Re-encoding a JPEG loses quality each time; an upright JPEG is copied byte for byte.
@@ -76,17 +106,15 @@ def write_sample(
             tmp.write_bytes(data)
     else:
         save_image(image, jpeg_path)
-    save_mask_png(class_mask, out_dir / "SegmentationClass" / f"{stem}.png", class_colors, IGNORE_INDEX)
+    save_mask_png(class_mask, paths["class"], class_colors, IGNORE_INDEX)
     if visualize:
-        save_image(overlay(image, class_mask, class_colors),
-                   out_dir / "SegmentationClassVisualization" / f"{stem}.jpg")
+        save_image(overlay(image, class_mask, class_colors), paths["class_viz"])
     if object_mask is not None:
         ids = object_mask[object_mask != IGNORE_INDEX]
         object_colors = default_colors(int(ids.max()) + 1 if ids.size else 1)
-        save_mask_png(object_mask, out_dir / "SegmentationObject" / f"{stem}.png", object_colors, IGNORE_INDEX)
+        save_mask_png(object_mask, paths["object"], object_colors, IGNORE_INDEX)
         if visualize:
-            save_image(overlay(image, object_mask, object_colors),
-                       out_dir / "SegmentationObjectVisualization" / f"{stem}.jpg")
+            save_image(overlay(image, object_mask, object_colors), paths["object_viz"])
 
 
 def write_class_names(out_dir: Path, class_names: list[str]) -> None:

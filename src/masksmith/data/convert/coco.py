@@ -36,6 +36,7 @@ from masksmith.data.convert import (
     IGNORE_INDEX,
     ConvertReport,
     clip_polygon,
+    refuse_overwriting_sources,
     write_class_names,
     write_sample,
 )
@@ -232,6 +233,11 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
     return classes, objects
 
 
+def _output_stem(file_name: str) -> str:
+    """The name an image's outputs get: its file name's stem (Windows separators allowed)."""
+    return Path(file_name.replace("\\", "/")).stem
+
+
 def _find_image(where: str, images_dir: Path, file_name: str) -> Path:
     relative = Path(file_name.replace("\\", "/"))
     candidates = [images_dir / relative, images_dir / relative.name]
@@ -279,13 +285,21 @@ def convert_coco(
             continue
         by_image[image_id].append(annotation)
 
+    sources = [ann_path]
+    for image_id, entry in images.items():
+        try:
+            sources.append(_find_image(f"image id {image_id}", images_dir, entry["file_name"]))
+        except DataError:
+            pass  # reported when that image's turn comes
+    out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
+    refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_class_names(out_dir, classes)
     stems: dict[str, str] = {}
     for image_id, entry in tqdm(images.items(), desc="converting coco", unit="img", disable=not progress):
         file_name = entry["file_name"]
         where = f"{ann_path}: image id {image_id} ({file_name!r})"
-        stem = Path(file_name.replace("\\", "/")).stem
+        stem = _output_stem(file_name)
         try:
             if stem in stems:
                 # Both would be written as <stem>.png; converting one over the other loses data silently.

@@ -45,6 +45,7 @@ from masksmith.data.convert import (
     IGNORE_INDEX,
     ConvertReport,
     clip_polygon,
+    refuse_overwriting_sources,
     write_class_names,
     write_sample,
 )
@@ -546,21 +547,28 @@ def _read_annotation(json_path: Path) -> tuple[dict[str, Any], list[_Shape]]:
     return data, shapes
 
 
-def _scan(json_paths: list[Path]) -> tuple[set[str], bool]:
-    """Labels used and whether any shape has a group_id; unreadable files are skipped (reported later)."""
+def _scan(json_paths: list[Path]) -> tuple[set[str], bool, list[Path]]:
+    """Labels used, whether any shape has a group_id, and the image files read; bad files are reported later."""
     labels: set[str] = set()
     grouped = False
+    images: list[Path] = []
     for path in json_paths:
         try:
             data = _load_json(path)
         except DataError:
             continue
+        image_path = data.get("imagePath")
+        if not data.get("imageData") and isinstance(image_path, str) and image_path.strip():
+            try:
+                images.append(_find_image(path, image_path))
+            except DataError:
+                pass  # the conversion itself reports the missing image
         for shape in data["shapes"]:
             if isinstance(shape, dict):
                 if isinstance(shape.get("label"), str):
                     labels.add(shape["label"])
                 grouped |= shape.get("group_id") is not None
-    return labels, grouped
+    return labels, grouped, images
 
 
 def convert_labelme(
@@ -579,7 +587,7 @@ def convert_labelme(
     json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file())
     if not json_paths:
         raise DataError(f"{src_dir}: no Labelme *.json files in this folder")
-    found, grouped = _scan(json_paths) if (labels is None or instances) else (set(), False)
+    found, grouped, images = _scan(json_paths)
     if labels is None:
         classes = [BACKGROUND_LABEL] + sorted(found - {IGNORE_LABEL, BACKGROUND_LABEL})
         if len(classes) > IGNORE_INDEX:
@@ -592,6 +600,9 @@ def convert_labelme(
     colors = default_colors(len(classes))
     write_objects = instances and grouped
 
+    inputs = json_paths + images + ([Path(labels)] if isinstance(labels, (str, Path)) else [])
+    refuse_overwriting_sources(out_dir, src_dir, inputs, [p.stem for p in json_paths],
+                               visualize=visualize, objects=write_objects)
     report = ConvertReport(class_names=list(classes))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_class_names(out_dir, classes)

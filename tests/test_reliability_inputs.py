@@ -1,0 +1,191 @@
+"""Reliability: no command writes over a file it reads, and odd inputs never give silently wrong results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from masksmith.bundle import BundleMeta, save_bundle
+from masksmith.cli import app
+from masksmith.data.convert import convert_coco, convert_labelme
+from masksmith.errors import ConfigError
+from masksmith.fileio import refuse_overwrite
+from masksmith.models import build_model
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """File name -> BLAKE2 of its bytes, for every regular file directly in `folder`."""
+    return {p.name: hashlib.blake2b(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _photos(folder: Path, names: list[str], size: tuple[int, int] = (24, 32)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in names:
+        path = folder / name
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """An untrained 3-class U-Net bundle: enough to run predict end to end in a second."""
+    torch.manual_seed(0)
+    network = build_model("unet", 3, 3, depth=2, base_channels=4)
+    meta = BundleMeta(model="unet", model_options={"depth": 2, "base_channels": 4}, in_channels=3, out_channels=3,
+                      class_names=["bg", "a", "b"], colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32,
+                      resize="random_crop", mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
+    return save_bundle(tmp_path / "model.msb", network.state_dict(), meta)
+
+
+def _predict(bundle: Path, *args: str):
+    return CliRunner().invoke(app, ["predict", str(bundle), *args, "-q"], catch_exceptions=False)
+
+
+# --- 3. inputs are never overwritten ------------------------------------------------------------------
+
+
+def test_predict_into_its_own_input_folder_is_refused_and_touches_nothing(tmp_path, bundle):
+    inputs = tmp_path / "photos"
+    _photos(inputs, [f"p{i}.png" for i in range(8)])
+    before = _digests(inputs)
+    result = _predict(bundle, str(inputs), "--out", str(inputs))
+    assert result.exit_code == 2, result.output
+    assert "would overwrite the input" in result.output and "p0.png" in result.output
+    assert "8 outputs" in result.output
+    assert _digests(inputs) == before
+
+
+def test_predict_one_png_into_the_current_folder_is_refused(tmp_path, bundle):
+    # conftest runs every test inside tmp_path, so "." is the folder holding a.png.
+    _photos(tmp_path, ["a.png"])
+    before = (tmp_path / "a.png").read_bytes()
+    result = _predict(bundle, "a.png", "--out", ".")
+    assert result.exit_code == 2, result.output
+    assert "a.png" in result.output and "would overwrite" in result.output
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_predict_through_a_symlinked_or_dotted_out_folder_is_refused(tmp_path, bundle):
+    inputs = tmp_path / "photos"
+    _photos(inputs, ["a.png"])
+    os.symlink(inputs, tmp_path / "alias")
+    before = _digests(inputs)
+    for out in (tmp_path / "alias", tmp_path / "elsewhere" / ".." / "photos"):
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        result = _predict(bundle, str(inputs), "--out", str(out))
+        assert result.exit_code == 2, (out, result.output)
+    assert _digests(inputs) == before
+
+
+def test_predict_overlay_that_would_replace_an_input_is_refused(tmp_path, bundle):
+    # OUT/overlays/<stem>.jpg is an output too: a JPEG input there must not be replaced by its overlay.
+    out = tmp_path / "out"
+    _photos(out / "overlays", ["b.jpg"])
+    before = (out / "overlays" / "b.jpg").read_bytes()
+    result = _predict(bundle, str(out / "overlays" / "b.jpg"), "--out", str(out), "--overlay")
+    assert result.exit_code == 2, result.output
+    assert (out / "overlays" / "b.jpg").read_bytes() == before
+
+
+def test_predict_jpegs_into_their_own_folder_still_works(tmp_path, bundle):
+    # No input is written over (a.jpg -> a.png), so this is not refused.
+    inputs = tmp_path / "photos"
+    _photos(inputs, ["a.jpg", "b.jpg"])
+    result = _predict(bundle, str(inputs), "--out", str(inputs))
+    assert result.exit_code == 0, result.output
+    assert Image.open(inputs / "a.png").size == (32, 24)
+
+
+def test_refuse_overwrite_sees_symlinked_and_hard_linked_outputs(tmp_path):
+    source = _photos(tmp_path / "in", ["a.png"])[0]
+    (tmp_path / "out").mkdir()
+    os.symlink(source, tmp_path / "out" / "link.png")
+    os.link(source, tmp_path / "out" / "hard.png")
+    for target in ("link.png", "hard.png"):
+        with pytest.raises(ConfigError, match="would overwrite the input"):
+            refuse_overwrite([source], [tmp_path / "out" / target])
+    refuse_overwrite([source], [tmp_path / "out" / "a.png"])  # a new file beside them is fine
+
+
+def test_export_over_its_own_bundle_is_refused(tmp_path, bundle):
+    before = bundle.read_bytes()
+    result = CliRunner().invoke(app, ["export", str(bundle), "--out", str(bundle)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "would overwrite the input" in result.output
+    assert bundle.read_bytes() == before
+
+
+def _rotated_jpeg(path: Path) -> bytes:
+    """A JPEG with an EXIF rotation tag (converters re-encode those upright, dropping the EXIF)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(path, exif=exif.tobytes())
+    return path.read_bytes()
+
+
+def _labelme_json(path: Path, image_path: str) -> None:
+    shape = {"label": "a", "points": [[2, 2], [10, 2], [10, 10]], "group_id": None, "shape_type": "polygon",
+             "flags": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": "5.4.1", "flags": {}, "shapes": [shape], "imagePath": image_path,
+                                "imageData": None}))
+
+
+def test_convert_labelme_into_its_source_folder_is_refused(tmp_path):
+    src = tmp_path / "src"
+    original = _rotated_jpeg(src / "JPEGImages" / "x.jpg")
+    _labelme_json(src / "x.json", "JPEGImages/x.jpg")
+    with pytest.raises(ConfigError, match="src"):
+        convert_labelme(src, src, progress=False)
+    result = CliRunner().invoke(app, ["convert", "labelme", str(src), str(src), "-q"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert (src / "JPEGImages" / "x.jpg").read_bytes() == original
+    assert not (src / "SegmentationClass").exists()  # refused before any work
+
+
+def test_convert_labelme_whose_image_is_an_output_is_refused(tmp_path):
+    # The JSONs sit in data/ann/ and read data/JPEGImages/x.jpg; converting into data/ would replace it.
+    data = tmp_path / "data"
+    original = _rotated_jpeg(data / "JPEGImages" / "x.jpg")
+    _labelme_json(data / "ann" / "x.json", "../JPEGImages/x.jpg")
+    with pytest.raises(ConfigError, match=r"x\.jpg.*would overwrite the input"):
+        convert_labelme(data / "ann", data, progress=False)
+    assert (data / "JPEGImages" / "x.jpg").read_bytes() == original
+    report = convert_labelme(data / "ann", tmp_path / "voc", progress=False)  # elsewhere it converts
+    assert report.written == ["x"]
+
+
+def _coco(root: Path, images_dir: Path) -> tuple[Path, bytes]:
+    original = _rotated_jpeg(images_dir / "x.jpg")
+    annotations = {"images": [{"id": 1, "file_name": "x.jpg", "height": 30, "width": 20}],
+                   "categories": [{"id": 1, "name": "thing"}],
+                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                    "segmentation": [[2, 2, 10, 2, 10, 10]]}]}
+    path = root / "annotations.json"
+    path.write_text(json.dumps(annotations))
+    return path, original
+
+
+@pytest.mark.parametrize("out_is", ["the images folder", "the images folder's parent"])
+def test_convert_coco_over_its_images_is_refused(tmp_path, out_is):
+    # OUT == IMAGES (the folder rule), or IMAGES == OUT/JPEGImages (the copy would replace the original).
+    images = tmp_path / "data" / "JPEGImages"
+    annotations, original = _coco(tmp_path, images)
+    out = images if out_is == "the images folder" else tmp_path / "data"
+    result = CliRunner().invoke(app, ["convert", "coco", str(annotations), str(images), str(out), "-q"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert (images / "x.jpg").read_bytes() == original
+    assert convert_coco(annotations, images, tmp_path / "voc", progress=False).written == ["x"]
