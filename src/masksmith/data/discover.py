@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import glob
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -57,6 +59,31 @@ def is_image_file(path: Path) -> bool:
 def _image_files(folder: Path) -> list[Path]:
     """Visible image files directly inside `folder`, sorted by name."""
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def _looks_like_image(path: Path) -> bool:
+    """A visible name with an image extension, whatever the entry is (file, folder, broken link)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def entry_problem(path: Path) -> str:
+    """Why an image-named entry is not a readable regular file: broken link, link loop, folder, or other."""
+    if os.path.islink(path):
+        target = os.fsencode(os.readlink(path)).decode("utf-8", "backslashreplace")
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{path}: symbolic link loop (points to {target}, which leads back to itself)"
+            return f"{path}: broken symbolic link (points to {target}, which does not exist)"
+    if path.is_dir():
+        return f"{path}: is a folder, not an image file"
+    return f"{path}: not a regular file"
+
+
+def unusable_entries(folder: Path) -> list[Path]:
+    """Image-named entries in `folder` that are not readable regular files (sorted by name)."""
+    return sorted((p for p in folder.iterdir() if _looks_like_image(p) and not p.is_file()), key=lambda p: p.name)
 
 
 def _name_list(names: list[str]) -> str:
@@ -128,9 +155,22 @@ def pair_files(
         claimed[mask] = image
         samples.append(Sample(image=image, mask=mask))
     extra = [m.name for m in masks if m not in claimed]
+    # A broken link or a folder named like an image is reported for what it is, and its partner is
+    # not also reported as "unpaired": that would blame the wrong file.
+    broken = [p for folder in dict.fromkeys((image_dir, mask_dir)) for p in unusable_entries(folder)]
+    broken_stems = {p.stem for p in broken}
+    partner_stems = {key for stem in broken_stems for key in _mask_stem_keys(stem, suffixes)}
+    missing = [name for name in missing
+               if broken_stems.isdisjoint(_mask_stem_keys(Path(name).stem, suffixes))]
+    extra = [name for name in extra if Path(name).stem not in partner_stems]
 
-    if missing or extra:
+    if missing or extra or broken:
         parts = []
+        if broken:
+            reasons = [entry_problem(p) for p in broken]
+            shown = "; ".join(reasons[:_LIST_LIMIT]) + (
+                f"; … and {len(reasons) - _LIST_LIMIT} more" if len(reasons) > _LIST_LIMIT else "")
+            parts.append(f"{len(broken)} entr{'y is' if len(broken) == 1 else 'ies are'} not a readable file: {shown}")
         if missing:
             parts.append(f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_name_list(missing)}")
         if extra:
@@ -308,26 +348,46 @@ def _has_glob_magic(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files, folders (non-recursive, sorted) and glob patterns into image paths, without duplicates."""
+def list_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files, folders (non-recursive, sorted) and globs into (image paths, [(entry, reason)] skipped).
+
+    Skipped are image-named entries that are no readable file (broken links, link loops, folders
+    named x.png): a folder run lists them instead of passing over them in silence.
+    """
     result: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = _image_files(path)
-            if not found:
+            bad = unusable_entries(path)
+            if not found and not bad:
                 expected = ", ".join(IMAGE_EXTENSIONS)
                 raise DataError(f"{path}: folder has no images (expected files ending in {expected})")
             result.extend(found)
+            skipped.extend((p, entry_problem(p)) for p in bad)
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
             result.append(path)
         elif _has_glob_magic(str(item)):
-            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if is_image_file(Path(p)))
-            if not found:
+            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+            found = [p for p in matches if is_image_file(p)]
+            bad = [p for p in matches if _looks_like_image(p) and not p.is_file()]
+            if not found and not bad:
                 raise DataError(f"{item}: pattern matches no image files")
             result.extend(found)
+            skipped.extend((p, entry_problem(p)) for p in bad)
+        elif os.path.islink(path):
+            raise DataError(entry_problem(path))  # named on the command line: say why it cannot be read
         else:
             raise DataError(f"{path}: no such file or folder")
-    return list(dict.fromkeys(result))
+    return list(dict.fromkeys(result)), list(dict.fromkeys(skipped))
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files, folders (non-recursive, sorted) and glob patterns into image paths, without duplicates."""
+    images, skipped = list_inputs(inputs)
+    if not images and skipped:
+        raise DataError(skipped[0][1])
+    return images
