@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 import os
 from pathlib import Path
@@ -30,9 +31,11 @@ from masksmith.fileio import atomic_path
 __all__ = [
     "default_colors",
     "palette_image",
+    "mask_png_bytes",
     "save_mask_png",
     "colorize",
     "overlay",
+    "image_bytes",
     "save_image",
     "comparison_grid",
     "save_comparison_grid",
@@ -134,19 +137,28 @@ def palette_image(
     return img
 
 
-def save_mask_png(mask: np.ndarray, path: PathLike, colors: np.ndarray, ignore_index: int = 255) -> None:
-    """Write a mask as an indexed PNG: values are class indices, the palette shows the colors (atomic)."""
+def mask_png_bytes(mask: np.ndarray, colors: np.ndarray, ignore_index: int = 255) -> bytes:
+    """A mask as indexed-PNG bytes: values are class indices, the palette shows the colors.
+
+    The one mask encoder: `save_mask_png` writes these bytes and `masksmith serve` returns them, so a
+    served mask equals the file `predict` writes byte for byte.
+    """
     arr = np.asarray(mask)
     if arr.size and np.issubdtype(arr.dtype, np.integer) and (arr.max() > 255 or arr.min() < 0):
-        raise ValueError(
-            f"{path}: mask values must be 0..255 to fit an indexed PNG, got {int(arr.min())}..{int(arr.max())}"
-        )
+        raise ValueError(f"mask values must be 0..255 to fit an indexed PNG, got {int(arr.min())}..{int(arr.max())}")
+    buffer = io.BytesIO()
+    palette_image(arr, colors, ignore_index=ignore_index).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_mask_png(mask: np.ndarray, path: PathLike, colors: np.ndarray, ignore_index: int = 255) -> None:
+    """Write a mask as an indexed PNG: values are class indices, the palette shows the colors (atomic)."""
     try:
-        img = palette_image(arr, colors, ignore_index=ignore_index)
+        data = mask_png_bytes(mask, colors, ignore_index=ignore_index)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        tmp.write_bytes(data)
 
 
 def colorize(
@@ -229,29 +241,43 @@ def overlay(
     return out
 
 
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def image_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An ``HxW``/``HxWx1``/``HxWx3``/``HxWx4`` uint8 array encoded as PNG or JPEG bytes."""
+    if fmt not in ("PNG", "JPEG"):
+        raise ValueError(f"unsupported image format {fmt!r} (use PNG or JPEG)")
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        if img.mode == "RGBA":  # JPEG has no alpha channel
+            img = img.convert("RGB")
+        img.save(buffer, format="JPEG", quality=92)
+    else:
+        img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_image(array: np.ndarray, path: PathLike) -> None:
     """Write an ``HxW``/``HxWx1``/``HxWx3``/``HxWx4`` uint8 array as PNG or JPEG (chosen by suffix; atomic)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-    if suffix not in formats:
+    if suffix not in _IMAGE_FORMATS:
         raise ValueError(f"{path}: unsupported image suffix {path.suffix!r} (use .png, .jpg or .jpeg)")
-    arr = np.asarray(array)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{path}: image array must be uint8, got dtype {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ValueError(f"{path}: image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    fmt = formats[suffix]
+    try:
+        data = image_bytes(array, _IMAGE_FORMATS[suffix])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     with atomic_path(path) as tmp:
-        if fmt == "JPEG":
-            if img.mode == "RGBA":  # JPEG has no alpha channel
-                img = img.convert("RGB")
-            img.save(tmp, format="JPEG", quality=92)
-        else:
-            img.save(tmp, format="PNG")
+        tmp.write_bytes(data)
 
 
 # --------------------------------------------------------------------------- comparison grids
