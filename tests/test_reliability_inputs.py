@@ -189,3 +189,27 @@ def test_convert_coco_over_its_images_is_refused(tmp_path, out_is):
     assert result.exit_code == 2, result.output
     assert (images / "x.jpg").read_bytes() == original
     assert convert_coco(annotations, images, tmp_path / "voc", progress=False).written == ["x"]
+
+
+# --- 5. no silently wrong results ----------------------------------------------------------------------
+
+
+def test_a_2d_npy_image_is_read_as_height_x_width(tmp_path, bundle):
+    from masksmith.data.check import check_dataset
+    from masksmith.data.masks import read_image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a", "b"):  # 64 rows x 48 columns: a 2-D uint8 array is a grayscale image
+        np.save(root / "images" / f"{name}.npy", rng.integers(0, 256, (64, 48), dtype=np.uint8))
+        Image.fromarray(rng.integers(0, 3, (64, 48), dtype=np.uint8)).save(root / "masks" / f"{name}.png")
+    image = read_image(root / "images" / "a.npy")
+    assert image.shape == (64, 48, 1)
+    assert np.array_equal(image[:, :, 0], np.load(root / "images" / "a.npy"))
+    report = check_dataset(root, workers=1, progress=False)
+    assert not report.by_code("size_mismatch"), [p.message for p in report.problems]
+    result = _predict(bundle, str(root / "images" / "a.npy"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "a.png").size == (48, 64)

@@ -312,7 +312,9 @@ def _npy_image(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image: {array.dtype} array; expected numbers")
     elif array.dtype != np.uint8:
         array = _wide_to_uint8(array)  # like a 16-bit PNG: scaled by the image's maximum
-    return Image.fromarray(np.ascontiguousarray(array[..., :3]))
+    if array.ndim == 3:
+        array = array[:, :, :3]  # alpha dropped; a 2-D array keeps every column (a[..., :3] would cut it to 3)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
