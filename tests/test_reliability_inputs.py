@@ -213,3 +213,27 @@ def test_a_2d_npy_image_is_read_as_height_x_width(tmp_path, bundle):
     result = _predict(bundle, str(root / "images" / "a.npy"), "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out" / "a.png").size == (48, 64)
+
+
+def test_an_all_ignore_image_is_left_out_of_the_per_image_mean(tmp_path, bundle):
+    from masksmith.evaluation import evaluate
+    from masksmith.metrics import mean_image_score, per_image_dice
+
+    everything_ignored = np.full((4, 4), 255, np.uint8)
+    assert np.isnan(per_image_dice(np.ones((4, 4), np.uint8), everything_ignored, 3))
+    assert mean_image_score([0.25, float("nan"), None, 0.75]) == (0.5, 2)
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    _photos(root / "images", ["a.png", "b.png", "c.png"])
+    (root / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 3, (24, 32), dtype=np.uint8)).save(root / "masks" / f"{name}.png")
+    Image.fromarray(np.full((24, 32), 255, np.uint8)).save(root / "masks" / "c.png")
+    result = evaluate(bundle, root, split="all", out=tmp_path / "eval", progress=False)
+    dice = {row["name"]: row["dice"] for row in result["per_image"]}
+    assert dice["c"] is None
+    assert result["image_dice"] == pytest.approx((dice["a"] + dice["b"]) / 2)
+    assert result["image_dice_left_out"] == 1
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["image_dice_left_out"] == 1
+    assert "| image_dice_left_out | 1 |" in (tmp_path / "eval" / "report.md").read_text()

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from masksmith.data.discover import Sample, discover
 from masksmith.data.masks import MaskEncoding, read_mask
 from masksmith.errors import DataError
-from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
 from masksmith.predict import Predictor
 from masksmith.report import write_report
 
@@ -55,10 +55,11 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
                             f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
         prediction = predictor.predict(image, threshold)
         confusion.update(prediction, truth)
-        per_image.append({"name": sample.name,
-                          "dice": per_image_dice(prediction, truth, meta.num_classes, meta.ignore_index)})
+        dice = per_image_dice(prediction, truth, meta.num_classes, meta.ignore_index)
+        per_image.append({"name": sample.name, "dice": None if np.isnan(dice) else dice})
     result = confusion.compute(class_names=meta.class_names)
-    result["image_dice"] = float(np.mean([row["dice"] for row in per_image])) if per_image else None
+    # Images whose every pixel is ignored have no Dice; counting them as 1.0 would inflate the mean.
+    result["image_dice"], result["image_dice_left_out"] = mean_image_score([row["dice"] for row in per_image])
     result["split"] = split
     result["images"] = len(samples)
     result["per_image"] = per_image
@@ -75,7 +76,8 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
 def _gallery_rows(predictor: Predictor, samples: list[Sample], per_image: list[dict[str, Any]],
                   encoding: MaskEncoding, threshold: float | None) -> list[dict[str, Any]]:
     """Rows for the best and worst images by per-image Dice (re-read: keeping all images costs memory)."""
-    order = sorted(range(len(per_image)), key=lambda i: per_image[i]["dice"])
+    order = sorted((i for i in range(len(per_image)) if per_image[i]["dice"] is not None),
+                   key=lambda i: per_image[i]["dice"])
     worst = order[:GALLERY_EACH]
     best = [i for i in reversed(order[-GALLERY_EACH:]) if i not in worst]
     rows = []

@@ -165,16 +165,26 @@ def per_image_dice(
     ignore_index: int = 255,
     background_index: int | None = 0,
 ) -> float:
-    """Mean Dice of one image over the non-background classes in its truth or prediction.
+    """Mean Dice of one image over the non-background classes in its truth or prediction; NaN if nothing counted.
 
     Classes absent from both this image's truth and prediction are left out. When none is left
-    (truth and prediction both all background, or every pixel ignored) the image scores 1.0: an
-    empty prediction for an empty image is a perfect answer, not an undefined one.
+    (truth and prediction both all background) the image scores 1.0: an empty prediction for an
+    empty image is a perfect answer, not an undefined one. An image whose every pixel is ignored
+    has no answer to judge: NaN, which `mean_image_score` leaves out (and counts).
     """
     matrix = _counts(pred, target, num_classes, ignore_index).astype(np.float64)
+    if not matrix.any():
+        return float("nan")
     tp = np.diag(matrix)
     dice = _ratio(2.0 * tp, matrix.sum(axis=1) + matrix.sum(axis=0))
     if background_index is not None and 0 <= background_index < num_classes:
         dice[background_index] = np.nan
     mean = _mean(dice)
     return 1.0 if mean is None else mean
+
+
+def mean_image_score(scores: Sequence[float | None]) -> tuple[float | None, int]:
+    """(mean of the defined per-image scores or None, how many were undefined and left out)."""
+    values = np.array([np.nan if score is None else score for score in scores], dtype=np.float64)
+    left_out = int(np.isnan(values).sum())
+    return _mean(values), left_out

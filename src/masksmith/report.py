@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PER_CLASS_COLUMNS = ["index", "name", "iou", "dice", "precision", "recall", "support", "predicted"]
 SUMMARY_KEYS = ["pixel_accuracy", "miou", "miou_no_background", "mean_dice", "mean_dice_no_background",
-                "mean_precision", "mean_recall", "image_dice"]
+                "mean_precision", "mean_recall", "image_dice", "image_dice_left_out"]
 
 
 def _number(value: Any) -> str:
