@@ -7,21 +7,65 @@ The file is a plain safetensors file whose header metadata holds the JSON under 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from masksmith import __version__
-from masksmith.errors import BundleError
+from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 
 FORMAT_NAME = "masksmith-bundle"
 FORMAT_VERSION = 1
 METADATA_KEY = "masksmith"
+MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
+MAX_SIZE = 8192  # network input side: larger would not fit a CPU's memory at full resolution
+MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
+MAX_OPTION_INT = 65536  # no architecture option (channels, depth, kernel) is legitimately larger
+MAX_OPTION_NESTING = 4
+
+Count = Annotated[int, Field(strict=True)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+ColorValue = Annotated[int, Field(strict=True, ge=0, le=255)]
+
+
+def _check_option(value: Any, where: str, depth: int = 0) -> None:
+    """Architecture options are small JSON values: bounded numbers, strings, short lists or mappings of them."""
+    if depth > MAX_OPTION_NESTING:
+        raise ValueError(f"{where} is nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_OPTION_INT:
+            raise ValueError(f"{where} = {value} is out of range (at most {MAX_OPTION_INT})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} = {value} is not a finite number")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_option(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_option(item, f"{where}.{key}", depth + 1)
+    else:
+        raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
+
+
+def validation_reason(error: ValidationError, limit: int = 3) -> str:
+    """A pydantic error as one line: 'field: what is wrong; ...' for the first few problems."""
+    parts = []
+    for item in error.errors()[:limit]:
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    more = len(error.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class BundleMeta(BaseModel):
@@ -29,21 +73,63 @@ class BundleMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str
+    model: Annotated[str, Field(min_length=1)]
     model_options: dict[str, Any]
-    in_channels: int
-    out_channels: int
-    class_names: list[str]
-    colors: list[list[int]]
-    size: int
+    in_channels: Literal[1, 3]
+    out_channels: Annotated[Count, Field(ge=1, le=MAX_CLASSES)]
+    class_names: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
+    colors: list[Annotated[list[ColorValue], Field(min_length=3, max_length=3)]]
+    size: Annotated[Count, Field(ge=16, le=MAX_SIZE)]
     resize: Literal["resize", "random_crop", "center_crop"]
-    mean: list[float]
-    std: list[float]
-    threshold: float = 0.5
+    mean: list[Finite]
+    std: list[Annotated[Finite, Field(ge=MIN_STD)]]
+    threshold: Annotated[Finite, Field(gt=0, lt=1)] = 0.5
     mask_encoding: dict[str, Any]
-    ignore_index: int = 255
+    ignore_index: Annotated[Count, Field(ge=0, le=255)] = 255
     split: dict[str, Any] = {}
     masksmith_version: str = __version__
+
+    @field_validator("model_options")
+    @classmethod
+    def _small_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # Bounded before any network is built: base_channels=200000 would ask for terabytes.
+        for key, value in options.items():
+            _check_option(value, key)
+        return options
+
+    @field_validator("mask_encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: dict[str, Any]) -> dict[str, Any]:
+        from masksmith.data.masks import MaskEncoding
+
+        try:
+            MaskEncoding.from_dict(encoding)
+        except MasksmithError as error:
+            raise ValueError(str(error)) from None
+        return encoding
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BundleMeta":
+        # Every count must agree with the network and with the others, or prediction fails (or lies) later.
+        classes = self.num_classes
+        if not (self.out_channels == classes or (self.out_channels == 1 and classes == 2)):
+            raise ValueError(f"{self.out_channels} output channels cannot give {classes} classes "
+                             "(needs one channel per class, or 1 sigmoid channel for 2 classes)")
+        if len(self.colors) != classes:
+            raise ValueError(f"{len(self.colors)} colors for {classes} classes")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.in_channels:
+                raise ValueError(f"{name} has {len(values)} values for {self.in_channels} input channel(s)")
+        if self.ignore_index < classes:
+            raise ValueError(f"ignore_index {self.ignore_index} is a class index ({classes} classes); "
+                             "it must be between the class count and 255")
+        from masksmith.data.masks import MaskEncoding
+
+        fixed = MaskEncoding.from_dict(self.mask_encoding).num_classes
+        if fixed is not None and fixed != classes:
+            raise ValueError(f"the {self.mask_encoding['kind']} mask encoding has {fixed} classes, "
+                             f"the class names {classes}")
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -88,16 +174,53 @@ def _open(path: str | Path, load_weights: bool) -> tuple[BundleMeta, dict[str, t
         raise BundleError(f"{path}: a safetensors file but not a masksmith bundle (no '{METADATA_KEY}' metadata)")
     try:
         header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, not an object")
         if header.get("format") != FORMAT_NAME:
             raise ValueError("wrong format name")
         if header.get("format_version", 0) > FORMAT_VERSION:
             raise BundleError(
                 f"{path}: bundle format {header['format_version']} is newer than this masksmith "
                 f"({__version__}) reads; upgrade masksmith")
-        meta = BundleMeta(**header["meta"])
+        meta = BundleMeta.model_validate(header["meta"])
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, ValidationError) as error:
-        reason = str(error).splitlines()[0]
+    except ValidationError as error:
+        raise BundleError(f"{path}: damaged masksmith metadata ({validation_reason(error)})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BundleError(f"{path}: damaged masksmith metadata ({reason})") from None
     return meta, weights
+
+
+def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+    """The network the metadata describes, holding `weights`; BundleError unless every tensor shape matches.
+
+    The architecture is first built on the meta device (no memory) and compared with the weights, so
+    metadata that asks for an absurdly large network is refused before anything is allocated.
+    """
+    from masksmith.models import build_model
+
+    def build(device: str) -> nn.Module:
+        try:
+            with torch.device(device):
+                return build_model(meta.model, meta.in_channels, meta.out_channels, **meta.model_options)
+        except Exception as error:  # a bad option surfaces as any type from inside an architecture
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BundleError(f"{source}: cannot build the {meta.model!r} network its metadata describes "
+                              f"({reason})") from None
+
+    expected = {name: tuple(t.shape) for name, t in build("meta").state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in weights.items()}
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [name for name in expected if name in found and expected[name] != found[name]]  # network order
+    if missing or unexpected or wrong:
+        details = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + (
+            [f"{name} is {list(found[name])} in the file but {list(expected[name])} in the "
+             "metadata's architecture" for name in wrong[:2]])
+        raise BundleError(f"{source}: weights do not fit the {meta.model} architecture its metadata describes "
+                          f"({'; '.join(details)})")
+    network = build("cpu")
+    network.load_state_dict(weights)
+    return network

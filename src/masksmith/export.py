@@ -17,15 +17,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from masksmith import __version__
-from masksmith.bundle import BundleMeta
+from masksmith.bundle import BundleMeta, validation_reason
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 from masksmith.models.heads import logits_to_classes
@@ -41,6 +41,7 @@ DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 # Models that do not say how much they downsample get the usual encoder factor.
 DEFAULT_MULTIPLE = 32
+MAX_MULTIPLE = 4096  # a network downsampling more than this has no pixels left for any real image
 
 
 @dataclass
@@ -107,6 +108,16 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
+class OnnxHeader(BaseModel):
+    """The masksmith entry of an exported model's metadata; the bundle's own fields are BundleMeta's to check."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input_multiple: Annotated[int, Field(strict=True, ge=1, le=MAX_MULTIPLE)] = 1
+    precision: Literal["fp32", "int8"] = "fp32"
+    meta: BundleMeta
+
+
 def _header(meta: BundleMeta, multiple: int, precision: str, opset: int) -> str:
     return json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "input_multiple": multiple,
                        "precision": precision, "opset": opset, "exported_by": __version__,
@@ -155,18 +166,22 @@ def _parse_header(raw: str | None, source: str) -> tuple[BundleMeta, dict[str, A
                           f"(no '{METADATA_KEY}' metadata); export it with `masksmith export`")
     try:
         header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, not an object")
         if header.get("format") != FORMAT_NAME:
             raise ValueError("wrong format name")
         if header.get("format_version", 0) > FORMAT_VERSION:
             raise BundleError(f"{source}: ONNX metadata format {header['format_version']} is newer than this "
                               f"masksmith ({__version__}) reads; upgrade masksmith")
-        meta = BundleMeta(**header["meta"])
-        header["input_multiple"] = int(header.get("input_multiple", 1))
+        parsed = OnnxHeader.model_validate(header)
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, ValidationError) as error:
-        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({str(error).splitlines()[0]})") from None
-    return meta, header
+    except ValidationError as error:
+        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({validation_reason(error)})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({reason})") from None
+    return parsed.meta, {**header, "input_multiple": parsed.input_multiple, "precision": parsed.precision}
 
 
 def read_onnx_meta(path: str | Path) -> BundleMeta:
@@ -208,6 +223,20 @@ class OnnxBackend:
         self.multiple = self.header["input_multiple"]
         self.precision = self.header.get("precision", "fp32")
         self.input_name = self.session.get_inputs()[0].name
+        self._check_channels()
+
+    def _check_channels(self) -> None:
+        """The graph's (static) channel counts must be the ones the metadata promises."""
+        graph_in, graph_out = self.session.get_inputs(), self.session.get_outputs()
+        for role, values, wanted in (("input", graph_in, self.meta.in_channels),
+                                     ("output", graph_out, self.meta.out_channels)):
+            shape = values[0].shape if values else []
+            if len(values) != 1 or len(shape) != 4:
+                raise BundleError(f"{self.source}: expected one 4-D (N x C x H x W) {role}, "
+                                  f"got {len(values)} with shape {shape}")
+            if isinstance(shape[1], int) and shape[1] != wanted:
+                raise BundleError(f"{self.source}: the graph's {role} has {shape[1]} channels but its masksmith "
+                                  f"metadata says {wanted}")
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (N x K x H x W) for a normalized batch of any height and width."""

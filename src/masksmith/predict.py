@@ -22,13 +22,13 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from masksmith.bundle import BundleMeta, load_bundle
+from masksmith.bundle import BundleMeta, build_network, load_bundle
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.discover import list_inputs
 from masksmith.data.masks import MaskEncoding, read_image, write_mask
-from masksmith.errors import BundleError, MasksmithError
+from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite
-from masksmith.models import best_class, build_model, logits_to_probabilities
+from masksmith.models import best_class, logits_to_probabilities
 from masksmith.visualize import overlay, save_image, save_mask_png
 
 ImageInput = np.ndarray | Image.Image | str | Path
@@ -262,12 +262,7 @@ class Predictor:
             onnx_backend = OnnxBackend(path)
             return cls(onnx_backend, onnx_backend.meta, "cpu", multiple=onnx_backend.multiple, **options)
         meta, weights = load_bundle(path)
-        network = build_model(meta.model, meta.in_channels, meta.out_channels, **meta.model_options)
-        try:
-            network.load_state_dict(weights)
-        except RuntimeError as error:
-            raise BundleError(f"{path}: weights do not fit the {meta.model} architecture "
-                              f"({str(error).splitlines()[0]})") from None
+        network = build_network(meta, weights, path)  # shapes checked before the network is allocated
         if backend == "onnx":
             from masksmith.export import OnnxBackend, network_to_onnx
 
