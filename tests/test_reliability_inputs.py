@@ -237,3 +237,53 @@ def test_an_all_ignore_image_is_left_out_of_the_per_image_mean(tmp_path, bundle)
     assert result["image_dice_left_out"] == 1
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["image_dice_left_out"] == 1
     assert "| image_dice_left_out | 1 |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def _odd_entries(folder: Path) -> None:
+    """A symlink loop, a dangling link and a folder, all named like images."""
+    os.symlink(folder / "loop_b.png", folder / "loop_a.png")
+    os.symlink(folder / "loop_a.png", folder / "loop_b.png")
+    os.symlink(folder / "nowhere" / "gone.png", folder / "dangling.png")
+    (folder / "x.png").mkdir()
+
+
+def test_predict_lists_links_and_folders_it_cannot_read(tmp_path, bundle):
+    inputs = tmp_path / "photos"
+    _photos(inputs, ["good.png"])
+    _odd_entries(inputs)
+    result = _predict(bundle, str(inputs), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert "4 file(s) could not be read" in result.output
+    assert "loop_a.png: symbolic link loop" in result.output
+    assert "dangling.png: broken symbolic link" in result.output
+    assert "x.png: is a folder" in result.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["good.png"]
+    # The same entries found through a glob are listed too, not dropped.
+    result = _predict(bundle, str(inputs / "*.png"), "--out", str(tmp_path / "out2"))
+    assert result.exit_code == 1 and "dangling.png: broken symbolic link" in result.output, result.output
+
+
+def test_train_names_a_broken_image_for_what_it_is(tmp_path):
+    from masksmith.data.discover import discover
+    from masksmith.errors import DataError
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    _photos(root / "images", ["a.png", "b.png"])
+    (root / "masks").mkdir()
+    for name in ("a", "b", "c", "d"):
+        Image.fromarray(rng.integers(0, 3, (24, 32), dtype=np.uint8)).save(root / "masks" / f"{name}.png")
+    os.symlink(root / "nowhere.png", root / "images" / "c.png")
+    (root / "images" / "d.png").mkdir()
+    with pytest.raises(DataError) as caught:
+        discover(root)
+    message = str(caught.value)
+    assert "c.png: broken symbolic link" in message and "d.png: is a folder, not an image file" in message
+    assert "have no image" not in message  # masks c.png and d.png are not blamed as unpaired
+    with pytest.warns(UserWarning, match="broken symbolic link"):
+        assert [s.name for s in discover(root, skip_unpaired=True)["all"]] == ["a", "b"]
+    from masksmith.data.check import check_dataset
+
+    unpaired = {Path(p.paths[0]).name: p.message for p in check_dataset(root, workers=1, progress=False)
+                .by_code("unpaired")}
+    assert "its image" in unpaired["c.png"] and "c.png is not a readable file" in unpaired["c.png"]

@@ -33,7 +33,6 @@ different metadata is not caught.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -55,7 +54,14 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from masksmith.data.classes import find_class_file, read_class_names
-from masksmith.data.discover import IMAGE_EXTENSIONS, MASK_SUFFIXES, Sample, discover
+from masksmith.data.discover import (
+    IMAGE_EXTENSIONS,
+    MASK_SUFFIXES,
+    Sample,
+    discover,
+    entry_problem,
+    unusable_entries,
+)
 from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
 from masksmith.data.masks import (
     MaskEncoding,
@@ -476,19 +482,13 @@ def _count_classes(task: tuple[Path, MaskEncoding, int, int]) -> _ClassCount:
 # --- pairing ---------------------------------------------------------------------------------
 
 
-def _link_problem(path: Path) -> str:
-    """Why a file-named entry is not a readable regular file."""
-    if os.path.islink(path):
-        target = display_path(os.readlink(path))
-        try:
-            os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return f"{path}: symbolic link loop (points to {target}, which leads back to itself)"
-            return f"{path}: broken symbolic link (points to {target}, which does not exist)"
-    if path.is_dir():
-        return f"{path}: is a folder, not an image file"
-    return f"{path}: not a regular file"
+def _broken_partner(stem: str, role: str, suffixes: tuple[str, ...], broken: dict[str, Path]) -> Path | None:
+    """The unreadable entry (broken link, folder) that would have been this file's image or mask, if any."""
+    if role == "images":
+        keys = [stem] + [stem + s for s in suffixes]
+    else:
+        keys = [stem] + [stem[: -len(s)] for s in suffixes if stem.endswith(s) and len(stem) > len(s)]
+    return next((broken[key] for key in keys if key in broken), None)
 
 
 def _is_candidate(name: str) -> bool:
@@ -526,13 +526,14 @@ def _pairs(
     suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES
 
     unpaired: dict[str, dict[str, list[Path]]] = {split: {"images": [], "masks": []} for split in splits}
+    broken = {p.stem: p for folder in folders for p in unusable_entries(folder)}
     for folder, (split, roles) in sorted(folders.items()):
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if not _is_candidate(entry.name):
                 continue
             path = Path(entry.path)
             if not path.is_file():  # is_file() is False for broken links and loops, where discover skips them
-                problems.append(Problem("error", "unreadable", [path], _link_problem(path)))
+                problems.append(Problem("error", "unreadable", [path], entry_problem(path)))
                 continue
             if path in paired or listed_voc:
                 continue
@@ -542,8 +543,10 @@ def _pairs(
                 role = "masks" if "masks" in roles else "images"
             unpaired[split][role].append(path)
             other = "mask" if role == "images" else "image"
-            problems.append(Problem("error", "unpaired", [path],
-                                    f"{path}: {role[:-1]} has no {other} (no {other} with the stem '{display_path(path.stem)}')"))
+            partner = _broken_partner(path.stem, role, suffixes, broken)
+            reason = (f"its {other} {partner} is not a readable file" if partner is not None
+                      else f"no {other} with the stem '{display_path(path.stem)}'")
+            problems.append(Problem("error", "unpaired", [path], f"{path}: {role[:-1]} has no {other} ({reason})"))
     return splits, unpaired, problems
 
 
