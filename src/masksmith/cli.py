@@ -252,6 +252,37 @@ def export_command(
     typer.echo(report.summary())
 
 
+@app.command("serve")
+@user_errors
+def serve_command(
+    model: Path = typer.Argument(..., help="model bundle (model.msb) or exported model (model.onnx)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
+    port: int = typer.Option(8000, help="TCP port (0: a free one)"),
+    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_SERVE_TOKEN",
+                                        help="bearer token required on every route but /healthz"),
+    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
+    threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
+    max_batch: int = typer.Option(8, help="most images run together in one batch (1: batching off)"),
+    max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
+    max_queue: int = typer.Option(64, help="waiting requests before new ones get 503 + Retry-After"),
+    max_upload_mb: float = typer.Option(32.0, help="largest request body in MiB (413 above)"),
+    max_pixels: int = typer.Option(25_000_000, help="largest image in pixels, refused from its header (413)"),
+    timeout: float = typer.Option(30.0, help="seconds a request may take before it is answered 408"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
+) -> None:
+    """Serve a model over HTTP: POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, a web page at /."""
+    from masksmith.serve import require_serve_extra
+
+    require_serve_extra()
+    from masksmith.serve.options import ServeOptions
+    from masksmith.serve.server import serve
+
+    options = ServeOptions(host=host, port=port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                           timeout_s=timeout, threads=threads)
+    serve(model, options, backend=backend, access_log=not quiet)
+
+
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
 app.add_typer(convert_app, name="convert")
 

@@ -323,6 +323,14 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1, 3 or None, got {channels}")
     image = _npy_image(path) if path.suffix.lower() == NPY_SUFFIX else _open(path, "image")
+    return image_to_array(image, channels)
+
+
+def image_to_array(image: Image.Image, channels: int | None = None) -> np.ndarray:
+    """A decoded PIL image as read_image returns it: HxWxC uint8 (C = channels, or 1 for grayscale, else 3)."""
+    # Shared with `masksmith serve`, whose uploads must become the very arrays `predict` reads from files.
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1, 3 or None, got {channels}")
     if channels is None:
         channels = 1 if image.mode in GRAYSCALE_MODES else 3
     array = _to_gray(image)[:, :, None] if channels == 1 else _to_rgb(image)

@@ -1,0 +1,202 @@
+"""The FastAPI application: /v1/segment, /v1/model, /healthz, /readyz, /metrics and the web page at /."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from importlib import resources
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from masksmith.serve.batcher import Done, MicroBatcher, QueueFull
+from masksmith.serve.encode import FORMATS, mask_document, overlay_png
+from masksmith.serve.guard import Guard
+from masksmith.serve.metrics import Metrics
+from masksmith.serve.model import Job, ServedModel
+from masksmith.serve.options import ServeOptions
+from masksmith.serve.upload import Rejected, decode_image, read_upload
+from masksmith.visualize import mask_png_bytes
+
+log = logging.getLogger("masksmith.serve")
+STATIC = resources.files("masksmith.serve") / "static"
+ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/segment")
+
+
+def _route_label(path: str) -> str:
+    # Fixed labels only: scanners probing random paths must not grow the metrics without bound.
+    if path in ROUTES:
+        return path
+    return "/static" if path.startswith("/static/") else "other"
+
+
+class State:
+    """What the routes share: the model, its batcher, the metrics and readiness."""
+
+    def __init__(self, model: ServedModel, options: ServeOptions):
+        self.model = model
+        self.options = options
+        self.metrics = Metrics(options.max_batch)
+        self.ready = False
+        self.arriving = 0  # segment requests being read or decoded: soon in the queue, worth waiting for
+        self.batcher: MicroBatcher[Job] = MicroBatcher(
+            model.run_batch, model.batch_key, max_batch=options.max_batch,
+            max_wait_s=options.max_wait_ms / 1000.0, max_queue=options.max_queue, on_batch=self.metrics.batch,
+            arriving=lambda: self.arriving)
+
+
+def _threshold(model: ServedModel, text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    if model.predictor.meta.num_classes != 2:
+        raise Rejected(400, "threshold applies to binary models only; this model has "
+                            f"{model.predictor.meta.num_classes} classes")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise Rejected(400, f"threshold must be a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text.lower() in ("", "0", "false", "no"):
+        return False
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    raise Rejected(400, f"{name} must be true or false, got {text!r}")
+
+
+async def _infer(state: State, job: Job, deadline: float) -> Done:
+    """Queue one image and wait for its batch, within the request's time limit."""
+    try:
+        future = state.batcher.submit(job)
+    except QueueFull as error:
+        raise Rejected(503, f"server busy ({error}); retry shortly", {"Retry-After": "1"}) from None
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        future.cancel()  # still queued: it is dropped instead of computed for nobody
+        raise Rejected(408, f"the request took longer than its limit of {state.options.timeout_s:g} s "
+                            "(raise it with --timeout)") from None
+
+
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name};dur={value:.2f}" for name, value in timings.items())
+
+
+async def segment(request: Request) -> Response:
+    """POST /v1/segment: the image's mask (palette PNG), overlay (PNG) or JSON document."""
+    state: State = request.app.state.serve
+    started = time.perf_counter()
+    deadline = started + state.options.timeout_s
+    query = request.query_params
+    answer = query.get("format", "png").lower()
+    if answer not in FORMATS:
+        raise Rejected(400, f"format must be one of {', '.join(FORMATS)}, got {answer!r}")
+    with_polygons = _flag(query.get("polygons"), "polygons")
+    if with_polygons and answer != "json":
+        raise Rejected(400, "polygons come in the JSON answer: add format=json")
+    model, meta = state.model, state.model.predictor.meta
+    threshold = _threshold(model, query.get("threshold"))
+    if not state.ready:
+        raise Rejected(503, "the model is still warming up", {"Retry-After": "1"})
+    state.arriving += 1
+    try:
+        try:
+            upload = await asyncio.wait_for(read_upload(request, state.options), state.options.timeout_s)
+        except asyncio.TimeoutError:
+            raise Rejected(408, f"the upload took longer than the request limit of {state.options.timeout_s:g} s") from None
+        decode_started = time.perf_counter()
+        decoded = await run_in_threadpool(decode_image, upload, meta.in_channels, state.options)
+        decode_s = time.perf_counter() - decode_started
+    finally:
+        state.arriving -= 1
+    done = await _infer(state, (decoded.array, threshold), deadline)
+    mask = done.value
+    colors = model.predictor.colors
+    encode_started = time.perf_counter()
+    timings = {"decode": 1000 * decode_s, "queue": 1000 * done.queue_s, "inference": 1000 * done.inference_s}
+    headers = {"X-Model-Id": model.model_id, "X-Batch-Size": str(done.batch_size)}
+    if answer == "json":
+        def document() -> bytes:
+            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+            body = mask_document(mask, meta.class_names, colors, with_polygons=with_polygons,
+                                 model={"id": model.model_id, "checksum": model.checksum}, timings_ms=timings)
+            return json.dumps(body).encode()
+
+        body = await run_in_threadpool(document)
+        return Response(body, media_type="application/json", headers=headers)
+    if answer == "overlay":
+        body = await run_in_threadpool(overlay_png, decoded.array, mask, colors, meta.ignore_index)
+    else:
+        body = await run_in_threadpool(mask_png_bytes, mask, colors, meta.ignore_index)
+    timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+    headers["Server-Timing"] = _server_timing(timings)
+    return Response(body, media_type="image/png", headers=headers)
+
+
+def create_app(model: ServedModel, options: ServeOptions) -> Any:
+    """The ASGI application serving `model` (wrapped in the token/metrics guard)."""
+    state = State(model, options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(model.warm_up)
+        state.batcher.start()
+        state.ready = True
+        try:
+            yield
+        finally:
+            # uvicorn has already let in-flight requests finish; finish anything still queued, then stop.
+            state.ready = False
+            await run_in_threadpool(state.batcher.stop, options.timeout_s)
+
+    api = FastAPI(title="masksmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.serve = state
+
+    @api.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> JSONResponse:
+        # A refused request is the client's problem, not the server's: one log line, no traceback.
+        log.info("%s %s -> %d: %s", request.method, request.url.path, error.status, error.message)
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+    api.add_api_route("/v1/segment", segment, methods=["POST"])
+
+    @api.get("/v1/model")
+    async def model_card() -> dict[str, Any]:
+        return model.card
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @api.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = state.metrics.render(state.batcher.depth, state.batcher.running, lambda: state.ready)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @api.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    api.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    def record(path: str, status: int, seconds: float) -> None:
+        route = _route_label(path)
+        state.metrics.request(route, status, seconds if route == "/v1/segment" else None)
+
+    guarded = Guard(api, options.token, record)
+    guarded.state = state  # type: ignore[attr-defined]  # tests and the server reach the state here
+    return guarded

@@ -1,0 +1,143 @@
+"""The served model: a Predictor loaded once, its identity (checksum), its card, and batch inference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+
+from masksmith import __version__
+from masksmith.errors import MasksmithError
+from masksmith.predict import Predictor, physical_cores
+
+# One inference job: the decoded image and the binary threshold asked for (None: the bundle's).
+Job = tuple[np.ndarray, float | None]
+
+
+def file_checksum(path: Path) -> str:
+    """'sha256:<hex>' of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def load_predictor(path: Path, backend: str | None, threads: int | None) -> Predictor:
+    """The Predictor `predict` would build (TTA off, automatic tiling), with `threads` compute threads."""
+    if path.suffix.lower() == ".onnx" and backend in (None, "onnx"):
+        from masksmith.export import OnnxBackend
+
+        # Predictor.load's ONNX branch, with the thread count passed to the session.
+        onnx = OnnxBackend(path, threads=threads)
+        return Predictor(onnx, onnx.meta, "cpu", multiple=onnx.multiple)
+    predictor = Predictor.load(path, device="cpu", backend=backend)
+    if threads is not None and predictor.backend_name == "torch":
+        torch.set_num_threads(threads)
+    return predictor
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _training_data_name(run_dir: Path) -> str | None:
+    """The dataset folder's name from config.yaml next to the model (the bundle does not record it)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return Path(str(data)).name if data else None
+
+
+def _validation(run_dir: Path) -> dict[str, Any]:
+    """Validation scores: not stored in bundles, so from results.json beside the model, and said so."""
+    results = _read_json(run_dir / "results.json")
+    if results is None or not isinstance(results.get("best_epoch_metrics"), dict):
+        return {"scores": None, "source": None,
+                "note": "the bundle holds no validation scores and no results.json lies next to it"}
+    scores = {key: value for key, value in results["best_epoch_metrics"].items()
+              if key.startswith("val_") and isinstance(value, (int, float))}
+    return {"scores": scores, "best_epoch": results.get("best_epoch"), "monitor": results.get("monitor"),
+            "source": "results.json next to the model file (the bundle itself holds no scores)"}
+
+
+@dataclass
+class ServedModel:
+    """A loaded model with what the API reports about it."""
+
+    path: Path
+    predictor: Predictor
+    checksum: str
+    threads: int
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None) -> "ServedModel":
+        """Load a .msb bundle (PyTorch) or an .onnx export (ONNX Runtime)."""
+        path = Path(path)
+        if not path.is_file():
+            raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
+        predictor = load_predictor(path, backend, threads)
+        used = threads or (torch.get_num_threads() if predictor.backend_name == "torch" else physical_cores())
+        model = cls(path, predictor, file_checksum(path), used)
+        model.card = model._card()
+        return model
+
+    @property
+    def model_id(self) -> str:
+        """Architecture, file name and the start of the checksum: changes whenever the weights do."""
+        return f"{self.predictor.meta.model}:{self.path.name}:{self.checksum.split(':')[1][:12]}"
+
+    def _card(self) -> dict[str, Any]:
+        meta = self.predictor.meta
+        split = dict(meta.split)
+        validation_names = split.pop("val", None)
+        if isinstance(validation_names, list):
+            split["val_images"] = len(validation_names)
+        return {
+            "id": self.model_id, "checksum": self.checksum, "file": self.path.name,
+            "architecture": meta.model, "backend": self.predictor.backend_name, "threads": self.threads,
+            "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
+                        for i, name in enumerate(meta.class_names)],
+            "input": {"size": meta.size, "resize": meta.resize, "channels": meta.in_channels,
+                      "tiling": "none (resized to the input size)" if meta.resize == "resize" else
+                      f"tiles of {meta.size} px for images over {2 * meta.size} px"},
+            "normalization": {"mean": meta.mean, "std": meta.std},
+            "threshold": meta.threshold if meta.num_classes == 2 else None,
+            "ignore_index": meta.ignore_index,
+            "masksmith_version": __version__, "trained_with": meta.masksmith_version,
+            "training": {"data": _training_data_name(self.path.parent), "split": split},
+            "validation": _validation(self.path.parent),
+        }
+
+    def batch_key(self, job: Job) -> Hashable:
+        """Jobs with equal keys share one forward pass: the network input shape (tiled images run alone)."""
+        image = job[0]
+        if self.predictor.meta.resize == "resize":
+            return "resize"  # every image is resized to the training size
+        if self.predictor.tiling_for(image.shape) is not None:
+            return ("tiled", id(job))
+        return tuple(image.shape)
+
+    def run_batch(self, jobs: list[Job]) -> list[np.ndarray]:
+        """Class-index masks at each image's own size, by predict's own code (one pass per input shape)."""
+        probabilities = self.predictor.probabilities([image for image, _ in jobs])
+        return [self.predictor.decide(p, threshold) for p, (_, threshold) in zip(probabilities, jobs)]
+
+    def warm_up(self) -> None:
+        """Run one blank image so the first request does not pay for kernel selection and allocation."""
+        size = self.predictor.meta.size
+        self.run_batch([(np.zeros((size, size, self.predictor.meta.in_channels), np.uint8), None)])
