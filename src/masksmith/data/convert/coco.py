@@ -40,6 +40,7 @@ from masksmith.data.convert import (
     write_class_names,
     write_sample,
 )
+from masksmith.data.convert.nesting import parse_json
 from masksmith.data.masks import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
@@ -66,7 +67,7 @@ def _load(ann_path: Path) -> dict[str, Any]:
     if not raw.strip():
         raise DataError(f"{ann_path}: annotations file is empty")
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = parse_json(raw.decode("utf-8-sig"), str(ann_path))
     except UnicodeDecodeError:
         raise DataError(f"{ann_path}: not a text (UTF-8) file") from None
     except json.JSONDecodeError as exc:

@@ -49,6 +49,8 @@ from masksmith.data.convert import (
     write_class_names,
     write_sample,
 )
+from masksmith.data.convert.nesting import parse_json
+from masksmith.data.limits import open_image
 from masksmith.data.masks import read_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
 from masksmith.visualize import default_colors
@@ -133,7 +135,7 @@ def _load_json(json_path: Path) -> dict[str, Any]:
     if not raw.strip():
         raise _fail(json_path, "file is empty")
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = parse_json(raw.decode("utf-8-sig"), str(json_path))
     except UnicodeDecodeError:
         raise _fail(json_path, "not a text (UTF-8) file") from None
     except json.JSONDecodeError as exc:
@@ -200,8 +202,8 @@ def _decode_b64_image(text: Any) -> tuple[Image.Image, bytes]:
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"broken base64 ({exc})") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
+        with open_image(io.BytesIO(raw), "embedded image", where="imageData") as image:  # bombs refused first
+            image.load()
     except UnidentifiedImageError:
         raise ValueError("decoded bytes are not an image (unknown format)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for undecodable data
