@@ -287,3 +287,35 @@ def test_train_names_a_broken_image_for_what_it_is(tmp_path):
     unpaired = {Path(p.paths[0]).name: p.message for p in check_dataset(root, workers=1, progress=False)
                 .by_code("unpaired")}
     assert "its image" in unpaired["c.png"] and "c.png is not a readable file" in unpaired["c.png"]
+
+
+def _stray_dataset(root: Path) -> Path:
+    """Binary masks, foreground 0 on background 255, two of three with a 10x5 patch of stray 128s."""
+    _photos(root / "images", ["a0.png", "a1.png", "a2.png"], size=(40, 40))
+    (root / "masks").mkdir()
+    for index in range(3):
+        mask = np.full((40, 40), 255, np.uint8)
+        mask[5:15, 5:15] = 0
+        if index:
+            mask[20:25, 20:30] = 128
+        Image.fromarray(mask).save(root / "masks" / f"a{index}.png")
+    return root
+
+
+def test_stray_binary_values_are_counted_in_a_warning(tmp_path):
+    from masksmith.data.check import check_dataset
+    from masksmith.data.masks import StrayMaskValuesWarning, detect_encoding
+
+    root = _stray_dataset(tmp_path / "data")
+    masks = sorted((root / "masks").iterdir())
+    with pytest.warns(StrayMaskValuesWarning, match=r"100 pixels in 2 of the 3 masks .*\(128\).*count as background"):
+        encoding, _ = detect_encoding(masks, foreground=0)
+    assert (encoding.foreground, encoding.background) == (0, 255)
+    report = check_dataset(root, foreground=0, workers=1, progress=False)
+    [problem] = report.by_code("stray_binary_values")
+    assert problem.severity == "warning"
+    assert problem.message.startswith("100 pixels in 2 of 3 masks have values (128)")
+    assert [Path(p).name for p in problem.paths] == ["a1.png", "a2.png"]
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 1  # a warning, not an error
+    clean = check_dataset(root, workers=1, progress=False)  # no --foreground: 3 index classes, nothing stray
+    assert not clean.by_code("stray_binary_values")

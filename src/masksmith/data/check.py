@@ -25,6 +25,8 @@ Problem codes (severity):
   mixed_channels          (warning) grayscale and colour images in one dataset
   alpha_channel           (warning) images with an alpha channel (masksmith drops it)
   high_bit_depth          (warning) 16-bit or float images (masksmith reads 8 bits per channel)
+  stray_binary_values     (warning) binary masks with values that are neither foreground nor background
+                                    (they count as background): pixel and mask counts
 
 Duplicates are found by a BLAKE2b hash of the file BYTES, not of the decoded pixels: it is several
 times faster and needs no decode, but the same picture saved twice in different formats or with
@@ -65,6 +67,8 @@ from masksmith.data.discover import (
 from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
 from masksmith.data.masks import (
     MaskEncoding,
+    StrayMaskValuesWarning,
+    binary_strays,
     decode_mask,
     detect_encoding,
     read_image,
@@ -755,7 +759,10 @@ def _detect(report: CheckReport, readable: list[Path], names: list[str] | None,
     if ignore_index != 255:
         options["ignore_index"] = ignore_index
     try:
-        encoding, detected = detect_encoding(readable, **options)
+        with warnings.catch_warnings():
+            # detect_encoding warns about stray binary values in its sample; every mask is counted below.
+            warnings.simplefilter("ignore", StrayMaskValuesWarning)
+            encoding, detected = detect_encoding(readable, **options)
     except DataError as exc:
         report.problems.append(Problem("error", "mask_encoding", [readable[0].parent], str(exc)))
         return None
@@ -807,6 +814,27 @@ def _counts_by_value(report: CheckReport, readable: list[Path], results: dict[tu
                 f"and are not ignore_index {ignore_index}"))
         counts[path] = (pixels, ignored)
     return counts
+
+
+def _report_strays(report: CheckReport, readable: list[Path], results: dict[tuple[str, Path], _FileResult],
+                   encoding: MaskEncoding) -> None:
+    """One warning for binary masks whose values are neither foreground nor background, with the counts."""
+    found = []
+    for path in readable:
+        result = results[("mask", path)]
+        pixels, values = binary_strays(result.values, result.counts, encoding)  # type: ignore[arg-type]
+        if pixels:
+            found.append((path, pixels, values))
+    if not found:
+        return
+    paths = [path for path, _, _ in found]
+    values = sorted({v for _, _, vs in found for v in vs})
+    shown = ", ".join(str(v) for v in values[:10]) + (", …" if len(values) > 10 else "")
+    report.problems.append(Problem(
+        "warning", "stray_binary_values", paths,
+        f"{sum(p for _, p, _ in found)} pixels in {len(paths)} of {len(readable)} masks have values ({shown}) that "
+        f"are neither the foreground {encoding.foreground} nor the background {encoding.background}; they count "
+        f"as background: {_shown(paths)}"))
 
 
 def _counts_by_decoding(report: CheckReport, readable: list[Path], encoding: MaskEncoding, num_classes: int,
@@ -863,6 +891,7 @@ def _summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
 
     if by_value:
         counts = _counts_by_value(report, readable, results, encoding, num_classes)
+        _report_strays(report, readable, results, encoding)
     else:
         counts = _counts_by_decoding(report, readable, encoding, num_classes, workers, progress)
     per_mask = {path: pixels for path, (pixels, _) in counts.items()}

@@ -57,6 +57,10 @@ class LossyMaskWarning(UserWarning):
     """A mask saved lossily (JPEG) had pixels snapped to the nearest class value or color."""
 
 
+class StrayMaskValuesWarning(UserWarning):
+    """Binary masks hold values that are neither the foreground nor the background value."""
+
+
 def _color_tuple(rgb: Sequence[int] | np.ndarray) -> Color:
     """(r, g, b) as plain ints."""
     r, g, b = (int(v) for v in rgb)
@@ -592,6 +596,34 @@ def _binary_classes(values: np.ndarray, encoding: MaskEncoding, lossy: bool) -> 
     return (values == encoding.foreground).astype(np.uint8)
 
 
+def binary_strays(values: np.ndarray, counts: np.ndarray, encoding: MaskEncoding) -> tuple[int, list[int]]:
+    """(pixels, distinct values) of a clean binary mask's histogram that are neither foreground nor background.
+
+    Decoding counts them as background; with foreground None (any non-zero value) or a lossy
+    encoding (snapped to the nearer value, with its own warning) there are none.
+    """
+    if encoding.kind != "binary" or encoding.foreground is None or encoding.lossy:
+        return 0, []
+    stray = (values != encoding.foreground) & (values != encoding.background)
+    return int(np.asarray(counts)[stray].sum()), [int(v) for v in np.asarray(values)[stray]]
+
+
+def _warn_strays(files: list[_FileSurvey], encoding: MaskEncoding, sample_dir: Path) -> None:
+    """One warning with the stray pixel and file counts of the sampled binary masks (check counts every mask)."""
+    found = [(f.path, *binary_strays(f.gray.keys, f.gray.counts, encoding)) for f in files if f.gray is not None]
+    found = [item for item in found if item[1]]
+    if not found:
+        return
+    pixels = sum(item[1] for item in found)
+    values = sorted({v for item in found for v in item[2]})
+    shown = ", ".join(str(v) for v in values[:10]) + (", …" if len(values) > 10 else "")
+    warnings.warn(
+        f"{sample_dir}: {pixels} pixels in {len(found)} of the {len(files)} masks sampled have values ({shown}) that "
+        f"are neither the foreground {encoding.foreground} nor the background {encoding.background}; they count as "
+        f"background (first: {found[0][0].name}; check the masks or the foreground value)",
+        StrayMaskValuesWarning, stacklevel=4)
+
+
 def _snap_binary(values: np.ndarray, encoding: MaskEncoding, where: str, reason: str) -> np.ndarray:
     """Lossy binary mask: each pixel goes to whichever of the two values is nearer, with a warning."""
     exact = (values == encoding.background) | (values == (255 if encoding.foreground is None else encoding.foreground))
@@ -1049,6 +1081,7 @@ def _gray_survey(files: list[_FileSurvey], *, foreground: int | None, ignore_ind
         counts, ignored = _class_counts(stats, keys, num_classes, ignore_index)
         return MaskSurvey(encoding, num_classes, counts, ignored, len(files))
 
+    _warn_strays(files, encoding, sample_dir)
     counts, _ = _class_counts(stats, _binary_classes(stats.keys, encoding, lossy), 2, ignore_index)
     return MaskSurvey(encoding, 2, counts, 0, len(files))
 
