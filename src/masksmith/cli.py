@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from masksmith.errors import MasksmithError
 
@@ -26,7 +27,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except MasksmithError as error:
-            err.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+            # Escaped: a message such as "pip install 'masksmith[serve]'" must not be read as markup.
+            err.print(f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
