@@ -346,3 +346,38 @@ def test_nesting_depth_is_measured_without_recursion():
     assert nesting_depth_exceeds(deep)
     assert not nesting_depth_exceeds({"shapes": [{"points": [[1.0, 2.0]]}]}, limit=5)  # object, list, object, list, list
     assert nesting_depth_exceeds({"shapes": [{"points": [[1.0, 2.0]]}]}, limit=4)
+
+
+# --- item 6: bounded gallery for extreme aspect ratios ---------------------------------------------------------
+
+
+def test_evaluate_gallery_of_a_10000x16_strip_stays_small(bundle, tmp_path):
+    data = tmp_path / "strip"
+    rng = np.random.default_rng(0)
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(rng.integers(0, 256, (16, 10000, 3), dtype=np.uint8)).save(data / "images" / "w.png")
+    Image.fromarray(rng.integers(0, 3, (16, 10000), dtype=np.uint8)).save(data / "masks" / "w.png")
+    result = masksmith.evaluate(bundle, data, split="all", out=tmp_path / "eval", progress=False)
+    assert result["images"] == 1
+    with Image.open(tmp_path / "eval" / "gallery.png") as gallery:
+        width, height = gallery.size
+    # Four tiles of at most 2 x 256 pixels wide, plus padding (it was 640025 pixels wide).
+    assert width <= 4 * (512 + 8) + 8 and height < 1000
+
+
+def test_gallery_tiles_fit_a_bounded_box_whatever_the_aspect():
+    from masksmith.visualize import comparison_grid
+
+    colors = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]], np.uint8)
+
+    def grid(height: int, width: int) -> np.ndarray:
+        row = {"image": np.full((height, width, 3), 200, np.uint8), "prediction": np.ones((height, width), np.uint8),
+               "truth": None, "caption": "x"}
+        return comparison_grid([row], colors, tile_height=64, max_tile_width=128)
+
+    square, wide, tall = grid(64, 64), grid(20, 6000), grid(6000, 20)
+    pad = 4  # comparison_grid's padding at tile_height 64
+    assert wide.shape[1] == pad + 3 * (128 + pad)  # three columns (no truth), each capped at 128 pixels
+    assert wide.shape[0] == square.shape[0] == tall.shape[0]  # rows stay tile_height tall
+    assert tall.shape[1] <= square.shape[1]  # a 6000x20 column is scaled to 64 tall (1 pixel wide), not widened

@@ -307,13 +307,16 @@ def _fit_text(font: Any, text: str, width: float) -> str:
     return text + "…" if text else ""
 
 
-def _resize_to_height(rgb: np.ndarray, height: int, nearest: bool) -> np.ndarray:
+def _fit_tile(rgb: np.ndarray, height: int, max_width: int, nearest: bool) -> np.ndarray:
+    """Scale to `height` pixels tall, or less when that would be wider than `max_width` (aspect kept)."""
     h, w = rgb.shape[:2]
-    width = max(1, round(w * height / h))
-    if (h, w) == (height, width):
+    # A 10000x16 strip scaled to the row height alone would be a 160000-pixel-wide tile.
+    scale = min(height / h, max_width / w)
+    width, tall = max(1, min(max_width, round(w * scale))), max(1, min(height, round(h * scale)))
+    if (h, w) == (tall, width):
         return rgb
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), resample))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((width, tall), resample))
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -340,17 +343,23 @@ def comparison_grid(
     tile_height: int = 256,
     alpha: float = 0.5,
     background_index: int | None = 0,
+    max_tile_width: int | None = None,
 ) -> np.ndarray:
     """Draw rows of image | truth | prediction | overlay tiles with captions and a class legend; return RGB uint8.
 
     Each row is ``{"image", "truth" (or None), "prediction", "caption"}``. Tiles are scaled to
-    ``tile_height`` (masks nearest-neighbour). The truth column is left out when every truth is None;
+    ``tile_height`` (masks nearest-neighbour), shorter when that would be wider than ``max_tile_width``
+    (default: twice the height), aspect kept, so the grid stays small whatever the images' shapes.
+    The truth column is left out when every truth is None;
     the overlay shows the prediction. The legend lists the classes that occur in any truth or prediction.
     """
     if not rows:
         raise ValueError("comparison_grid needs at least one row")
     if tile_height < 8:
         raise ValueError(f"tile_height must be at least 8, got {tile_height}")
+    max_width = 2 * tile_height if max_tile_width is None else max_tile_width
+    if max_width < 8:
+        raise ValueError(f"max_tile_width must be at least 8, got {max_width}")
     table = _as_colors(colors)
     show_truth = any(row.get("truth") is not None for row in rows)
     headers = ["image"] + (["truth"] if show_truth else []) + ["prediction", "overlay"]
@@ -377,13 +386,13 @@ def comparison_grid(
             ignore_index=ignore_index,
             background_index=background_index,
         )
-        row_tiles: list[np.ndarray | None] = [_resize_to_height(image, tile_height, nearest=False)]
+        row_tiles: list[np.ndarray | None] = [_fit_tile(image, tile_height, max_width, nearest=False)]
         if show_truth:
             row_tiles.append(
-                None if truth is None else _resize_to_height(colorize(truth, table, ignore_index), tile_height, True)
+                None if truth is None else _fit_tile(colorize(truth, table, ignore_index), tile_height, max_width, True)
             )
-        row_tiles.append(_resize_to_height(colorize(pred, table, ignore_index), tile_height, True))
-        row_tiles.append(_resize_to_height(blended, tile_height, nearest=False))
+        row_tiles.append(_fit_tile(colorize(pred, table, ignore_index), tile_height, max_width, True))
+        row_tiles.append(_fit_tile(blended, tile_height, max_width, nearest=False))
         tiles.append(row_tiles)
         captions.append(str(row.get("caption") or ""))
 
@@ -447,7 +456,8 @@ def comparison_grid(
                     msg, fill=(120, 120, 120), font=font,
                 )
                 continue
-            canvas.paste(Image.fromarray(np.ascontiguousarray(tile)), (x0 + (cell_w - tile.shape[1]) // 2, ty))
+            canvas.paste(Image.fromarray(np.ascontiguousarray(tile)),
+                         (x0 + (cell_w - tile.shape[1]) // 2, ty + (tile_height - tile.shape[0]) // 2))
         y += row_h
     if legend_items:
         draw.line([(pad, y), (width - pad, y)], fill=(200, 200, 200), width=1)
