@@ -319,3 +319,18 @@ def test_stray_binary_values_are_counted_in_a_warning(tmp_path):
     assert report.exit_code() == 0 and report.exit_code(strict=True) == 1  # a warning, not an error
     clean = check_dataset(root, workers=1, progress=False)  # no --foreground: 3 index classes, nothing stray
     assert not clean.by_code("stray_binary_values")
+
+
+def test_one_rgb_mask_among_binary_masks_is_named(tmp_path):
+    from masksmith.data.check import check_dataset
+    from masksmith.data.masks import detect_encoding
+    from masksmith.errors import DataError
+
+    root = _stray_dataset(tmp_path / "data")
+    odd = np.zeros((40, 40, 3), np.uint8)
+    odd[5:15, 5:15] = (255, 0, 0)
+    Image.fromarray(odd).save(root / "masks" / "a1.png")
+    with pytest.raises(DataError, match=r"a1\.png: is an RGB color mask"):
+        detect_encoding(sorted((root / "masks").iterdir()), foreground=0)
+    [problem] = check_dataset(root, foreground=0, workers=1, progress=False).by_code("mask_encoding")
+    assert "a1.png: is an RGB color mask" in problem.message

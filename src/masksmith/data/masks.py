@@ -1127,6 +1127,12 @@ def survey_masks(
         raise unreadable[0]
 
     if table is not None or any(f.color for f in files):
+        colored = [f.path for f in files if f.color]
+        if foreground is not None and len(colored) < len(files):
+            # One odd file among grayscale masks: name it, not the folder.
+            more = f" (and {len(colored) - 1} more)" if len(colored) > 1 else ""
+            raise DataError(f"{colored[0]}: is an RGB color mask{more}, but the other masks are grayscale and "
+                            f"foreground {foreground} is for grayscale binary masks; save it as a grayscale mask")
         if foreground is not None:
             raise ConfigError(
                 f"{sample[0].parent}: the masks are RGB color masks; a foreground value is for grayscale binary masks"
