@@ -38,6 +38,8 @@ def test_unet_options_and_defaults() -> None:
         "base_channels": 32,
         "upsampling": "transpose",
         "dropout": 0.0,
+        "encoder": None,
+        "weights": None,
     }
 
 

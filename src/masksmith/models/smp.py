@@ -163,7 +163,12 @@ for _arch in ARCHITECTURES:
 
 
 def encoder_normalization(model: str, options: dict[str, Any], channels: int = 3) -> tuple[list[float], list[float]] | None:
-    """The (mean, std) an smp model's encoder was pretrained with, on the 0..1 scale; None for other models."""
+    """The (mean, std) a model's pretrained encoder was trained with, on the 0..1 scale; None without one."""
+    if not model.startswith("smp.") and options.get("encoder"):
+        from masksmith.models.encoders import pretrained_normalization
+
+        # masksmith's own encoders (unet --encoder ...): known only once pretrained weights are asked for.
+        return pretrained_normalization(options["encoder"], options.get("weights"), channels)
     if not model.startswith("smp.") or not _smp_available():
         return None
     encoder = options.get("encoder") or DEFAULT_ENCODER
@@ -249,6 +254,8 @@ class WeightsReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    # Classification-only tensors of a published backbone checkpoint that the encoder has no place for.
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -335,6 +342,11 @@ def load_weights(model: nn.Module, path: str | Path, part: Literal["auto", "mode
                  strict: bool = True) -> WeightsReport:
     """Load a local weights file into `model` (or its encoder); unmatched keys raise (strict) or are logged."""
     state = read_state_dict(path)
+    dropped: list[str] = []
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        # Models with built-in encoders rename a published backbone checkpoint to their own keys first.
+        state, dropped = adapt(state)
     part_name, target, state = _target(model, state, part)
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -343,7 +355,8 @@ def load_weights(model: nn.Module, path: str | Path, part: Literal["auto", "mode
                         for key in set(state) & set(expected) if state[key].shape != expected[key].shape)
     fitting = {key: value for key, value in state.items()
                if key in expected and value.shape == expected[key].shape}
-    report = WeightsReport(str(path), part_name, len(fitting), missing, unexpected, mismatched)  # type: ignore[arg-type]
+    report = WeightsReport(str(path), part_name, len(fitting), missing, unexpected, mismatched,  # type: ignore[arg-type]
+                           dropped)
     if not report.clean:
         message = f"{path}: weights do not match the {part_name} ({report.problems()})"
         if strict:

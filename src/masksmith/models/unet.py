@@ -92,7 +92,6 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-@MODELS.register("unet")
 class UNet(nn.Module):
     """U-Net: `depth` max-pool downsamplings, channels doubling from `base_channels`, skip joins."""
 
@@ -142,3 +141,26 @@ class UNet(nn.Module):
         for up, skip in zip(self.up, reversed(skips)):
             x = up(x, skip)
         return self.head(x)[..., :height, :width]
+
+
+@MODELS.register("unet")
+def unet(in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 32, upsampling: str = "transpose",
+         dropout: float = 0.0, encoder: str | None = None, weights: str | None = None) -> nn.Module:
+    """The classic from-scratch U-Net, or with `encoder` a U-Net decoder over a pretrained ImageNet encoder.
+
+    `weights`: 'imagenet' (the encoder's installed checkpoint) or a local file (whole model or encoder).
+    """
+    if encoder is not None:
+        from masksmith.models.encoder_unet import build_encoder_unet
+
+        return build_encoder_unet(in_channels, out_channels, encoder, weights, depth, base_channels, upsampling,
+                                  dropout)
+    model = UNet(in_channels, out_channels, depth, base_channels, upsampling, dropout)
+    if weights:
+        from masksmith.models.smp import is_weights_file, load_weights
+
+        if not is_weights_file(weights):
+            raise ConfigError(f"model 'unet': weights {weights!r} is not a local file; ImageNet weights need a "
+                              "pretrained encoder, e.g. --encoder efficientnet_lite0 --weights imagenet")
+        model.masksmith_weights = load_weights(model, weights, part="auto")
+    return model
