@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from masksmith import __version__
+from masksmith.config import MAX_INPUT_SIZE
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 
@@ -25,7 +26,6 @@ FORMAT_NAME = "masksmith-bundle"
 FORMAT_VERSION = 1
 METADATA_KEY = "masksmith"
 MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
-MAX_SIZE = 8192  # network input side: larger would not fit a CPU's memory at full resolution
 MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
 MAX_OPTION_INT = 65536  # no architecture option (channels, depth, kernel) is legitimately larger
 MAX_OPTION_NESTING = 4
@@ -79,7 +79,7 @@ class BundleMeta(BaseModel):
     out_channels: Annotated[Count, Field(ge=1, le=MAX_CLASSES)]
     class_names: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
     colors: list[Annotated[list[ColorValue], Field(min_length=3, max_length=3)]]
-    size: Annotated[Count, Field(ge=16, le=MAX_SIZE)]
+    size: Annotated[Count, Field(ge=16, le=MAX_INPUT_SIZE)]
     resize: Literal["resize", "random_crop", "center_crop"]
     mean: list[Finite]
     std: list[Annotated[Finite, Field(ge=MIN_STD)]]

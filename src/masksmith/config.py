@@ -17,6 +17,7 @@ from masksmith.errors import ConfigError
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
 ResizeMode = Literal["resize", "random_crop", "center_crop"]
+MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused as damaged (bundle.py)
 
 
 class TrainConfig(BaseModel):
@@ -42,7 +43,7 @@ class TrainConfig(BaseModel):
     max_image_pixels: int | None = Field(
         None, ge=1, description="refuse (before decoding) images with more pixels than this, as possible "
                                 "decompression bombs; default: $MASKSMITH_MAX_IMAGE_PIXELS or 89478485")
-    size: int = Field(256, ge=16, description="network input size in pixels (square)")
+    size: int = Field(256, ge=16, le=MAX_INPUT_SIZE, description="network input size in pixels (square)")
     resize: ResizeMode = Field(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")
     channels: int | None = Field(None, description="input channels, 1 or 3; default: from the images")
