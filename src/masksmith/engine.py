@@ -21,10 +21,10 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.config import TrainConfig
-from masksmith.fileio import atomic_path, write_text_atomic
+from masksmith.fileio import write_text_atomic
 from masksmith.losses import build_loss
 from masksmith.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
@@ -286,14 +286,6 @@ class ProgressBar(TQDMProgressBar):
         return metrics
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temp file and renamed, so a kill never leaves half a file."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
 def pick_accelerator(device: str) -> str:
     """Map the config's device to a Lightning accelerator name."""
     if device == "auto":
@@ -311,10 +303,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
                   extra_callbacks: Sequence[Callback] = ()) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with best/last checkpoints, early stopping, the time budget and TensorBoard logs."""
     accelerator = pick_accelerator(config.device)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=config.monitor_mode(),
-        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
+    checkpoint, last = checkpoint_callbacks(run_dir / "checkpoints", config.monitor, config.monitor_mode())
+    callbacks: list[Callback] = [checkpoint, last, history, *extra_callbacks]
     if not config.quiet:
         callbacks.append(ProgressBar())
     if config.early_stopping:
@@ -339,7 +329,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(run_dir / "checkpoints")],
         default_root_dir=str(run_dir),
     )
     return trainer, checkpoint

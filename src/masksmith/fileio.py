@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from masksmith.errors import ConfigError
+
+# The names atomic_path gives its temporary files: mkstemp's 8 random characters between stem and suffix.
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[^.]+)?\.tmp")
 
 
 @contextlib.contextmanager
@@ -19,14 +24,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files, and some writers (safetensors) replace the temp file with their own
+        # 0600 one: after writing, give the result the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
+        # Also on KeyboardInterrupt; only a hard kill (SIGKILL) leaves one behind, for remove_stale_temps.
         if tmp_path.exists():
             tmp_path.unlink()
 
@@ -66,3 +71,55 @@ def refuse_overwrite(inputs: Iterable[str | os.PathLike], outputs: Iterable[str 
         more = f" ({len(clashes)} outputs would overwrite inputs)" if len(clashes) > 1 else ""
         raise ConfigError(f"{target}: writing it would overwrite the input {source}{more}; "
                           "write the outputs to another folder")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (other threads may create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # the brief window errs on the private side
+    os.umask(umask)
+    return umask
+
+
+def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the atomic_path temp files a killed process left in `folders` (only while holding their lock)."""
+    removed = []
+    # Not recursive, and only atomic_path's names: --out may be a folder that also holds the user's files.
+    for folder in map(Path, folders):
+        stale = [path for path in folder.glob(".*.tmp") if TEMP_NAME.fullmatch(path.name)] if folder.is_dir() else []
+        for path in stale:
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (its `.lock` file) for a `kind` of job; a second one fails at once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # flock belongs to the open file: the kernel drops it when the process exits or crashes, so a killed
+    # run never leaves its folder locked.
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ConfigError(f"{folder}: in use by another {kind}{f' (pid {pid})' if pid.isdigit() else ''}; "
+                              "wait for it to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            # Unlock explicitly: forked data-loader workers share this open file and would keep the lock.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from masksmith import __version__
 from masksmith.augment import build_augmentation
 from masksmith.bundle import BundleMeta, save_bundle
+from masksmith.checkpoints import load_checkpoint
 from masksmith.config import TrainConfig, config_to_yaml, make_config, resolve_config
 from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
 from masksmith.data.classes import find_class_file, read_class_names
@@ -40,7 +41,7 @@ from masksmith.engine import (
     default_num_workers,
 )
 from masksmith.errors import ConfigError, DataError
-from masksmith.fileio import write_text_atomic
+from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
 from masksmith.models import MODELS, build_model, model_options
 from masksmith.models.smp import encoder_normalization, import_smp, is_weights_file, load_weights
 from masksmith.plan import derive_plan, plan_text, plan_to_dict
@@ -97,16 +98,20 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
         else:
             cfg = resolve_config(config, data=str(data) if data is not None else None, **options)
         run_dir = next_run_dir(cfg.out)
-        if (run_dir / "checkpoints").exists():
+        cfg.out = str(run_dir)
+    # One training per run folder at a time: a second one fails here, before reading any data, instead of
+    # mixing its checkpoints and logs into the first one's. The lock goes with the process, even on a crash.
+    with folder_lock(run_dir, kind="training"):
+        if resume is None and (run_dir / "checkpoints").exists():
             # Training again into a finished run would overwrite its model and mix its logs.
             raise ConfigError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                               "or choose another --out")
-        cfg.out = str(run_dir)
-    if cfg.classes is None and cfg.data is not None and find_class_file(cfg.data) is not None:
-        cfg.classes = str(find_class_file(cfg.data))  # the dataset's own list (e.g. from masksmith convert)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with image_pixel_limit(cfg.max_image_pixels):  # every image read of the run obeys the run's limit
-        return _run(cfg, run_dir, resume=resume is not None, callbacks=callbacks)
+        # What a killed run was writing; no one else writes here while we hold the lock.
+        remove_stale_temps(run_dir, run_dir / "checkpoints")
+        if cfg.classes is None and cfg.data is not None and find_class_file(cfg.data) is not None:
+            cfg.classes = str(find_class_file(cfg.data))  # the dataset's own list (e.g. from masksmith convert)
+        with image_pixel_limit(cfg.max_image_pixels):  # every image read of the run obeys the run's limit
+            return _run(cfg, run_dir, resume=resume is not None, callbacks=callbacks)
 
 
 def next_run_dir(out: str | None, base: Path = Path("runs")) -> Path:
@@ -232,8 +237,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence[Call
 
     best_path = checkpoint.best_model_path
     if best_path:
-        # The checkpoint is our own, written by this run: a full (pickle) load is safe here.
-        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        # Weights-only and inside checkpoints/: a resumed run folder may not be the user's own.
+        state = load_checkpoint(best_path, run_dir / "checkpoints")["state_dict"]
         network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     meta = BundleMeta(
