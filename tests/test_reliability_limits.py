@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import masksmith
@@ -183,7 +184,6 @@ def _tiny_weights(**meta_changes) -> dict:
     return build_model(meta["model"], meta["in_channels"], meta["out_channels"], **meta["model_options"]).state_dict()
 
 
-import torch  # noqa: E402  (used by the helpers above and the tests below)
 
 BAD_META = [
     ({"size": 10**9}, "size"),
