@@ -3,7 +3,8 @@
 # Usage: ./demo.sh            (about 4 minutes on 2 CPU cores, environment included)
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/env.sh pretrained
+# serve: so `masksmith serve demo-output/run/model.msb` works after the demo.
+source scripts/env.sh pretrained,serve
 
 OUT=demo-output
 rm -rf "$OUT"
