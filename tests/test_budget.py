@@ -19,7 +19,7 @@ def test_aspect_sizes_keep_the_ratio_with_sides_multiples_of_32() -> None:
 
 def test_aspect_sizes_cap_panoramas_and_small_images() -> None:
     assert aspect_sizes(4000, 500, cap=256)[0] == (256, 512)  # at most MAX_LONG_RATIO longer
-    assert aspect_sizes(100, 100, cap=256) == [(128, 128)]  # never below the smallest input
+    assert aspect_sizes(100, 100, cap=256) == [(96, 96)]  # small images are never upscaled
 
 
 def _linear_timer(per_megapixel: dict[str | None, float]):
@@ -68,3 +68,59 @@ def test_nothing_fits_gives_the_cheapest_candidate() -> None:
 def test_a_real_step_is_timed() -> None:
     seconds = time_training_step(None, (32, 64), 2, 1, 2)
     assert 0 < seconds < 60
+
+
+def _fingerprint(width: int = 480, height: int = 360, images: int = 367, channels: int = 3) -> dict:
+    return {"train_images": images, "splits": {"train": images}, "channels": channels, "num_classes": 11,
+            "image_size": {"median_width": width, "median_height": height}}
+
+
+def test_the_plan_picks_an_installed_pretrained_encoder_and_its_schedule() -> None:
+    timer, _ = _linear_timer({"efficientnet_lite0": 2.0, "efficientnet_lite2": 4.0})
+    choices, timed = budget.plan_network(_fingerprint(), given=set(), known={}, device="cpu", max_time=15,
+                                         epochs=50, timer=timer, encoders=["efficientnet_lite0", "efficientnet_lite2"])
+    chosen = {c.option: c.value for c in choices}
+    assert chosen["encoder"] == "efficientnet_lite0" and chosen["weights"] == "imagenet"
+    assert chosen["mean"] == [0.498] * 3 and chosen["std"] == [0.502] * 3  # TF-Lite's (x - 127) / 128
+    assert 1 <= chosen["freeze_encoder_epochs"] <= budget.MAX_FREEZE_EPOCHS
+    height, width = chosen["size"]
+    assert width > height and abs(width / height - 480 / 360) < 0.25  # landscape kept, not squashed
+    assert "367 training images" in next(c.reason for c in choices if c.option == "encoder")
+    assert len(timed) == 2 * len(aspect_sizes(480, 360, 256)) and any(row["fits"] for row in timed)
+
+
+def test_model_unet_alone_keeps_the_classic_unet_and_other_models_plan_nothing() -> None:
+    timer, _ = _linear_timer({None: 2.0})
+    choices, _ = budget.plan_network(_fingerprint(), given={"model"}, known={"model": "unet"}, device="cpu",
+                                     max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    options = {c.option for c in choices}
+    assert "encoder" not in options and "weights" not in options and "size" in options
+    assert budget.plan_network(_fingerprint(), given={"model"}, known={"model": "fcn-lite"}, device="cpu",
+                               max_time=15, epochs=50, timer=timer) == ([], [])
+    assert budget.plan_network(_fingerprint(), given={"model_options"}, known={"model_options": {"depth": 3}},
+                               device="cpu", max_time=15, epochs=50, timer=timer) == ([], [])
+
+
+def test_without_a_budget_nothing_is_timed() -> None:
+    def refuse(*args):
+        raise AssertionError("timed without a budget")
+
+    choices, timed = budget.plan_network(_fingerprint(550, 825, 803), given=set(), known={}, device="cpu",
+                                         max_time=None, epochs=50, timer=refuse, encoders=["efficientnet_lite0"])
+    assert timed == [] and {c.option: c.value for c in choices}["size"] == [384, 256]
+
+
+def test_a_non_square_input_trains_and_predicts_at_the_original_size(tmp_path, make_image_mask_pairs) -> None:
+    import numpy as np
+
+    import masksmith
+    from masksmith.bundle import read_meta
+
+    make_image_mask_pairs(tmp_path / "data" / "images", tmp_path / "data" / "masks", [f"p{i}" for i in range(6)],
+                          size=(40, 72), num_classes=2)
+    run = masksmith.train(tmp_path / "data", size=[32, 64], epochs=1, batch_size=2, auto=False, quiet=True,
+                          model_options={"base_channels": 4}, num_workers=0, out=str(tmp_path / "run"))
+    meta = read_meta(run.bundle)
+    assert meta.size == [32, 64] and meta.input_shape == (32, 64)
+    mask = masksmith.load(run.bundle).predict(np.zeros((40, 72, 3), np.uint8))
+    assert mask.shape == (40, 72)

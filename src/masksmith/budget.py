@@ -75,9 +75,10 @@ def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tu
     """Input sizes (height, width), largest first, keeping the median image's aspect ratio."""
     short, long = sorted((median_width, median_height))
     ratio = min(long / short, MAX_LONG_RATIO) if short > 0 else 1.0
-    top = max(MIN_SHORT_SIDE, min(cap, int(short) // SIZE_STEP * SIZE_STEP))
+    # Never upscaled: small images train at their own (rounded) size.
+    top = max(SIZE_STEP, min(cap, int(short) // SIZE_STEP * SIZE_STEP))
     sizes = []
-    for side in range(top, MIN_SHORT_SIDE - 1, -SIZE_STEP):
+    for side in range(top, min(MIN_SHORT_SIDE, top) - 1, -SIZE_STEP):
         other = max(side, int(round(side * ratio / SIZE_STEP)) * SIZE_STEP)
         sizes.append((side, other) if median_width >= median_height else (other, side))
     return sizes
@@ -157,3 +158,115 @@ def describe_fits(fits: list[Fit]) -> list[dict[str, Any]]:
     return [{"encoder": fit.candidate.encoder, "size": list(fit.candidate.size),
              "seconds_per_step": round(fit.seconds_per_step, 4), "steps": fit.steps,
              "epochs": round(fit.epochs, 1), "fits": fit.fits} for fit in fits]
+
+
+# --------------------------------------------------------------------------- the plan's network choice
+
+NETWORK_OPTIONS = ("model", "model_options", "encoder", "weights")
+FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
+SIZE_CAP = {"cpu": 256, "cuda": 512}
+
+
+def installed_encoders() -> list[str]:
+    """Encoders of the built-in U-Net whose ImageNet weights are installed, cheapest first."""
+    from masksmith.errors import ConfigError
+    from masksmith.models.encoders import ENCODERS, pretrained_weights_file
+
+    found = []
+    for name in ENCODERS:
+        try:
+            pretrained_weights_file(name, "imagenet")
+        except ConfigError:
+            continue
+        found.append(name)
+    return found
+
+
+def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], device: str,
+                 max_time: float | None, epochs: int, timer: StepTimer = time_training_step,
+                 encoders: list[str] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Choose the U-Net's encoder (with weights, freeze schedule and normalization), the input size and the
+    batch; with a time budget by measured steps (module doc). Returns the PlanChoices and, for plan.json, the
+    timed candidates. Plans nothing for other models or when the user set model options."""
+    from masksmith.models.encoders import pretrained_normalization
+    from masksmith.plan import PlanChoice
+
+    sizes_fp = fp.get("image_size") or {}
+    median_w, median_h = float(sizes_fp.get("median_width") or 0), float(sizes_fp.get("median_height") or 0)
+    if known.get("model", "unet") != "unet" or "model_options" in given or not median_w or not median_h:
+        return [], []
+    channels = int(fp.get("channels") or 3)
+    num_classes = int(fp.get("num_classes") or 2)
+    train_images = _training_images(fp, known)
+    if "encoder" in given:
+        candidates: list[str | None] = [known.get("encoder")]
+    elif {"model", "weights"} & given or channels not in (1, 3):
+        candidates = [None]  # `--model unet` alone (or with a weights file) keeps the classic U-Net
+    else:
+        candidates = list(installed_encoders() if encoders is None else encoders) or [None]
+    pretrained = candidates[0] is not None and "encoder" not in given
+    if "size" in given:
+        sizes = [_pair(known["size"])] if "size" in known else []
+    else:
+        sizes = aspect_sizes(median_w, median_h, SIZE_CAP[device])
+    batch = int(known.get("batch_size") or _batch_for(train_images))
+    fits: list[Fit] = []
+    if not sizes:
+        return [], []
+    if max_time is not None:
+        best, fits = plan_for_budget(candidates, sizes, budget_seconds=60 * max_time, train_images=train_images,
+                                     batch=batch, channels=channels, num_classes=num_classes, timer=timer)
+        encoder, size = best.candidate.encoder, best.candidate.size
+        reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch), best.epochs
+    else:
+        encoder, size = candidates[0], sizes[0]
+        reason = (f"{Candidate(encoder, size).name}, aspect kept, short side capped at {SIZE_CAP[device]} on "
+                  f"{device}; no --max-time, so not fitted to a time budget")
+        expected_epochs = float(epochs)
+    choices: list[PlanChoice] = []
+    if pretrained and encoder is not None:
+        few = " are few to learn features from scratch" if train_images < 2000 else ""
+        kind = "RGB photos" if channels == 3 else "grayscale images (first convolution summed from RGB)"
+        choices.append(PlanChoice("encoder", encoder, f"{encoder}: ImageNet weights installed; {train_images} "
+                                                      f"training images{few}; ImageNet features transfer to {kind}"))
+        choices.append(PlanChoice("weights", "imagenet", f"imagenet: the installed checkpoint of {encoder}"))
+        if "freeze_encoder_epochs" not in given:
+            freeze = max(1, min(MAX_FREEZE_EPOCHS, int(round(FREEZE_SHARE * expected_epochs))))
+            choices.append(PlanChoice("freeze_encoder_epochs", freeze, (
+                f"freeze {freeze}: the new decoder learns on the frozen encoder first (~{FREEZE_SHARE:.0%} of "
+                f"~{expected_epochs:.0f} epochs), then the encoder is fine-tuned at lr/10")))
+        normalization = pretrained_normalization(encoder, "imagenet", channels)
+        for option, values in zip(("mean", "std"), normalization or ()):
+            if option not in given:
+                choices.append(PlanChoice(option, [round(v, 4) for v in values],
+                                          f"{option}: {encoder}'s pretraining normalization"))
+    if "size" not in given:
+        value = int(size[0]) if size[0] == size[1] else [int(size[0]), int(size[1])]
+        choices.append(PlanChoice("size", value, f"size {size[0]}x{size[1]}: {reason}"))
+    if "batch_size" not in given:
+        few_images = f"; {train_images} training images" if batch < BATCH else ""
+        choices.append(PlanChoice("batch_size", batch, f"batch {batch}: on {device} a larger batch costs about the "
+                                                      f"same per image and gives fewer optimizer steps{few_images}"))
+    return choices, describe_fits(fits)
+
+
+def _training_images(fp: dict[str, Any], known: dict[str, Any]) -> int:
+    """Training images: the train split, or what the validation share leaves of all pairs."""
+    splits = fp.get("splits") or {}
+    if "train" in splits:
+        return int(splits["train"])
+    return max(1, int(round(int(fp.get("train_images") or 1) * (1 - float(known.get("val_fraction", 0.2))))))
+
+
+def _batch_for(train_images: int) -> int:
+    """BATCH, halved until two batches fit in the training images (at least 2)."""
+    batch = BATCH
+    while batch > 2 and 2 * batch > train_images:
+        batch //= 2
+    return batch
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    from masksmith.config import size_pair
+
+    return size_pair(size)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from masksmith import __version__
-from masksmith.config import MAX_INPUT_SIZE
+from masksmith.config import InputSize, size_pair
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 
@@ -79,7 +79,7 @@ class BundleMeta(BaseModel):
     out_channels: Annotated[Count, Field(ge=1, le=MAX_CLASSES)]
     class_names: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
     colors: list[Annotated[list[ColorValue], Field(min_length=3, max_length=3)]]
-    size: Annotated[Count, Field(ge=16, le=MAX_INPUT_SIZE)]
+    size: InputSize
     resize: Literal["resize", "random_crop", "center_crop"]
     mean: list[Finite]
     std: list[Annotated[Finite, Field(ge=MIN_STD)]]
@@ -130,6 +130,11 @@ class BundleMeta(BaseModel):
             raise ValueError(f"the {self.mask_encoding['kind']} mask encoding has {fixed} classes, "
                              f"the class names {classes}")
         return self
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """The network's training input as (height, width)."""
+        return size_pair(self.size)
 
     @property
     def num_classes(self) -> int:

@@ -49,6 +49,16 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
+def _parse_size(text: str | None) -> int | list[int] | None:
+    """'256' → 256, '384x256' (or 384,256) → [384, 256] (height, width)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.lower().replace(",", "x").split("x")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise MasksmithError(f"--size {text!r}: expected a side such as 256, or HEIGHTxWIDTH such as 384x256")
+    return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+
+
 def _parse_color(text: str | None) -> list[int] | None:
     """'255,255,255' → [255, 255, 255]."""
     if text is None:
@@ -67,13 +77,13 @@ def train(
     classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
     model: Optional[str] = typer.Option(None, help="architecture: unet, fcn-lite, smp.Unet, smp.FPN ... (see `masksmith models`)"),
     model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-m", help="NAME=VALUE, e.g. depth=3"),
-    encoder: Optional[str] = typer.Option(None, help="smp models: encoder name, e.g. resnet34, densenet121, tu-…"),
-    weights: Optional[str] = typer.Option(None, help="imagenet (smp, online) or a local .safetensors/.pth file"),
+    encoder: Optional[str] = typer.Option(None, help="unet: efficientnet_lite0/1/2 or mobilenet_v2 (pretrained, offline); smp models: resnet34, tu-… [default: planned]"),
+    weights: Optional[str] = typer.Option(None, help="imagenet (installed weights packages; smp: online) or a local .safetensors/.pth file"),
     freeze_encoder_epochs: Optional[int] = typer.Option(
         None, help="epochs with the encoder frozen, then fine-tuned [default: 0]"),
     encoder_lr: Optional[float] = typer.Option(
         None, help="encoder learning rate [default: lr/10 when freezing, else lr]"),
-    size: Optional[int] = typer.Option(None, help="input size in pixels [default: 256]"),
+    size: Optional[str] = typer.Option(None, help="input size: 256 (square) or HEIGHTxWIDTH, e.g. 384x256 [default: planned]"),
     resize: Optional[str] = typer.Option(None, help="resize | random_crop | center_crop [default: resize]"),
     epochs: Optional[int] = typer.Option(None, help="maximum epochs [default: 50]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="[default: 8]"),
@@ -111,7 +121,7 @@ def train(
         raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
     options = dict(
         classes=classes, model=model, model_options=_parse_options(model_option), encoder=encoder, weights=weights,
-        freeze_encoder_epochs=freeze_encoder_epochs, encoder_lr=encoder_lr, size=size, resize=resize,
+        freeze_encoder_epochs=freeze_encoder_epochs, encoder_lr=encoder_lr, size=_parse_size(size), resize=resize,
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
         augment=augment, foreground=foreground, palette=palette, ignore_color=_parse_color(ignore_color),
         mask_suffix=mask_suffix, val_fraction=val_fraction,

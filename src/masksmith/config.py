@@ -7,7 +7,7 @@ to the run folder as commented YAML so a run can be repeated from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +18,14 @@ Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
 ResizeMode = Literal["resize", "random_crop", "center_crop"]
 MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused as damaged (bundle.py)
+Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
+# One side for square inputs, or [height, width]: what the config, the plan and the bundle store.
+InputSize = Union[Side, Annotated[list[Side], Field(min_length=2, max_length=2)]]
+
+
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a validated input size: one side (square) or [height, width]."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class TrainConfig(BaseModel):
@@ -43,7 +51,8 @@ class TrainConfig(BaseModel):
     max_image_pixels: int | None = Field(
         None, ge=1, description="refuse (before decoding) images with more pixels than this, as possible "
                                 "decompression bombs; default: $MASKSMITH_MAX_IMAGE_PIXELS or 89478485")
-    size: int = Field(256, ge=16, le=MAX_INPUT_SIZE, description="network input size in pixels (square)")
+    size: InputSize = Field(
+        256, description="network input size in pixels: one side (square) or [height, width] (the plan keeps the images' aspect ratio)")
     resize: ResizeMode = Field(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")
     channels: int | None = Field(None, description="input channels, 1 or 3; default: from the images")
@@ -59,9 +68,9 @@ class TrainConfig(BaseModel):
     model: str = Field("unet", description="architecture name (see `masksmith models`)")
     model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}")
     encoder: str | None = Field(
-        None, description="smp models: encoder (backbone) name, e.g. resnet34, densenet121, tu-convnext_tiny")
+        None, description="unet: a pretrained encoder (efficientnet_lite0/1/2, mobilenet_v2); smp models: resnet34, densenet121, tu-convnext_tiny, ...")
     weights: str | None = Field(
-        None, description="initial weights: a hub name for smp encoders (imagenet) or a local .safetensors/.pth file "
+        None, description="initial weights: imagenet (unet encoders: the installed weights packages; smp: its hub) or a local .safetensors/.pth file "
                           "(whole model or encoder alone); default: random")
     binary_head: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="binary data: 2-class softmax or a 1-channel sigmoid head")

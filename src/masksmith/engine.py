@@ -26,7 +26,7 @@ from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.config import TrainConfig
 from masksmith.fileio import write_text_atomic
 from masksmith.losses import build_loss
-from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
 from masksmith.models import logits_to_classes
 
 
@@ -83,7 +83,8 @@ class SegmentationModule(L.LightningModule):
             "val_miou": result["miou"],
             "val_iou": result["miou_no_background"],
             "val_pixel_accuracy": result["pixel_accuracy"],
-            "val_image_dice": float(np.mean(self._image_dice)) if self._image_dice else float("nan"),
+            # Images with no counted pixel (all ignore) have no Dice and are left out of the mean.
+            "val_image_dice": _or_nan(mean_image_score(self._image_dice)[0]),
         }
         metrics = {name: (float("nan") if value is None else float(value)) for name, value in metrics.items()}
         self.last_validation = result
@@ -198,6 +199,10 @@ class SegmentationModule(L.LightningModule):
         """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on."""
         if self.config.freeze_encoder_epochs and self.encoder is not None:
             self.set_encoder_frozen(self.encoder_frozen)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def epochs_within_budget(epochs: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:

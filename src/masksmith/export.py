@@ -140,7 +140,7 @@ def network_to_onnx(network: nn.Module, meta: BundleMeta, *, opset: int = DEFAUL
     network = network.eval()
     multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
     # At least 2 blocks per side (and 2 images): the exporter would freeze a dimension traced at size 1.
-    side = max(2 * multiple, -(-meta.size // multiple) * multiple)
+    side = max(2 * multiple, -(-max(meta.input_shape) // multiple) * multiple)
     sample = torch.randn(2, meta.in_channels, side, side)
     # H and W declared as multiples of the downsampling factor: the network's own padding then
     # provably does nothing and is traced away, instead of being frozen at the sample's size.
@@ -261,10 +261,10 @@ def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: i
     for path in paths:
         image = read_image(path, channels=meta.in_channels)
         if meta.resize == "resize":
-            batches.append(preprocess_image(image, (meta.size, meta.size), meta.mean, meta.std))
+            batches.append(preprocess_image(image, meta.input_shape, meta.mean, meta.std))
             continue
         # Crop-trained models predict large images in tiles of the training size: calibrate on such views.
-        side = 2 * meta.size
+        side = 2 * max(meta.input_shape)
         top, left = max(0, (image.shape[0] - side) // 2), max(0, (image.shape[1] - side) // 2)
         batches.append(preprocess_image(image[top:top + side, left:left + side], None, meta.mean, meta.std))
     return batches
@@ -386,7 +386,7 @@ def quantize_int8(fp32: bytes, batches: Sequence[torch.Tensor], multiple: int) -
 def _verification_inputs(meta: BundleMeta, multiple: int, real: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Batch 1 at the training size and batch 3 at an odd size (exercises padding), plus real images."""
     generator = torch.Generator().manual_seed(0)
-    side = max(multiple, -(-meta.size // multiple) * multiple)
+    side = max(multiple, -(-max(meta.input_shape) // multiple) * multiple)
     odd_h, odd_w = side + multiple // 2 + 3, max(3, side - 5)
     inputs = [torch.randn(1, meta.in_channels, side, side, generator=generator),
               torch.randn(3, meta.in_channels, odd_h, odd_w, generator=generator)]

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from masksmith.config import size_pair
 from masksmith.errors import ConfigError, DataError
 
 SIZE_STEP = 32
@@ -122,8 +123,11 @@ def derive_plan(
     # --- size and batch size: one decision, because memory ties them together -----------------
     given_batch = int(known["batch_size"]) if "batch_size" in known else None
     fit_batch = given_batch or BATCH_SIZES[-1]
+    crop_side = None
     if "size" in known:
-        size = int(known["size"])
+        height, width = size_pair(known["size"])
+        # The memory estimate counts pixels; cropping compares the images with the input's short side.
+        size, crop_side = int(math.sqrt(height * width)), min(height, width)
         size_reason = f"size {size}: given"
     else:
         cap = SIZE_CAP[device]
@@ -159,15 +163,16 @@ def derive_plan(
     # The batch choice is listed after size in the plan: reorder so size reads first.
     choices.sort(key=lambda c: {"size": 0, "batch_size": 1}.get(c.option, 2))
 
-    ratio = short / size
-    if ratio > CROP_RATIO and min_side >= size:
+    crop_side = crop_side or size
+    ratio = short / crop_side
+    if ratio > CROP_RATIO and min_side >= crop_side:
         choose("resize", "random_crop",
-               f"random_crop: {median_text} is {ratio:.1f}x the size {size} (> {CROP_RATIO:g}x); "
+               f"random_crop: {median_text} is {ratio:.1f}x the input side {crop_side} (> {CROP_RATIO:g}x); "
                "crops keep full resolution, prediction runs on whole images")
     else:
-        detail = (f"smallest side {_fmt(min_side)} is below {size}" if ratio > CROP_RATIO
-                  else f"{ratio:.1f}x the size {size} (≤ {CROP_RATIO:g}x)")
-        choose("resize", "resize", f"resize: {median_text} is {detail}; the whole image is resized to {size}")
+        detail = (f"smallest side {_fmt(min_side)} is below {crop_side}" if ratio > CROP_RATIO
+                  else f"{ratio:.1f}x the input side {crop_side} (≤ {CROP_RATIO:g}x)")
+        choose("resize", "resize", f"resize: {median_text} is {detail}; the whole image is resized to the input size")
 
     # --- input channels and normalisation ------------------------------------------------------
     channels = fp.get("channels")

@@ -284,7 +284,7 @@ class Predictor:
 
     def _input_size(self) -> tuple[int, int] | None:
         # Models trained on crops are fully convolutional: they see the whole image at prediction.
-        return (self.meta.size, self.meta.size) if self.meta.resize == "resize" else None
+        return self.meta.input_shape if self.meta.resize == "resize" else None
 
     def tiling_for(self, shape: Sequence[int]) -> tuple[int, int] | None:
         """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None."""
@@ -292,9 +292,9 @@ class Predictor:
             return None  # the whole image is resized to the training size: tiles would change its scale
         tile = self.tile
         if tile is None:
-            if self.auto_tile_factor is None or max(shape[:2]) <= self.auto_tile_factor * self.meta.size:
+            if self.auto_tile_factor is None or max(shape[:2]) <= self.auto_tile_factor * max(self.meta.input_shape):
                 return None
-            tile = self.meta.size
+            tile = max(self.meta.input_shape)
         if max(shape[:2]) <= tile:
             return None
         overlap = self.overlap if self.overlap is not None else tile // 4
@@ -381,7 +381,7 @@ class Predictor:
                       threshold: float | None = None) -> np.ndarray:
         """Predict one image by sliding-window tiles (whatever its size); returns the HxW class-index mask."""
         array = self.to_array(image)
-        tile = tile or self.tile or self.meta.size
+        tile = tile or self.tile or max(self.meta.input_shape)
         overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else tile // 4)
         batch_tensor = preprocess_image(array, None, self.meta.mean, self.meta.std)
         logits = tiled_logits(self._runner(), batch_tensor, tile=tile, overlap=overlap, multiple=self.multiple,

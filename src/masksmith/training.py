@@ -44,6 +44,7 @@ from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
 from masksmith.models import MODELS, build_model, model_options
 from masksmith.models.smp import encoder_normalization, import_smp, is_weights_file, load_weights
+from masksmith.budget import plan_network
 from masksmith.plan import derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
 from masksmith.visualize import default_colors
@@ -171,8 +172,12 @@ def apply_auto_plan(cfg: TrainConfig, run_dir: Path, log: RunLog) -> TrainConfig
     write_fingerprint(report, run_dir / "fingerprint.json")
     given = {name: getattr(cfg, name) for name in cfg.model_fields_set}
     device = "cuda" if pick_accelerator(cfg.device) == "gpu" else "cpu"
-    choices = derive_plan(data_fingerprint, given=given, device=device)
-    write_text_atomic(run_dir / "plan.json", json.dumps(plan_to_dict(choices), indent=1))
+    # The network and input size first (timed against --max-time), then the rest with those as given.
+    network, timed = plan_network(data_fingerprint, given=set(given), known=given, device=device,
+                                  max_time=cfg.max_time, epochs=cfg.epochs)
+    choices = network + derive_plan(data_fingerprint, device=device,
+                                    given={**given, **{choice.option: choice.value for choice in network}})
+    write_text_atomic(run_dir / "plan.json", json.dumps({**plan_to_dict(choices), "timed_candidates": timed}, indent=1))
     log.info("plan (options not given, derived from the data; see plan.json):\n" + plan_text(choices).rstrip())
     return make_config({**cfg.model_dump(), **{choice.option: choice.value for choice in choices}})
 
@@ -193,6 +198,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence[Call
         # Layout and pairing errors first, in their own words, before the check pass summarises them.
         discover(cfg.data, mask_suffix=cfg.mask_suffix, skip_unpaired=cfg.skip_unpaired)
         cfg = apply_auto_plan(cfg, run_dir, log)
+        model_arguments = _model_arguments(cfg)  # the plan may have chosen an encoder and its weights
     plan = plan_data(cfg, log)
     normalization = encoder_normalization(cfg.model, model_arguments, plan.channels)
     if normalization and not user_normalization and not resume:

@@ -114,7 +114,7 @@ class ServedModel:
                         for i, name in enumerate(meta.class_names)],
             "input": {"size": meta.size, "resize": meta.resize, "channels": meta.in_channels,
                       "tiling": "none (resized to the input size)" if meta.resize == "resize" else
-                      f"tiles of {meta.size} px for images over {2 * meta.size} px"},
+                      f"tiles of {max(meta.input_shape)} px for images over {2 * max(meta.input_shape)} px"},
             "normalization": {"mean": meta.mean, "std": meta.std},
             "threshold": meta.threshold if meta.num_classes == 2 else None,
             "ignore_index": meta.ignore_index,
@@ -139,5 +139,5 @@ class ServedModel:
 
     def warm_up(self) -> None:
         """Run one blank image so the first request does not pay for kernel selection and allocation."""
-        size = self.predictor.meta.size
-        self.run_batch([(np.zeros((size, size, self.predictor.meta.in_channels), np.uint8), None)])
+        height, width = self.predictor.meta.input_shape
+        self.run_batch([(np.zeros((height, width, self.predictor.meta.in_channels), np.uint8), None)])
