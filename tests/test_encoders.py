@@ -275,6 +275,11 @@ def test_any_input_size_and_every_parameter_trains(encoder):
             assert model.eval()(torch.randn(2, 3, height, width)).shape == (2, 4, height, width)
     model.train()(torch.randn(2, 3, 40, 36)).square().mean().backward()
     assert not [name for name, p in model.named_parameters() if p.grad is None]
+    image = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():  # channels_last (the trainer's choice on GPUs) computes the same function
+        expected = model.eval()(image)
+        got = model.to(memory_format=torch.channels_last)(image.contiguous(memory_format=torch.channels_last))
+    assert float((got - expected).abs().max()) <= 1e-4 * float(expected.abs().max())  # float32 sums reordered
 
 
 def test_same_padding_puts_the_odd_pixel_at_the_end():

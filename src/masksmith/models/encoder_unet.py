@@ -8,8 +8,6 @@ layer left has an int8 kernel in onnxruntime.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,8 +15,6 @@ from torch import Tensor, nn
 from masksmith.errors import ConfigError
 from masksmith.models.encoders import Encoder, build_encoder, encoder_info, pretrained_weights_file
 from masksmith.models.unet import DoubleConv, check_architecture_options, init_weights, pad_to_multiple
-
-logger = logging.getLogger("masksmith")
 
 # The classic U-Net's depth default; with an encoder the depth is the encoder's (5 downsamplings).
 CLASSIC_DEPTH = 4
@@ -97,8 +93,6 @@ def build_encoder_unet(in_channels: int, out_channels: int, encoder: str, weight
         from masksmith.models.smp import is_weights_file, load_weights
 
         path = weights if is_weights_file(weights) else pretrained_weights_file(encoder, weights)
+        # Kept on the model so the trainer can log what was loaded (the builder has no run log).
         model.masksmith_weights = load_weights(model, path, part="auto")
-        report = model.masksmith_weights
-        logger.info("weights: %d tensors of the %s from %s%s", report.loaded, report.part, path,
-                    f" (classifier left out: {len(report.dropped)} tensors)" if report.dropped else "")
     return model
