@@ -13,8 +13,12 @@ Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
                        result in docs/results.md is this recipe at 128x128: add `-- --size 128 --batch-size 16`
     clothing-smp       the same recipe and time budget on smp.Unet with a ResNet-18 encoder from scratch
                        (needs the smp extra: run it with .venv-smp, see test-smp.sh)
+    clothing-lite0     masksmith's recipe on an ImageNet-pretrained EfficientNet-Lite0 U-Net at 288x192 (aspect
+                       kept), frozen for the first epoch, then fine-tuned at lr/10
     membrane           ISBI 2012: 24/6 seeded split, 256 crops at full resolution, whole-image prediction
                        at 512x512 and tiled prediction of the unlabelled test slices
+    membrane-lite0     the same on the pretrained EfficientNet-Lite0 U-Net (frozen for 3 epochs)
+    membrane-auto      the default command with the budget: `masksmith train DATA --foreground 0 --max-time 25`
     labelme            labelme-examples: convert → check → train → predict (a smoke test of the path)
 
 Each writes OUT/NAME/{run,evaluate,predictions}, a summary.json, and prints one line with the wall time.
@@ -58,6 +62,20 @@ RECIPES: dict[str, dict] = {
         "--model", "unet", "-m", "base_channels=16", *MASKSMITH_RECIPE, *CLOTHING_COMMON]),
     "clothing-smp": dict(data=CLOTHING, minutes=34, args=[
         "--model", "smp.Unet", "--encoder", "resnet18", *MASKSMITH_RECIPE, *CLOTHING_COMMON]),
+    # ImageNet-pretrained EfficientNet-Lite0 under the U-Net decoder (the pretrained extra's weights), frozen for
+    # the first epoch(s), then fine-tuned at lr/10; inputs keep the photos' 2:3 aspect ratio.
+    "clothing-lite0": dict(data=CLOTHING, minutes=36, args=[
+        "--model", "unet", "--encoder", "efficientnet_lite0", "--weights", "imagenet", "--freeze-encoder-epochs", "1",
+        *MASKSMITH_RECIPE, "--size", "288x192", *CLOTHING_COMMON]),
+    "membrane-lite0": dict(data=MEMBRANE / "train", minutes=25, args=[
+        "--no-auto", "--foreground", "0", "--model", "unet", "--encoder", "efficientnet_lite0", "--weights", "imagenet",
+        "--freeze-encoder-epochs", "3", "--size", "256", "--resize", "random_crop", "--loss", "dice+ce",
+        "--optimizer", "adamw", "--lr", "2e-3", "--scheduler", "cosine", "--batch-size", "4", "--epochs", "300",
+        "--val-fraction", "0.2", "--seed", "42", "--augment", "default", "--early-stopping", "0",
+        "--monitor", "val_dice"]),
+    # The default command with a time budget: every option not given comes from the plan (pretrained encoder,
+    # input size and batch fitted to the budget by timed steps).
+    "membrane-auto": dict(data=MEMBRANE / "train", minutes=25, args=["--foreground", "0", "--monitor", "val_dice"]),
     "membrane": dict(data=MEMBRANE / "train", minutes=25, args=[
         "--no-auto", "--foreground", "0", "--model", "unet", "-m", "base_channels=16", "--size", "256",
         "--resize", "random_crop", "--loss", "dice+ce", "--optimizer", "adamw", "--lr", "2e-3",
@@ -90,7 +108,7 @@ def train_evaluate_predict(name: str, folder: Path, minutes: float, train_args: 
               "--out", str(folder / "run"), *train_args)
     bundle = str(folder / "run" / "model.msb")
     masksmith("evaluate", bundle, str(recipe["data"]), "--out", str(folder / "evaluate"))
-    if name == "membrane":
+    if name.startswith("membrane"):
         # The unlabelled test slices, tiled (256 tiles, 64 px overlap, Gaussian blending), with overlays.
         masksmith("predict", bundle, str(MEMBRANE / "test" / "images"), "--out", str(folder / "predictions"),
                   "--tile", "256", "--overlap", "64", "--overlay", "--quiet")

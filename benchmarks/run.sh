@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One accuracy experiment from a fresh clone: creates the environment, then runs benchmarks/experiments.py.
-# Usage: benchmarks/run.sh clothing-tutorial|clothing-unet|clothing-smp|membrane|labelme [--minutes M]
+# Usage: benchmarks/run.sh clothing-tutorial|clothing-unet|clothing-lite0|clothing-smp|membrane|membrane-lite0|membrane-auto|labelme [--minutes M]
 # clothing-smp needs the smp extra: its environment is .venv-smp (made by ./test-smp.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,5 +8,5 @@ if [ "${1:-}" = clothing-smp ]; then
   [ -x .venv-smp/bin/python ] || ./test-smp.sh --collect-only -q >/dev/null
   exec .venv-smp/bin/python benchmarks/experiments.py "$@"
 fi
-source scripts/env.sh ""  # (an explicit empty EXTRA: source would pass on "$@")
+source scripts/env.sh pretrained  # (an explicit EXTRA: source would pass on "$@")
 exec python benchmarks/experiments.py "$@"
