@@ -82,14 +82,15 @@ def test_a_full_queue_refuses_new_jobs_and_recovers():
 
 def test_waits_for_company_only_while_requests_are_arriving():
     recorder = Recorder()
-    arriving = [1]
-    batcher = MicroBatcher(recorder, key=lambda item: "k", max_batch=2, max_wait_s=60.0,
-                           arriving=lambda: arriving[0])
+    batcher = MicroBatcher(recorder, key=lambda item: "k", max_batch=2, max_wait_s=60.0)
     batcher.start()
-    first = batcher.submit("a")
-    second = batcher.submit("b")  # arrives while the first waits: both run as one batch
+    batcher.announce()
+    batcher.announce()
+    first = batcher.submit("a", announced=True)  # waits: another job is on its way
+    second = batcher.submit("b", announced=True)
     assert first.result(30).batch_size == second.result(30).batch_size == 2
-    arriving[0] = 0
+    batcher.announce()
+    batcher.withdraw()  # that request failed before it could submit: nobody is waited for
     # Nothing else on its way: a lone job runs at once instead of waiting out max_wait_s (60 s).
     assert batcher.submit("c").result(30).batch_size == 1
     assert recorder.batches == [["a", "b"], ["c"]]

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from concurrent.futures import Future
 from importlib import resources
 from typing import Any, AsyncIterator
 
@@ -21,7 +22,7 @@ from masksmith.serve.guard import Guard
 from masksmith.serve.metrics import Metrics
 from masksmith.serve.model import Job, ServedModel
 from masksmith.serve.options import ServeOptions
-from masksmith.serve.upload import Rejected, decode_image, read_upload
+from masksmith.serve.upload import Decoded, Rejected, Upload, decode_image, read_upload
 from masksmith.visualize import mask_png_bytes
 
 log = logging.getLogger("masksmith.serve")
@@ -44,11 +45,9 @@ class State:
         self.options = options
         self.metrics = Metrics(options.max_batch)
         self.ready = False
-        self.arriving = 0  # segment requests being read or decoded: soon in the queue, worth waiting for
         self.batcher: MicroBatcher[Job] = MicroBatcher(
             model.run_batch, model.batch_key, max_batch=options.max_batch,
-            max_wait_s=options.max_wait_ms / 1000.0, max_queue=options.max_queue, on_batch=self.metrics.batch,
-            arriving=lambda: self.arriving)
+            max_wait_s=options.max_wait_ms / 1000.0, max_queue=options.max_queue, on_batch=self.metrics.batch)
 
 
 def _threshold(model: ServedModel, text: str | None) -> float | None:
@@ -74,12 +73,24 @@ def _flag(text: str | None, name: str) -> bool:
     raise Rejected(400, f"{name} must be true or false, got {text!r}")
 
 
-async def _infer(state: State, job: Job, deadline: float) -> Done:
-    """Queue one image and wait for its batch, within the request's time limit."""
+def _decode_and_queue(state: State, upload: Upload, threshold: float | None) -> tuple[Decoded, Future, float]:
+    """Decode an upload and queue it for the model, in one worker-thread hop (each hop costs on a busy CPU)."""
+    started = time.perf_counter()
     try:
-        future = state.batcher.submit(job)
+        decoded = decode_image(upload, state.model.predictor.meta.in_channels, state.options)
+    except BaseException:
+        state.batcher.withdraw()
+        raise
+    decode_s = time.perf_counter() - started
+    try:
+        future = state.batcher.submit((decoded.array, threshold), announced=True)
     except QueueFull as error:
         raise Rejected(503, f"server busy ({error}); retry shortly", {"Retry-After": "1"}) from None
+    return decoded, future, decode_s
+
+
+async def _wait(state: State, future: Future, deadline: float) -> Done:
+    """The batch result of a queued image, within the request's time limit."""
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.perf_counter()))
     except asyncio.TimeoutError:
@@ -108,39 +119,40 @@ async def segment(request: Request) -> Response:
     threshold = _threshold(model, query.get("threshold"))
     if not state.ready:
         raise Rejected(503, "the model is still warming up", {"Retry-After": "1"})
-    state.arriving += 1
+    # Announced from here on, so that a batch forming now waits (up to --max-wait-ms) for this image.
+    state.batcher.announce()
     try:
-        try:
-            upload = await asyncio.wait_for(read_upload(request, state.options), state.options.timeout_s)
-        except asyncio.TimeoutError:
-            raise Rejected(408, f"the upload took longer than the request limit of {state.options.timeout_s:g} s") from None
-        decode_started = time.perf_counter()
-        decoded = await run_in_threadpool(decode_image, upload, meta.in_channels, state.options)
-        decode_s = time.perf_counter() - decode_started
-    finally:
-        state.arriving -= 1
-    done = await _infer(state, (decoded.array, threshold), deadline)
-    mask = done.value
-    colors = model.predictor.colors
-    encode_started = time.perf_counter()
+        upload = await asyncio.wait_for(read_upload(request, state.options), state.options.timeout_s)
+    except asyncio.TimeoutError:
+        state.batcher.withdraw()
+        raise Rejected(408, f"the upload took longer than the request limit of {state.options.timeout_s:g} s") from None
+    except BaseException:
+        state.batcher.withdraw()
+        raise
+    decoded, future, decode_s = await run_in_threadpool(_decode_and_queue, state, upload, threshold)
+    done = await _wait(state, future, deadline)
     timings = {"decode": 1000 * decode_s, "queue": 1000 * done.queue_s, "inference": 1000 * done.inference_s}
     headers = {"X-Model-Id": model.model_id, "X-Batch-Size": str(done.batch_size)}
-    if answer == "json":
-        def document() -> bytes:
-            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
-            body = mask_document(mask, meta.class_names, colors, with_polygons=with_polygons,
-                                 model={"id": model.model_id, "checksum": model.checksum}, timings_ms=timings)
-            return json.dumps(body).encode()
 
-        body = await run_in_threadpool(document)
-        return Response(body, media_type="application/json", headers=headers)
-    if answer == "overlay":
-        body = await run_in_threadpool(overlay_png, decoded.array, mask, colors, meta.ignore_index)
-    else:
-        body = await run_in_threadpool(mask_png_bytes, mask, colors, meta.ignore_index)
-    timings["encode"] = 1000 * (time.perf_counter() - encode_started)
-    headers["Server-Timing"] = _server_timing(timings)
-    return Response(body, media_type="image/png", headers=headers)
+    def encode() -> bytes:
+        encode_started = time.perf_counter()
+        mask, colors = done.value, model.predictor.colors
+        if answer == "json":
+            document = mask_document(mask, meta.class_names, colors, with_polygons=with_polygons,
+                                     model={"id": model.model_id, "checksum": model.checksum}, timings_ms=timings)
+            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+            document["timings_ms"] = {name: round(value, 3) for name, value in timings.items()}
+            return json.dumps(document).encode()
+        if answer == "overlay":
+            body = overlay_png(decoded.array, mask, colors, meta.ignore_index)
+        else:
+            body = mask_png_bytes(mask, colors, meta.ignore_index)
+        timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+        return body
+
+    body = await run_in_threadpool(encode)
+    headers["Server-Timing"] = _server_timing({**timings, "total": 1000 * (time.perf_counter() - started)})
+    return Response(body, media_type="application/json" if answer == "json" else "image/png", headers=headers)
 
 
 def create_app(model: ServedModel, options: ServeOptions) -> Any:

@@ -1,7 +1,7 @@
 """Micro-batching: requests that arrive together and share a network input shape run as one batch.
 
 One worker thread owns the model. It takes the oldest waiting job and, while more jobs are on their
-way (`arriving()`: requests received but still being read or decoded), waits up to `max_wait_s`
+way (announced: requests received but still being read or decoded), waits up to `max_wait_s`
 (counted from that job's arrival) for jobs of the same key until `max_batch` are there; then it runs
 them in one call. A lone request is never held back. While a batch runs, new jobs queue up, so under
 load batches fill without any waiting. The queue is bounded: `submit` raises QueueFull instead of
@@ -47,14 +47,14 @@ class MicroBatcher(Generic[Item]):
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Any]], key: Callable[[Item], Hashable], *,
                  max_batch: int = 8, max_wait_s: float = 0.005, max_queue: int = 64,
-                 on_batch: Callable[[int, float], None] | None = None, arriving: Callable[[], int] = lambda: 0):
+                 on_batch: Callable[[int, float], None] | None = None):
         self._run_batch = run_batch
         self._key = key
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max(1, max_queue)
         self._on_batch = on_batch
-        self._arriving = arriving
+        self._arriving = 0  # jobs announced but not yet submitted
         self._jobs: collections.deque[_Job[Item]] = collections.deque()
         self._changed = threading.Condition()
         self._stopping = False
@@ -84,10 +84,26 @@ class MicroBatcher(Generic[Item]):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, item: Item) -> Future:
-        """Queue one item; its Future gets a `Done`. Raises QueueFull when max_queue jobs are waiting."""
+    def announce(self) -> None:
+        """Say that a job is on its way (its request is being read or decoded): batches wait for it."""
+        with self._changed:
+            self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced job will not come after all (its request failed before `submit`)."""
+        with self._changed:
+            self._arriving = max(0, self._arriving - 1)
+            self._changed.notify_all()
+
+    def submit(self, item: Item, announced: bool = False) -> Future:
+        """Queue one item; its Future gets a `Done`. Raises QueueFull when max_queue jobs are waiting.
+
+        `announced`: this is the job an `announce()` promised (it is no longer on its way, either way).
+        """
         job: _Job[Item] = _Job(item, self._key(item))
         with self._changed:
+            if announced:
+                self._arriving = max(0, self._arriving - 1)
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             if len(self._jobs) >= self.max_queue:
@@ -108,7 +124,7 @@ class MicroBatcher(Generic[Item]):
             first = self._jobs[0]
             deadline = first.enqueued + self.max_wait_s
             # Wait for company only while more is coming; on shutdown run what is there at once.
-            while not self._stopping and self._same_key(first.key) < self.max_batch and self._arriving() > 0:
+            while not self._stopping and self._same_key(first.key) < self.max_batch and self._arriving > 0:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
