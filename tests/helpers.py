@@ -26,3 +26,22 @@ def make_shapes_dataset(root: Path, count: int = 12, size: tuple[int, int] = (40
         Image.fromarray(mask).save(root / "masks" / f"s{index:02d}.png")
     (root / "classes.txt").write_text("background\nred box\nblue box\n")
     return root
+
+
+def make_void_dataset(root: Path, void: int = 3, count: int = 12) -> Path:
+    """The shapes dataset (3 named classes) with a 1-pixel void outline of value `void` around every box, as VOC has.
+
+    With void = 3 the ignore value sits just above the class indices 0..2: the common "void as the last index".
+    """
+    make_shapes_dataset(root, count=count)
+    for path in sorted((root / "masks").glob("*.png")):
+        mask = np.asarray(Image.open(path)).copy()
+        inside = mask > 0
+        grown = inside.copy()
+        grown[1:] |= inside[:-1]
+        grown[:-1] |= inside[1:]
+        grown[:, 1:] |= inside[:, :-1]
+        grown[:, :-1] |= inside[:, 1:]
+        mask[grown & ~inside] = void
+        Image.fromarray(mask).save(path)
+    return root

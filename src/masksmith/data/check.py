@@ -64,17 +64,12 @@ from masksmith.data.discover import (
     entry_problem,
     unusable_entries,
 )
+from masksmith.data.encoding import ignore_index_problem
+from masksmith.data.labels import ClassCountError, LabelSpec, resolve_labels
 from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
-from masksmith.data.masks import (
-    MaskEncoding,
-    StrayMaskValuesWarning,
-    binary_strays,
-    decode_mask,
-    detect_encoding,
-    read_image,
-    read_mask,
-    read_mask_values,
-)
+from masksmith.data.detect import StrayMaskValuesWarning
+from masksmith.data.images import read_image
+from masksmith.data.masks import MaskEncoding, binary_strays, decode_mask, read_mask, read_mask_values
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
 
@@ -140,6 +135,7 @@ class CheckReport:
     splits: dict[str, int] = field(default_factory=dict)  # pairs per split
     unpaired: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # split -> images/masks
     encoding: MaskEncoding | None = None
+    labels: LabelSpec | None = None  # what resolve_labels decided (None when the masks could not be read)
     class_names: list[str] = field(default_factory=list)
     ignore_index: int = 255
     classes_given: bool = False
@@ -614,13 +610,13 @@ def check_dataset(
     """Check every image and mask under `root` and report the problems found; only raises for bad arguments."""
     started = time.perf_counter()
     root = Path(root)
-    if not 0 <= ignore_index <= 255:
-        raise ConfigError(f"ignore_index must be between 0 and 255, got {ignore_index}")
     if classes is None:
         classes = find_class_file(root)
     names = read_class_names(classes)
-    if names is not None and len(names) > ignore_index:
-        raise ConfigError(f"{len(names)} classes need an ignore_index of at least {len(names)}, got {ignore_index}")
+    # A bad ignore value is a bad argument: raised here, before any file is read (the one rule, in encoding.py).
+    problem = ignore_index_problem(ignore_index, len(names) if names else 0, names)
+    if problem is not None:
+        raise ConfigError(problem)
     workers = _default_workers() if workers is None else max(1, int(workers))
     if not root.exists():
         raise DataError(f"{root}: folder not found")
@@ -650,7 +646,7 @@ def check_dataset(
         encoding_options["palette"] = palette
     if ignore_color is not None:
         encoding_options["ignore_color"] = ignore_color
-    _summarise_classes(report, splits, results, names, encoding_options, workers, progress)
+    _summarise_classes(report, splits, results, classes, encoding_options, workers, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -751,36 +747,22 @@ def _summarise_images(report: CheckReport, splits: dict[str, list[Sample]],
                 f"{len(paths)} identical images in {where[0]}: {_shown(paths, LISTED)}{hint}"))
 
 
-def _detect(report: CheckReport, readable: list[Path], names: list[str] | None,
-            encoding_options: dict[str, Any]) -> tuple[MaskEncoding, int, list[str]] | None:
-    """(encoding, num_classes, class names) as training would decide them; None (and a problem) if impossible."""
-    ignore_index = report.ignore_index
-    options = dict(encoding_options)
-    if ignore_index != 255:
-        options["ignore_index"] = ignore_index
+def _detect(report: CheckReport, readable: list[Path], classes: Any, encoding_options: dict[str, Any],
+            values_seen: set[int] | None) -> tuple[MaskEncoding, int, list[str]] | None:
+    """(encoding, num_classes, class names) from resolve_labels, as training decides them; None (and a problem)."""
     try:
         with warnings.catch_warnings():
-            # detect_encoding warns about stray binary values in its sample; every mask is counted below.
+            # detection warns about stray binary values in its sample; every mask is counted below.
             warnings.simplefilter("ignore", StrayMaskValuesWarning)
-            encoding, detected = detect_encoding(readable, **options)
+            spec = resolve_labels(readable, classes=classes, ignore_index=report.ignore_index,
+                                  source=report.classes_file, values_seen=values_seen, **encoding_options)
     except DataError as exc:
-        report.problems.append(Problem("error", "mask_encoding", [readable[0].parent], str(exc)))
+        # A class list that disagrees with the masks is the class file's problem; anything else the masks'.
+        blamed = report.classes_file if isinstance(exc, ClassCountError) and report.classes_file else readable[0].parent
+        report.problems.append(Problem("error", "mask_encoding", [blamed], str(exc)))
         return None
-    if names is not None:
-        if encoding.kind == "color" and len(names) != detected:
-            report.problems.append(Problem(
-                "error", "mask_encoding", [report.classes_file or readable[0].parent],
-                f"{len(names)} class names given but the color masks hold {detected} colors"))
-            return None
-        if encoding.kind == "binary" and len(names) != 2:
-            encoding = MaskEncoding("index")
-        return encoding, len(names), list(names)
-    palette_names = getattr(encoding, "names", None)
-    if encoding.kind == "binary":
-        return encoding, 2, ["background", "foreground"]
-    if palette_names:
-        return encoding, detected, list(palette_names)
-    return encoding, detected, [f"class_{i}" for i in range(detected)]
+    report.labels = spec
+    return spec.encoding, spec.num_classes, list(spec.class_names)
 
 
 def _counts_by_value(report: CheckReport, readable: list[Path], results: dict[tuple[str, Path], _FileResult],
@@ -861,32 +843,23 @@ def _counts_by_decoding(report: CheckReport, readable: list[Path], encoding: Mas
 
 
 def _summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
-                       results: dict[tuple[str, Path], _FileResult], names: list[str] | None,
+                       results: dict[tuple[str, Path], _FileResult], classes: Any,
                        encoding_options: dict[str, Any], workers: int, progress: bool) -> None:
     """Mask encoding, class pixel and image counts per split, out-of-class values, rare classes."""
     readable = sorted(p for (kind, p), r in results.items() if kind == "mask" and r.ok)
     if not readable:
         return
-    detected = _detect(report, readable, names, encoding_options)
+    # Lossless gray masks decode value by value: their histograms alone give every class pixel count.
+    gray_lossless = (all(results[("mask", p)].format not in _LOSSY_FORMATS for p in readable)
+                     and all(results[("mask", p)].values.ndim == 1 for p in readable))  # type: ignore[union-attr]
+    values_seen = ({k for p in readable for k in results[("mask", p)].values.tolist()}  # type: ignore[union-attr]
+                   if gray_lossless else None)
+    detected = _detect(report, readable, classes, encoding_options, values_seen)
     if detected is None:
         return
     encoding, num_classes, names = detected
-    ignore_index = report.ignore_index
     # Decoding maps each raw value on its own unless masks are colour or lossy (JPEG): then decode for real.
-    by_value = (
-        encoding.kind in ("index", "binary")
-        and not getattr(encoding, "lossy", False)
-        and all(results[("mask", p)].format not in _LOSSY_FORMATS for p in readable)
-        and all(results[("mask", p)].values.ndim == 1 for p in readable)  # type: ignore[union-attr]
-    )
-    if by_value and encoding.kind == "index" and not report.classes_given:
-        # Every mask was read, so count up to the largest value anywhere, not just in detect's sample.
-        limit = min(ignore_index, 255)
-        top = max((k for p in readable for k in results[("mask", p)].values.tolist()  # type: ignore[union-attr]
-                   if 0 <= k < limit), default=num_classes - 1)
-        if top + 1 > num_classes:
-            num_classes = top + 1
-            names = [f"class_{i}" for i in range(num_classes)]
+    by_value = encoding.kind in ("index", "binary") and not encoding.lossy and gray_lossless
     report.encoding, report.class_names = encoding, list(names)
 
     if by_value:
