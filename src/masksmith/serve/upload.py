@@ -2,7 +2,7 @@
 then the header checked (format, pixel count) before a single pixel is decoded.
 
 Every refusal is a `Rejected` carrying its HTTP status and a one-line reason; none is logged as a
-traceback. Decoding mirrors `masksmith.data.masks.read_image` (first frame, EXIF rotation, the same
+traceback. Decoding mirrors `masksmith.data.images.read_image` (first frame, EXIF rotation, the same
 conversion to uint8 channels), so a served image is the array `predict` reads from the same file.
 """
 
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from masksmith.data.limits import ImageTooLarge, open_image, too_large_message
-from masksmith.data.masks import image_to_array
+from masksmith.data.images import image_to_array
 from masksmith.errors import MasksmithError
 from masksmith.serve.options import ServeOptions
 
