@@ -57,12 +57,11 @@ from tqdm.auto import tqdm
 
 from masksmith.data.classes import find_class_file, read_class_names
 from masksmith.data.discover import (
-    IMAGE_EXTENSIONS,
     MASK_SUFFIXES,
     Sample,
-    discover,
+    discover_dataset,
     entry_problem,
-    unusable_entries,
+    left_out_message,
 )
 from masksmith.data.encoding import ignore_index_problem
 from masksmith.data.labels import ClassCountError, LabelSpec, resolve_labels
@@ -491,63 +490,33 @@ def _broken_partner(stem: str, role: str, suffixes: tuple[str, ...], broken: dic
     return next((broken[key] for key in keys if key in broken), None)
 
 
-def _is_candidate(name: str) -> bool:
-    """A visible entry whose name ends in an image extension (what discover would consider)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _pairs(
     root: Path, mask_suffix: str | None
 ) -> tuple[dict[str, list[Sample]], dict[str, dict[str, list[Path]]], list[Problem]]:
-    """discover() the pairs, then list (instead of raising on) unpaired and unreadable entries."""
-    problems: list[Problem] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            splits = discover(root, mask_suffix=mask_suffix, skip_unpaired=True)
-        except DataError as exc:
-            if not root.is_dir():
-                raise
-            return {}, {}, [Problem("error", "layout", [root], str(exc))]
-    for warning in caught:
-        text = str(warning.message)
-        if not text.startswith("left out unpaired files"):  # re-derived file by file below
-            problems.append(Problem("warning", "layout", [root], text))
-
-    paired = {p for samples in splits.values() for s in samples for p in (s.image, s.mask) if p is not None}
-    folders: dict[Path, tuple[str, set[str]]] = {}  # folder -> (split, roles it holds)
-    for split, samples in splits.items():
-        for s in samples:
-            folders.setdefault(s.image.parent, (split, set()))[1].add("images")
-            if s.mask is not None:
-                folders.setdefault(s.mask.parent, (split, set()))[1].add("masks")
-    # A VOC split file lists the ids to use; other JPEGs are expected, so they are not "unpaired".
-    listed_voc = (root / "ImageSets" / "Segmentation").is_dir() and (root / "JPEGImages") in folders
+    """The pairs discover_dataset found, and its unpaired and unreadable entries as problems, in folder order."""
+    try:
+        found = discover_dataset(root, mask_suffix=mask_suffix)
+    except DataError as exc:
+        if not root.is_dir():
+            raise
+        return {}, {}, [Problem("error", "layout", [root], str(exc))]
+    problems = [Problem("warning", "layout", [root], left_out_message(split, folder))
+                for split, folder in found.splits_left_out.items()]
     suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES
-
-    unpaired: dict[str, dict[str, list[Path]]] = {split: {"images": [], "masks": []} for split in splits}
-    broken = {p.stem: p for folder in folders for p in unusable_entries(folder)}
-    for folder, (split, roles) in sorted(folders.items()):
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if not _is_candidate(entry.name):
-                continue
-            path = Path(entry.path)
-            if not path.is_file():  # is_file() is False for broken links and loops, where discover skips them
-                problems.append(Problem("error", "unreadable", [path], entry_problem(path)))
-                continue
-            if path in paired or listed_voc:
-                continue
-            if roles == {"images", "masks"}:  # one folder with a.png and a_mask.png
-                role = "masks" if any(path.stem.endswith(s) for s in suffixes) else "images"
-            else:
-                role = "masks" if "masks" in roles else "images"
-            unpaired[split][role].append(path)
+    broken = {p.stem: p for p in found.unreadable}
+    listed: list[tuple[Path, Problem]] = [
+        (path, Problem("error", "unreadable", [path], entry_problem(path))) for path in found.unreadable]
+    for roles in found.unpaired.values():
+        for role, paths in roles.items():
             other = "mask" if role == "images" else "image"
-            partner = _broken_partner(path.stem, role, suffixes, broken)
-            reason = (f"its {other} {partner} is not a readable file" if partner is not None
-                      else f"no {other} with the stem '{display_path(path.stem)}'")
-            problems.append(Problem("error", "unpaired", [path], f"{path}: {role[:-1]} has no {other} ({reason})"))
-    return splits, unpaired, problems
+            for path in paths:
+                partner = _broken_partner(path.stem, role, suffixes, broken)
+                reason = (f"its {other} {partner} is not a readable file" if partner is not None
+                          else f"no {other} with the stem '{display_path(path.stem)}'")
+                listed.append((path, Problem("error", "unpaired", [path],
+                                             f"{path}: {role[:-1]} has no {other} ({reason})")))
+    problems += [problem for _, problem in sorted(listed, key=lambda item: (item[0].parent, item[0].name))]
+    return found.splits, found.unpaired, problems
 
 
 # --- aggregation -----------------------------------------------------------------------------

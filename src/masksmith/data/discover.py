@@ -7,7 +7,7 @@ import glob
 import os
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from masksmith.errors import ConfigError, DataError
@@ -108,16 +108,40 @@ def _mask_stem_keys(image_stem: str, suffixes: tuple[str, ...]) -> list[str]:
     return [image_stem] + [image_stem + s for s in suffixes]
 
 
-def pair_files(
-    images: list[Path],
-    masks: list[Path],
-    *,
-    image_dir: Path,
-    mask_dir: Path,
-    mask_suffix: str | None = None,
-    skip_unpaired: bool = False,
-) -> list[Sample]:
-    """Pair image files with mask files by stem (or stem + mask suffix); report anything unpaired by name."""
+@dataclass
+class Pairing:
+    """What pairing two lists of files found: the pairs, and the files left without a partner, by path."""
+
+    samples: list[Sample]
+    unpaired_images: list[Path] = field(default_factory=list)  # images with no mask
+    unpaired_masks: list[Path] = field(default_factory=list)  # masks with no image
+    unreadable: list[Path] = field(default_factory=list)  # image-named entries that are no readable file
+
+
+@dataclass
+class Discovery:
+    """Everything `discover_dataset` found under a root: pairs per split, and what could not be paired.
+
+    Nothing here is a warning string: check turns these into its problems, and `discover` into its
+    DataError or warning (skip_unpaired).
+    """
+
+    root: Path
+    splits: dict[str, list[Sample]]
+    unpaired: dict[str, dict[str, list[Path]]]  # split -> {"images": [...], "masks": [...]}
+    unreadable: list[Path]  # broken or looping links, folders named x.png (why: entry_problem)
+    splits_left_out: dict[str, Path]  # split -> its folder, left out for having no masks folder
+    messages: list[str]  # discover's one-line summary per pairing with unpaired files, for its error or warning
+
+    @property
+    def unpaired_paths(self) -> list[Path]:
+        """Every unpaired image and mask, sorted by path."""
+        return sorted(p for roles in self.unpaired.values() for paths in roles.values() for p in paths)
+
+
+def _pair(images: list[Path], masks: list[Path], *, image_dir: Path, mask_dir: Path,
+          mask_suffix: str | None) -> Pairing:
+    """Pair image files with mask files by stem (or stem + mask suffix); DataError only when pairing is ambiguous."""
     if not images:
         raise DataError(f"{image_dir}: no images found (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
     if not masks:
@@ -138,11 +162,11 @@ def pair_files(
 
     samples: list[Sample] = []
     claimed: dict[Path, Path] = {}
-    missing: list[str] = []
+    missing: list[Path] = []
     for stem, image in sorted(by_image_stem.items()):
         candidates = [m for key in _mask_stem_keys(stem, suffixes) for m in masks_by_stem.get(key, [])]
         if not candidates:
-            missing.append(image.name)
+            missing.append(image)
             continue
         if len(candidates) > 1:
             names = " and ".join(c.name for c in candidates)
@@ -154,39 +178,89 @@ def pair_files(
             )
         claimed[mask] = image
         samples.append(Sample(image=image, mask=mask))
-    extra = [m.name for m in masks if m not in claimed]
+    broken = [p for folder in dict.fromkeys((image_dir, mask_dir)) for p in unusable_entries(folder)]
+    return Pairing(sorted(samples, key=lambda s: s.name), sorted(missing),
+                   sorted(m for m in masks if m not in claimed), broken)
+
+
+def _pairing_message(pairing: Pairing, *, image_dir: Path, mask_dir: Path, mask_suffix: str | None) -> str | None:
+    """discover's one line about what pairing left out, or None when everything paired."""
+    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+    broken = pairing.unreadable
     # A broken link or a folder named like an image is reported for what it is, and its partner is
     # not also reported as "unpaired": that would blame the wrong file.
-    broken = [p for folder in dict.fromkeys((image_dir, mask_dir)) for p in unusable_entries(folder)]
     broken_stems = {p.stem for p in broken}
     partner_stems = {key for stem in broken_stems for key in _mask_stem_keys(stem, suffixes)}
-    missing = [name for name in missing
-               if broken_stems.isdisjoint(_mask_stem_keys(Path(name).stem, suffixes))]
-    extra = [name for name in extra if Path(name).stem not in partner_stems]
+    missing = [p.name for p in pairing.unpaired_images
+               if broken_stems.isdisjoint(_mask_stem_keys(p.stem, suffixes))]
+    extra = [p.name for p in pairing.unpaired_masks if p.stem not in partner_stems]
+    if not (missing or extra or broken):
+        return None
+    parts = []
+    if broken:
+        reasons = [entry_problem(p) for p in broken]
+        shown = "; ".join(reasons[:_LIST_LIMIT]) + (
+            f"; … and {len(reasons) - _LIST_LIMIT} more" if len(reasons) > _LIST_LIMIT else "")
+        parts.append(f"{len(broken)} entr{'y is' if len(broken) == 1 else 'ies are'} not a readable file: {shown}")
+    if missing:
+        parts.append(f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_name_list(missing)}")
+    if extra:
+        parts.append(f"{len(extra)} mask(s) in {mask_dir} have no image in {image_dir}: {_name_list(extra)}")
+    return "; ".join(parts)
 
-    if missing or extra or broken:
-        parts = []
-        if broken:
-            reasons = [entry_problem(p) for p in broken]
-            shown = "; ".join(reasons[:_LIST_LIMIT]) + (
-                f"; … and {len(reasons) - _LIST_LIMIT} more" if len(reasons) > _LIST_LIMIT else "")
-            parts.append(f"{len(broken)} entr{'y is' if len(broken) == 1 else 'ies are'} not a readable file: {shown}")
-        if missing:
-            parts.append(f"{len(missing)} image(s) in {image_dir} have no mask in {mask_dir}: {_name_list(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} mask(s) in {mask_dir} have no image in {image_dir}: {_name_list(extra)}")
-        message = "; ".join(parts)
-        if not skip_unpaired:
-            raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
+
+def pair_files(
+    images: list[Path],
+    masks: list[Path],
+    *,
+    image_dir: Path,
+    mask_dir: Path,
+    mask_suffix: str | None = None,
+    skip_unpaired: bool = False,
+) -> list[Sample]:
+    """Pair image files with mask files by stem (or stem + mask suffix); report anything unpaired by name."""
+    pairing = _pair(images, masks, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
+    message = _pairing_message(pairing, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
+    if message is not None and not skip_unpaired:
+        raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
+    if message is not None:
         warnings.warn(f"left out unpaired files: {message}", stacklevel=3)
-    if not samples:
+    if not pairing.samples:
         raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
-    return sorted(samples, key=lambda s: s.name)
+    return pairing.samples
 
 
-def _discover_split_folders(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
-    """Layout 1: root/{train,val,test}/{images,masks}; None when root has no split folder."""
-    found: dict[str, Path] = {}
+class _Found:
+    """Collects the pairings of one discovery, so the layouts report what they found the same way."""
+
+    def __init__(self, root: Path, mask_suffix: str | None, skip_unpaired: bool):
+        self.discovery = Discovery(root, {}, {}, [], {}, [])
+        self.mask_suffix = mask_suffix
+        self.skip_unpaired = skip_unpaired
+
+    def pair(self, split: str, images: list[Path], masks: list[Path], *, image_dir: Path, mask_dir: Path) -> None:
+        """Pair one split's files and record the pairs and the leftovers."""
+        pairing = _pair(images, masks, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=self.mask_suffix)
+        self.add(split, pairing)
+        message = _pairing_message(pairing, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=self.mask_suffix)
+        if message is not None:
+            self.discovery.messages.append(message)
+        if not pairing.samples:
+            if message is not None and not self.skip_unpaired:  # the unpaired names say more than "no pair"
+                raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
+            raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
+
+    def add(self, split: str, pairing: Pairing) -> None:
+        """Record a split's pairing (VOC's listed splits come ready-made)."""
+        found = self.discovery
+        found.splits[split] = pairing.samples
+        found.unpaired[split] = {"images": pairing.unpaired_images, "masks": pairing.unpaired_masks}
+        found.unreadable.extend(p for p in pairing.unreadable if p not in found.unreadable)
+
+
+def _discover_split_folders(root: Path, found: _Found) -> bool:
+    """Layout 1: root/{train,val,test}/{images,masks}; False when root has no split folder."""
+    split_dirs: dict[str, Path] = {}
     for key, names in SPLIT_DIR_NAMES.items():
         matches = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in names]
         if len(matches) > 1:
@@ -194,30 +268,22 @@ def _discover_split_folders(root: Path, mask_suffix: str | None, skip_unpaired: 
                 f"{root}: both {matches[0].name}/ and {matches[1].name}/ look like the {key} split; keep one"
             )
         if matches and _find_child_dir(matches[0], IMAGE_DIR_NAMES) is not None:
-            found[key] = matches[0]
-    if not found:
-        return None
-    splits: dict[str, list[Sample]] = {}
-    for key, split_dir in found.items():
+            split_dirs[key] = matches[0]
+    if not split_dirs:
+        return False
+    for key, split_dir in split_dirs.items():
         image_dir = _find_child_dir(split_dir, IMAGE_DIR_NAMES)
         mask_dir = _find_child_dir(split_dir, MASK_DIR_NAMES)
         assert image_dir is not None
         if mask_dir is None:
             # An unlabelled test split (images only) is common; say so instead of failing the labelled ones.
-            warnings.warn(f"{split_dir}: images but no masks folder; the {key!r} split is left out", stacklevel=3)
+            found.discovery.splits_left_out[key] = split_dir
             continue
-        splits[key] = pair_files(
-            _image_files(image_dir),
-            _image_files(mask_dir),
-            image_dir=image_dir,
-            mask_dir=mask_dir,
-            mask_suffix=mask_suffix,
-            skip_unpaired=skip_unpaired,
-        )
-    if not splits:
-        names = ", ".join(p.name for p in found.values())
+        found.pair(key, _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+    if not found.discovery.splits:
+        names = ", ".join(p.name for p in split_dirs.values())
         raise DataError(f"{root}: split folders found ({names}) but none has a masks folder")
-    return splits
+    return True
 
 
 def _voc_mask_dir(root: Path) -> Path:
@@ -239,22 +305,23 @@ def _read_split_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
-def _discover_voc(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]]:
+def _discover_voc(root: Path, found: _Found) -> None:
     """Layout 2: PASCAL VOC (JPEGImages, SegmentationClass, optional ImageSets/Segmentation)."""
     image_dir = root / "JPEGImages"
     mask_dir = _voc_mask_dir(root)
     split_dir = root / "ImageSets" / "Segmentation"
     split_files = {key: split_dir / f"{key}.txt" for key in VOC_SPLITS if (split_dir / f"{key}.txt").is_file()}
     if not split_files:
-        return {"all": pair_files(_image_files(image_dir), _image_files(mask_dir), image_dir=image_dir,
-                                  mask_dir=mask_dir, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)}
+        found.pair("all", _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+        return
 
     images = {p.stem: p for p in _image_files(image_dir)}
-    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+    suffixes = MASK_SUFFIXES if found.mask_suffix is None else (found.mask_suffix,)
     masks: dict[str, list[Path]] = {}
     for p in _image_files(mask_dir):
         masks.setdefault(p.stem, []).append(p)
-    splits: dict[str, list[Sample]] = {}
+    # The split files list the ids to use; other JPEGs are expected, so nothing is "unpaired" here.
+    broken = [p for folder in (image_dir, mask_dir) for p in unusable_entries(folder)]
     for key, txt in split_files.items():
         ids = _read_split_ids(txt)
         if not ids:
@@ -274,37 +341,39 @@ def _discover_voc(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> d
                 f"{txt}: {len(bad)} listed id(s) have no image in {image_dir.name}/ or no mask in {mask_dir.name}/: "
                 f"{_name_list(bad)}"
             )
-        splits[key] = sorted(samples, key=lambda s: s.name)
-    return splits
+        found.add(key, Pairing(sorted(samples, key=lambda s: s.name), unreadable=broken))
 
 
-def _discover_flat(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
-    """Layout 3: root/images + root/masks; None when root has no such pair of folders."""
+def _discover_flat(root: Path, found: _Found) -> bool:
+    """Layout 3: root/images + root/masks; False when root has no such pair of folders."""
     image_dir = _find_child_dir(root, IMAGE_DIR_NAMES)
     mask_dir = _find_child_dir(root, MASK_DIR_NAMES)
     if image_dir is None or mask_dir is None:
-        return None
-    return {"all": pair_files(_image_files(image_dir), _image_files(mask_dir), image_dir=image_dir,
-                              mask_dir=mask_dir, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)}
+        return False
+    found.pair("all", _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+    return True
 
 
-def _discover_single_folder(root: Path, mask_suffix: str | None, skip_unpaired: bool) -> dict[str, list[Sample]] | None:
-    """Layout 4: one folder with both a.png and a_mask.png; None when no file carries a mask suffix."""
+def _discover_single_folder(root: Path, found: _Found) -> bool:
+    """Layout 4: one folder with both a.png and a_mask.png; False when no file carries a mask suffix."""
     files = _image_files(root)
-    suffixes = MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
+    suffixes = MASK_SUFFIXES if found.mask_suffix is None else (found.mask_suffix,)
     masks = [p for p in files if any(p.stem.endswith(s) and len(p.stem) > len(s) for s in suffixes)]
     if not masks:
-        return None
+        return False
     images = [p for p in files if p not in set(masks)]
     # Only suffixed names can be masks here, so a same-stem "mask" would be the image itself.
-    return {"all": pair_files(images, masks, image_dir=root, mask_dir=root, mask_suffix=mask_suffix,
-                              skip_unpaired=skip_unpaired)}
+    found.pair("all", images, masks, image_dir=root, mask_dir=root)
+    return True
 
 
-def discover(
-    root: str | Path, *, mask_suffix: str | None = None, skip_unpaired: bool = False
-) -> dict[str, list[Sample]]:
-    """Find image/mask pairs under `root`; returns {split: samples} ("train"/"val"/"test" or "all")."""
+def discover_dataset(root: str | Path, *, mask_suffix: str | None = None, skip_unpaired: bool = True) -> Discovery:
+    """Find the image/mask pairs under `root` and everything left unpaired, as data; DataError for a bad layout.
+
+    Unpaired files, unreadable entries and split folders without masks are recorded, never raised or warned
+    about: `discover` and `masksmith check` each decide what to do with them. skip_unpaired=False only
+    changes which error a folder with no pair at all gets: its unpaired files' names, as `discover` says.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: folder not found")
@@ -312,21 +381,40 @@ def discover(
         raise DataError(f"{root}: not a folder (give the dataset folder)")
     if mask_suffix is not None and not mask_suffix:
         raise ConfigError("mask_suffix must be a non-empty string such as '_mask', or None")
-
-    found = _discover_split_folders(root, mask_suffix, skip_unpaired)
-    if found is not None:
-        return found
+    found = _Found(root, mask_suffix, skip_unpaired)
+    if _discover_split_folders(root, found):
+        return found.discovery
     if (root / "JPEGImages").is_dir():
-        return _discover_voc(root, mask_suffix, skip_unpaired)
-    found = _discover_flat(root, mask_suffix, skip_unpaired)
-    if found is not None:
-        return found
-    found = _discover_single_folder(root, mask_suffix, skip_unpaired)
-    if found is not None:
-        return found
+        _discover_voc(root, found)
+        return found.discovery
+    if _discover_flat(root, found) or _discover_single_folder(root, found):
+        return found.discovery
     if not any(not p.name.startswith(".") for p in root.iterdir()):
         raise DataError(f"{root}: folder is empty; expected {EXPECTED_LAYOUTS}")
     raise DataError(f"{root}: unknown dataset layout; expected {EXPECTED_LAYOUTS}")
+
+
+def left_out_message(split: str, folder: Path) -> str:
+    """The one wording for a split folder left out for having images but no masks."""
+    return f"{folder}: images but no masks folder; the {split!r} split is left out"
+
+
+def discover(
+    root: str | Path, *, mask_suffix: str | None = None, skip_unpaired: bool = False
+) -> dict[str, list[Sample]]:
+    """Find image/mask pairs under `root`; returns {split: samples} ("train"/"val"/"test" or "all").
+
+    Unpaired files are a DataError naming them, or with skip_unpaired a warning; a split folder
+    without masks is left out with a warning.
+    """
+    found = discover_dataset(root, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)
+    for split, folder in found.splits_left_out.items():
+        warnings.warn(left_out_message(split, folder), stacklevel=2)
+    if found.messages and not skip_unpaired:
+        raise DataError(f"{found.messages[0]} (pair them, or use skip_unpaired to leave them out)")
+    for message in found.messages:
+        warnings.warn(f"left out unpaired files: {message}", stacklevel=2)
+    return found.splits
 
 
 def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
