@@ -67,7 +67,7 @@ from masksmith.data.encoding import ignore_index_problem
 from masksmith.data.labels import ClassCountError, LabelSpec, resolve_labels
 from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
 from masksmith.data.detect import StrayMaskValuesWarning
-from masksmith.data.images import read_image
+from masksmith.data.images import failure_code, read_image
 from masksmith.data.masks import MaskEncoding, binary_strays, decode_mask, read_mask, read_mask_values
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import write_text_atomic
@@ -351,15 +351,9 @@ def _read_header(result: _FileResult) -> None:
         result.message = f"{path}: not an image file ({size_bytes} bytes in no known image format)"
 
 
-def _failure_code(text: str) -> str:
-    """"truncated" when a decoder says the data ends early, else "unreadable"."""
-    lowered = text.lower()
-    return "truncated" if ("truncat" in lowered or "broken data stream" in lowered) else "unreadable"
-
-
 def _classify_read_error(result: _FileResult, exc: DataError) -> None:
-    """Record a decode failure with masks.py's one-line message."""
-    result.code, result.message = _failure_code(str(exc)), str(exc)
+    """Record a read failure with its one-line message and the code the reader gave it."""
+    result.code, result.message = getattr(exc, "code", "unreadable"), str(exc)
 
 
 def _file_digest(path: Path) -> str:
@@ -416,7 +410,7 @@ def _inspect(task: tuple[str, Path, bool]) -> _FileResult:
             (_inspect_image if kind == "image" else _inspect_mask)(result, want_stats)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the check of a thousand others
         reason = _reason(exc)
-        result.code, result.message = _failure_code(reason), f"{path}: cannot read {kind}: {reason}"
+        result.code, result.message = failure_code(exc), f"{path}: cannot read {kind}: {reason}"
     if not result.ok:
         result.values = result.counts = result.stats = None
     return result

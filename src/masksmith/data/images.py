@@ -25,11 +25,36 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class FileReadError(DataError):
+    """A file that could not be read or decoded; `code` says why, for check's report (never parsed from text)."""
+
+    def __init__(self, message: str, code: str = "unreadable"):
+        super().__init__(message)
+        self.code = code  # "empty", "truncated" or "unreadable"
+
+
+def failure_code(exc: BaseException) -> str:
+    """"truncated" when a decoder's exception says the data ends early, else "unreadable"."""
+    # PIL and zlib say so only in their messages ("image file is truncated", "broken data stream"); this is
+    # the one place that reads them, at the source, so masksmith's own messages are never parsed.
+    text = str(exc).lower()
+    return "truncated" if ("truncat" in text or "broken data stream" in text) else "unreadable"
+
+
+def _failed(path: Path, what: str, exc: BaseException) -> FileReadError:
+    """The error for a decoder's exception, coded by failure_code."""
+    return FileReadError(f"{path}: cannot read {what}: {one_line(exc)}", failure_code(exc))
+
+
+def _empty(path: Path, what: str) -> FileReadError:
+    return FileReadError(f"{path}: cannot read {what}: file is empty (0 bytes)", "empty")
+
+
 def open_decoded(path: Path, what: str, *, single_frame: bool = False) -> Image.Image:
     """Open and fully decode a file, so truncation shows up here and not deep inside training."""
     try:
         if path.stat().st_size == 0:
-            raise DataError(f"{path}: cannot read {what}: file is empty (0 bytes)")
+            raise _empty(path, what)
         with open_image(path, what) as image:  # refuses a bomb before decoding
             frames = getattr(image, "n_frames", 1)
             if single_frame and frames > 1:
@@ -44,14 +69,14 @@ def open_decoded(path: Path, what: str, *, single_frame: bool = False) -> Image.
     except FileNotFoundError:
         raise DataError(f"{path}: cannot read {what}: file not found") from None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
-        raise DataError(f"{path}: cannot read {what}: {one_line(exc)}") from None
+        raise _failed(path, what, exc) from None
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:
     """np.load with allow_pickle=False, always: a mask file must never be able to run code when read."""
     try:
         if path.stat().st_size == 0:
-            raise DataError(f"{path}: cannot read {what}: file is empty (0 bytes)")
+            raise _empty(path, what)
         loaded = np.load(path, allow_pickle=False)
     except DataError:
         raise
@@ -63,9 +88,9 @@ def load_npy(path: Path, what: str) -> np.ndarray:
                 f"{path}: cannot read {what}: the .npy holds pickled Python objects, which masksmith never loads "
                 "(unpickling can run code); save a plain integer array"
             ) from None
-        raise DataError(f"{path}: cannot read {what}: {one_line(exc)}") from None
+        raise _failed(path, what, exc) from None
     except Exception as exc:  # truncated files raise EOFError, OSError, ...
-        raise DataError(f"{path}: cannot read {what}: {one_line(exc)}") from None
+        raise _failed(path, what, exc) from None
     if not isinstance(loaded, np.ndarray):
         getattr(loaded, "close", lambda: None)()
         raise DataError(f"{path}: cannot read {what}: an .npz archive, not a single .npy array")
