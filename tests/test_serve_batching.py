@@ -251,3 +251,25 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@pytest.mark.parametrize("seconds_per_batch, expected", [
+    ({1: 0.10, 2: 0.21, 4: 0.44, 8: 0.90}, 1),  # batching costs: one image at a time
+    ({1: 0.10, 2: 0.12, 4: 0.20, 8: 0.36}, 8),  # each doubling pays (by more than 5%)
+    ({1: 0.10, 2: 0.15, 4: 0.29, 8: 0.60}, 2),  # 4 is within 5% of 2: noise does not pick it
+])
+def test_the_batch_size_measured_at_startup_is_the_one_with_the_most_images_per_second(
+        bundle, monkeypatch, seconds_per_batch, expected):
+    import masksmith.serve.model as served_model
+
+    clock = [0.0]
+    monkeypatch.setattr(served_model.time, "perf_counter", lambda: clock[0])
+    model = ServedModel.load(bundle)
+
+    def run_batch(jobs):
+        clock[0] += seconds_per_batch[len(jobs)]
+        return [None] * len(jobs)
+
+    model.run_batch = run_batch  # type: ignore[method-assign]
+    assert model.best_batch_size(8) == expected
+    assert model.best_batch_size(1) == 1

@@ -274,7 +274,8 @@ def serve_command(
                                         help="bearer token required on every route but /healthz"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
     threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
-    max_batch: int = typer.Option(8, help="most images run together in one batch (1: batching off)"),
+    max_batch: Optional[int] = typer.Option(None, help="most images run together in one batch (1: batching off) "
+                                            "[default: the size of 1..8 with the most images/s, measured at startup]"),
     max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
     max_queue: int = typer.Option(64, help="waiting requests before new ones get 503 + Retry-After"),
     max_upload_mb: float = typer.Option(32.0, help="largest request body in MiB (413 above)"),

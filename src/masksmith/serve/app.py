@@ -21,7 +21,7 @@ from masksmith.serve.encode import FORMATS, mask_document, overlay_png
 from masksmith.serve.guard import Guard
 from masksmith.serve.metrics import Metrics
 from masksmith.serve.model import Job, ServedModel
-from masksmith.serve.options import ServeOptions
+from masksmith.serve.options import AUTO_BATCH_LIMIT, ServeOptions
 from masksmith.serve.upload import Decoded, Rejected, Upload, decode_image, read_upload
 from masksmith.visualize import mask_png_bytes
 
@@ -43,10 +43,10 @@ class State:
     def __init__(self, model: ServedModel, options: ServeOptions):
         self.model = model
         self.options = options
-        self.metrics = Metrics(options.max_batch)
+        self.metrics = Metrics(options.max_batch or AUTO_BATCH_LIMIT)
         self.ready = False
         self.batcher: MicroBatcher[Job] = MicroBatcher(
-            model.run_batch, model.batch_key, max_batch=options.max_batch,
+            model.run_batch, model.batch_key, max_batch=options.max_batch or 1,
             max_wait_s=options.max_wait_ms / 1000.0, max_queue=options.max_queue, on_batch=self.metrics.batch)
 
 
@@ -162,6 +162,12 @@ def create_app(model: ServedModel, options: ServeOptions) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(model.warm_up)
+        if options.max_batch is None:
+            state.batcher.max_batch = await run_in_threadpool(model.best_batch_size, AUTO_BATCH_LIMIT)
+            print(f"  batching: up to {state.batcher.max_batch} images per batch (the most images/s of batch sizes "
+                  f"1..{AUTO_BATCH_LIMIT} measured just now; set --max-batch to choose)", flush=True)
+        model.card["batching"] = {"max_batch": state.batcher.max_batch, "max_wait_ms": options.max_wait_ms,
+                                  "chosen": "--max-batch" if options.max_batch else "measured at startup"}
         state.batcher.start()
         state.ready = True
         try:

@@ -12,6 +12,7 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP", "GIF")
 # 25 megapixels: a large photo; its float tensors and probabilities stay within a few hundred MB.
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+AUTO_BATCH_LIMIT = 8  # the largest batch size tried when --max-batch is measured at startup
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
-    max_batch: int = 8
+    max_batch: int | None = None  # None: the batch size with the most images/s, measured at startup
     max_wait_ms: float = 5.0
     max_queue: int = 64
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -31,7 +32,7 @@ class ServeOptions:
     formats: tuple[str, ...] = ACCEPTED_FORMATS
 
     def __post_init__(self) -> None:
-        positive = {"max_batch": self.max_batch, "max_queue": self.max_queue,
+        positive = {"max_batch": 1 if self.max_batch is None else self.max_batch, "max_queue": self.max_queue,
                     "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels}
         for name, value in positive.items():
             if int(value) < 1:

@@ -55,8 +55,9 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     print(f"masksmith serve: {url}  (web page {page}, API {url}v1/segment)", file=out)
     print(f"  model    {model_path}  id {model.model_id}  ({meta.num_classes} classes: "
           f"{', '.join(meta.class_names[:6])}{' …' if meta.num_classes > 6 else ''})", file=out)
-    print(f"  backend  {model.predictor.backend_name}, {model.threads} threads; batches up to {options.max_batch} "
-          f"images (wait {options.max_wait_ms:g} ms), queue {options.max_queue}", file=out)
+    batches = f"batches up to {options.max_batch} images" if options.max_batch else "batch size measured at startup"
+    print(f"  backend  {model.predictor.backend_name}, {model.threads} threads; {batches} "
+          f"(wait {options.max_wait_ms:g} ms), queue {options.max_queue}", file=out)
     print(f"  limits   {options.max_upload_bytes / 2**20:g} MiB upload, {options.max_pixels} pixels, "
           f"{options.timeout_s:g} s per request{'; token required' if options.token else ''}", file=out)
     print("  Ctrl-C stops accepting requests and finishes those in flight", file=out, flush=True)
