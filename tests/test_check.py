@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from masksmith.data.check import (
-    RARE_MAX_IMAGES,
-    CheckReport,
-    check_dataset,
-    fingerprint,
-    is_rare,
-    print_report,
-    write_fingerprint,
-)
+from masksmith.data.check import CheckReport, check_dataset, fingerprint, print_report, write_fingerprint
+from masksmith.data.check.report import RARE_MAX_IMAGES, is_rare
 from masksmith.errors import ConfigError, DataError
 from tests.conftest import save_array
 from tests.helpers import make_shapes_dataset
@@ -352,7 +345,7 @@ def _die(task):
 
 
 def test_a_dying_worker_is_a_clear_error():
-    from masksmith.data.check import _map
+    from masksmith.data.check.files import map_tasks as _map
 
     with pytest.raises(DataError, match="worker process died"):
         list(_map(_die, list(range(40)), 2, False, "testing"))
