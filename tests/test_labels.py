@@ -50,12 +50,12 @@ def test_check_reads_void_datasets_without_errors(tmp_path, void):
 def test_an_ignore_value_inside_the_classes_names_the_class_it_hides(tmp_path):
     root = make_void_dataset(tmp_path / "data", void=3)
     names = [*NAMES, "void"]
-    with pytest.raises(ConfigError, match=r"ignore_index 3 is class 3 'void' of the 4 classes") as caught:
+    with pytest.raises(ConfigError, match=r"ignore_index 3 is a class index \(class 3 'void' of the 4 classes\)") as caught:
         resolve_labels(_masks(root), classes=names, ignore_index=3)
     assert "need an ignore_index of at least" not in str(caught.value)
-    with pytest.raises(ConfigError, match="ignore_index 3 is class 3 'void'"):
+    with pytest.raises(ConfigError, match="class 3 'void'"):
         check_dataset(root, classes=names, ignore_index=3, progress=False, workers=1)
-    with pytest.raises(ConfigError, match="ignore_index 1 is class 1 'foreground'"):
+    with pytest.raises(ConfigError, match="class 1 'foreground'"):
         LabelSpec(MaskEncoding("binary", 255, 0), ("background", "foreground"), ((0, 0, 0), (1, 1, 1)), 1)
 
 

@@ -120,10 +120,12 @@ class BundleMeta(BaseModel):
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.in_channels:
                 raise ValueError(f"{name} has {len(values)} values for {self.in_channels} input channel(s)")
-        if self.ignore_index < classes:
-            raise ValueError(f"ignore_index {self.ignore_index} is a class index ({classes} classes); "
-                             "it must be between the class count and 255")
-        from masksmith.data.masks import MaskEncoding
+        from masksmith.data.encoding import MaskEncoding, ignore_index_problem
+
+        # The one rule (data/encoding.py): any 0..255 value that is not a class index, e.g. void = K.
+        problem = ignore_index_problem(self.ignore_index, classes, self.class_names)
+        if problem is not None:
+            raise ValueError(problem)
 
         fixed = MaskEncoding.from_dict(self.mask_encoding).num_classes
         if fixed is not None and fixed != classes:

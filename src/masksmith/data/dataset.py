@@ -13,7 +13,9 @@ from torch.utils.data import Dataset
 
 from masksmith.augment import seed_augmentation
 from masksmith.data.discover import Sample
-from masksmith.data.masks import MaskEncoding, read_image, read_mask
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
+from masksmith.data.images import read_image
+from masksmith.data.masks import read_mask
 from masksmith.errors import ConfigError, DataError
 
 RESIZE_MODES = ("resize", "random_crop", "center_crop")
@@ -111,15 +113,16 @@ class SegmentationDataset(Dataset):
         std: list[float],
         encoding: MaskEncoding,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
     ):
         if resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels}")
-        if not 0 <= ignore_index <= 255 or ignore_index < num_classes:
-            # Masks are uint8 and padding is filled with ignore_index, so it must fit and not be a class.
-            raise ConfigError(f"ignore_index must be between num_classes ({num_classes}) and 255, got {ignore_index}")
+        # Masks are uint8 and padding is filled with ignore_index, so it must fit and not be a class.
+        problem = ignore_index_problem(ignore_index, num_classes)
+        if problem is not None:
+            raise ConfigError(problem)
         missing = [s.image.name for s in samples if s.mask is None]
         if missing:
             raise DataError(f"training samples need masks; none for {', '.join(missing[:10])}")

@@ -39,8 +39,9 @@ def ignore_index_problem(ignore_index: Any, num_classes: int, class_names: Seque
         name = ""
         if class_names is not None and ignore_index < len(class_names):
             name = f" {class_names[ignore_index]!r}"
-        return (f"ignore_index {ignore_index} is class {ignore_index}{name} of the {num_classes} classes, so its "
-                f"pixels would be ignored; use a value that is no class ({num_classes}..255, e.g. 255)")
+        return (f"ignore_index {ignore_index} is a class index (class {ignore_index}{name} of the {num_classes} "
+                f"classes), so that class's pixels would be ignored; use a value that is no class "
+                f"({num_classes}..255, e.g. 255)")
     return None
 
 

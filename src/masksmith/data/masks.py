@@ -30,6 +30,10 @@ from masksmith.fileio import atomic_path
 from masksmith.data.encoding import color_table_text  # noqa: E402,F401
 from masksmith.data.images import image_channels, image_to_array, read_image  # noqa: E402,F401
 
+__all__ = ["LossyMaskWarning", "MaskEncoding", "RawMask", "binary_strays", "color_table_text", "decode_mask",
+           "encode_mask", "image_channels", "image_to_array", "load_raw_mask", "read_image", "read_mask",
+           "read_mask_values", "write_mask"]
+
 _MOVED_TO_DETECT = frozenset({"detect_encoding", "survey_masks", "discover_colors", "MaskSurvey",
                               "StrayMaskValuesWarning"})
 

@@ -12,7 +12,9 @@ from tqdm.auto import tqdm
 
 from masksmith.data.discover import Sample
 from masksmith.data.limits import open_image
-from masksmith.data.masks import MaskEncoding, read_image, read_mask
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
+from masksmith.data.images import read_image
+from masksmith.data.masks import read_mask
 from masksmith.errors import DataError
 
 MAX_LISTED = 10
@@ -32,7 +34,7 @@ def image_size(path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def sample_problem(sample: Sample, encoding: MaskEncoding, num_classes: int, ignore_index: int = 255) -> str | None:
+def sample_problem(sample: Sample, encoding: MaskEncoding, num_classes: int, ignore_index: int = DEFAULT_IGNORE_INDEX) -> str | None:
     """What is wrong with one pair (unreadable, size mismatch, mask values outside the classes), or None."""
     try:
         # A full decode, not just the header: a truncated file must fail here, not in the middle of an epoch.
@@ -57,7 +59,7 @@ def listing(problems: list[str]) -> str:
     return f"  {listed}{more}"
 
 
-def validate_samples(samples: list[Sample], encoding: MaskEncoding, num_classes: int, ignore_index: int = 255,
+def validate_samples(samples: list[Sample], encoding: MaskEncoding, num_classes: int, ignore_index: int = DEFAULT_IGNORE_INDEX,
                      progress: bool = True, skip_invalid: bool = False) -> list[Sample]:
     """The usable pairs; a DataError listing every bad pair, or with skip_invalid a warning that lists them."""
     good: list[Sample] = []

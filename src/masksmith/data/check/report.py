@@ -15,7 +15,7 @@ from rich.table import Table
 
 from masksmith.data.labels import LabelSpec
 from masksmith.data.discover import Sample
-from masksmith.data.encoding import MaskEncoding
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
 
 Severity = Literal["error", "warning"]
 
@@ -74,7 +74,7 @@ class CheckReport:
     # The pairs found, per split: training reads them from here instead of discovering the data again.
     pairs: dict[str, list[Sample]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
-    ignore_index: int = 255
+    ignore_index: int = DEFAULT_IGNORE_INDEX
     classes_given: bool = False
     classes_file: Path | None = None
     class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split (and "overall") -> per class
