@@ -134,3 +134,25 @@ def test_the_curves_mark_the_best_epoch_of_the_monitored_metric(tmp_path, monkey
                         model="fcn-lite", model_options={"base_channels": 4, "depth": 2},
                         out=str(tmp_path / monitor), quiet=True)
         assert marked and set(marked) == {expected}  # a loss is plotted with the losses, unmarked
+
+
+def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(tmp_path, capsys):
+    from masksmith.config import MONITORED_METRICS
+    from masksmith.engine import EpochLines, ProgressBar, progress_callback
+
+    assert isinstance(progress_callback(quiet=False, interactive=True), ProgressBar)
+    assert isinstance(progress_callback(quiet=False, interactive=False), EpochLines)
+    assert progress_callback(quiet=True, interactive=False) is None
+    data = make_shapes_dataset(tmp_path / "shapes", count=4)
+    # Under pytest stderr is no terminal: the run writes lines, not bar redraws.
+    result = masksmith.train(data, classes=str(data / "classes.txt"), size=16, epochs=3, batch_size=2,
+                             model="fcn-lite", model_options={"base_channels": 4, "depth": 2}, early_stopping=0,
+                             auto=False, out=str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("train_loss" in line and "val_dice" in line and line.endswith(" s") for line in lines)
+    assert "\r" not in err  # no bar redraws
+    # Every metric `monitor` may name is one the trainer logs.
+    header = (result.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(MONITORED_METRICS) <= set(header)

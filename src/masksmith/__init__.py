@@ -1,22 +1,36 @@
 """masksmith: image segmentation with deep learning, from images + masks to a deployable model.
 
     import masksmith
+    masksmith.check("data/membrane", foreground=0)               # a CheckResult (report + files)
     run = masksmith.train("data/membrane", foreground=0, epochs=20)
     metrics = masksmith.evaluate(run.bundle, "data/membrane")
     mask = masksmith.load(run.bundle).predict("image.png")
+    masksmith.export(run.bundle)                                   # an ExportReport (model.onnx)
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "load", "__version__"]
+__all__ = ["train", "evaluate", "load", "check", "export", "convert_labelme", "convert_coco", "TrainConfig",
+           "__version__"]
 
 if TYPE_CHECKING:
+    from masksmith.config import TrainConfig
+    from masksmith.data.convert import convert_coco, convert_labelme
     from masksmith.evaluation import evaluate
     from masksmith.predict import Predictor
+    from masksmith.steps import check, export
     from masksmith.training import train
+
+# Imported on first use so `import masksmith` stays fast (torch and Lightning load lazily).
+_LAZY = {"train": "masksmith.training", "evaluate": "masksmith.evaluation", "check": "masksmith.steps",
+         "export": "masksmith.steps", "convert_labelme": "masksmith.data.convert",
+         "convert_coco": "masksmith.data.convert", "TrainConfig": "masksmith.config"}
 
 
 def load(path: str, device: str = "auto") -> "Predictor":
@@ -27,13 +41,26 @@ def load(path: str, device: str = "auto") -> "Predictor":
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use so `import masksmith` stays fast (torch and Lightning load lazily).
-    if name == "train":
-        from masksmith.training import train
-
-        return train
-    if name == "evaluate":
-        from masksmith.evaluation import evaluate
-
-        return evaluate
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'masksmith' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The package module, with `masksmith.export` kept as the export function: importing the submodule
+    masksmith.export would otherwise replace the attribute with the module (the submodule stays reachable
+    as `from masksmith.export import ...` and in sys.modules)."""
+
+    @property
+    def export(self) -> Any:
+        """masksmith.steps.export."""
+        from masksmith.steps import export
+
+        return export
+
+    @export.setter
+    def export(self, value: Any) -> None:
+        pass  # the import system binding the submodule; the function stays
+
+
+sys.modules[__name__].__class__ = _Package

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -34,102 +35,35 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
-    """`--model-option depth=3` pairs into a dict, values parsed as YAML scalars."""
-    if not pairs:
-        return None
-    import yaml
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise MasksmithError(f"--model-option {pair!r}: expected NAME=VALUE")
-        options[key.strip()] = yaml.safe_load(value)
-    return options
-
-
-def _parse_size(text: str | None) -> int | list[int] | None:
-    """'256' → 256, '384x256' (or 384,256) → [384, 256] (height, width)."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.lower().replace(",", "x").split("x")]
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-        raise MasksmithError(f"--size {text!r}: expected a side such as 256, or HEIGHTxWIDTH such as 384x256")
-    return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
-
-
-def _parse_color(text: str | None) -> list[int] | None:
-    """'255,255,255' → [255, 255, 255]."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    if len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise MasksmithError(f"--ignore-color {text!r}: expected R,G,B with values 0..255")
-    return [int(p) for p in parts]
-
-
-@app.command()
-@user_errors
-def train(
+def _train(
     data: Optional[Path] = typer.Argument(None, help="dataset folder (or give data: in --config)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; options below override it"),
-    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    model: Optional[str] = typer.Option(None, help="architecture: unet, fcn-lite, smp.Unet, smp.FPN ... (see `masksmith models`)"),
-    model_option: Optional[List[str]] = typer.Option(None, "--model-option", "-m", help="NAME=VALUE, e.g. depth=3"),
-    encoder: Optional[str] = typer.Option(None, help="unet: efficientnet_lite0/1/2 or mobilenet_v2 (pretrained, offline); smp models: resnet34, tu-… [default: planned]"),
-    weights: Optional[str] = typer.Option(None, help="imagenet (installed weights packages; smp: online) or a local .safetensors/.pth file"),
-    freeze_encoder_epochs: Optional[int] = typer.Option(
-        None, help="epochs with the encoder frozen, then fine-tuned [default: 0]"),
-    encoder_lr: Optional[float] = typer.Option(
-        None, help="encoder learning rate [default: lr/10 when freezing, else lr]"),
-    size: Optional[str] = typer.Option(None, help="input size: 256 (square) or HEIGHTxWIDTH, e.g. 384x256 [default: planned]"),
-    resize: Optional[str] = typer.Option(None, help="resize | random_crop | center_crop [default: resize]"),
-    epochs: Optional[int] = typer.Option(None, help="maximum epochs [default: 50]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="[default: 8]"),
-    lr: Optional[float] = typer.Option(None, help="learning rate [default: 0.001]"),
-    optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd | rmsprop"),
-    scheduler: Optional[str] = typer.Option(None, help="none | cosine | poly | plateau"),
-    loss: Optional[str] = typer.Option(None, help="e.g. ce, dice, bce, focal, dice+ce, 0.5*dice+ce"),
-    augment: Optional[str] = typer.Option(None, help="augmentation preset: none | light | default"),
-    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
-    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
-    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
-    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    val_fraction: Optional[float] = typer.Option(None, help="validation share without a val folder [0.2]"),
-    skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="skip images without masks (listed)"),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="skip unreadable or mismatched pairs (listed)"),
-    binary_head: Optional[str] = typer.Option(None, help="binary data: softmax (2 channels) | sigmoid (1)"),
-    early_stopping: Optional[int] = typer.Option(None, help="patience in epochs, 0 = off [default: 10]"),
-    monitor: Optional[str] = typer.Option(None, help="val_dice | val_miou | val_iou | val_loss ..."),
-    max_time: Optional[float] = typer.Option(None, help="time budget in minutes; keeps the best model"),
-    grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm"),
-    weight_decay: Optional[float] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None, help="[default: 42]"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    workers: Optional[int] = typer.Option(None, help="data-loading processes"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder [default: runs/train, runs/train2 ...]"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
-    auto: Optional[bool] = typer.Option(None, "--auto/--no-auto",
-                                        help="derive options not given from a data check [default: auto]"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    **flags: Any,
 ) -> None:
-    """Train a segmentation model; writes a run folder with model.msb, curves and metrics."""
+    """Train a segmentation model; writes a run folder with model.msb, curves and metrics.
+
+    Every other option is a config field (generated from TrainConfig); only the options typed count as
+    given, so the auto plan fills the rest."""
+    from masksmith.train_options import parse_cli_values
     from masksmith.training import train as run_training
 
     if data is None and config is None and resume is None:
         raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
-    options = dict(
-        classes=classes, model=model, model_options=_parse_options(model_option), encoder=encoder, weights=weights,
-        freeze_encoder_epochs=freeze_encoder_epochs, encoder_lr=encoder_lr, size=_parse_size(size), resize=resize,
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, loss=loss,
-        augment=augment, foreground=foreground, palette=palette, ignore_color=_parse_color(ignore_color),
-        mask_suffix=mask_suffix, val_fraction=val_fraction,
-        skip_unpaired=skip_unpaired or None, skip_invalid=skip_invalid or None, binary_head=binary_head, early_stopping=early_stopping,
-        monitor=monitor, max_time=max_time, grad_clip=grad_clip, weight_decay=weight_decay, seed=seed,
-        device=device, num_workers=workers, out=str(out) if out else None, quiet=quiet or None, auto=auto)
-    result = run_training(data, config=config, resume=resume, **options)
+    result = run_training(data, config=config, resume=resume, **parse_cli_values(flags))
     typer.echo(f"model: {result.bundle}")
+
+
+def _train_signature() -> inspect.Signature:
+    """_train's own parameters followed by one keyword parameter per TrainConfig field."""
+    from masksmith.train_options import typer_parameters
+
+    own = [p for p in inspect.signature(_train).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    return inspect.Signature([*own, *typer_parameters()])
+
+
+_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+app.command("train")(user_errors(_train))
 
 
 @app.command()
@@ -154,23 +88,20 @@ def check(
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict."""
     import json
 
-    from masksmith.data.check import check_dataset, print_report, write_fingerprint
-    from masksmith.fileio import write_text_atomic
+    from masksmith.data.check import print_report
+    from masksmith.steps import check as check_data
+    from masksmith.train_options import parse_color
 
-    color = _parse_color(ignore_color)
-    report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
-                           ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output),
-                           palette=palette, ignore_color=tuple(color) if color else None)
-    out = out or Path("runs") / f"check-{data.resolve().name}"
-    text = json.dumps(report.to_dict(), indent=1)
-    write_text_atomic(out / "report.json", text)
-    write_fingerprint(report, out / "fingerprint.json")
+    color = parse_color(ignore_color) if ignore_color is not None else None
+    result = check_data(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
+                        ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output),
+                        palette=palette, ignore_color=color, out=out)
     if json_output:
-        typer.echo(text)
+        typer.echo(json.dumps(result.report.to_dict(), indent=1))
     elif not quiet:
-        print_report(report, Console())
-        typer.echo(f"report: {out / 'report.json'}, fingerprint: {out / 'fingerprint.json'}")
-    raise typer.Exit(report.exit_code(strict))
+        print_report(result.report, Console())
+        typer.echo(f"report: {result.report_path}, fingerprint: {result.fingerprint_path}")
+    raise typer.Exit(result.report.exit_code(strict))
 
 
 @app.command()
@@ -193,6 +124,7 @@ def evaluate(
     if not quiet:
         print_results(result)
     typer.echo(f"report: {result['out']}")
+    _exit_on_failures([(row["name"], row["reason"]) for row in result["failed"]], "evaluated")
 
 
 @app.command()
@@ -253,14 +185,10 @@ def export_command(
     opset: int = typer.Option(18, help="ONNX opset"),
 ) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
-    from masksmith.export import export_onnx
-    from masksmith.fileio import refuse_overwrite
+    from masksmith.steps import export
 
-    if export_format != "onnx":
-        raise MasksmithError(f"--format {export_format!r}: only 'onnx' is supported")
-    target = out or bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
-    refuse_overwrite([bundle], [target])
-    report = export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration or None)
+    report = export(bundle, out, export_format=export_format, opset=opset, int8=int8,
+                    calibration=calibration or None)
     typer.echo(report.summary())
 
 

@@ -6,6 +6,8 @@ to the run folder as commented YAML so a run can be repeated from it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence, Union
 
@@ -13,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from masksmith.errors import ConfigError
+from masksmith.registry import did_you_mean
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
@@ -21,6 +24,19 @@ MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused
 Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
 # One side for square inputs, or [height, width]: what the config, the plan and the bundle store.
 InputSize = Union[Side, Annotated[list[Side], Field(min_length=2, max_length=2)]]
+# The validation metrics the trainer logs each epoch (engine.SegmentationModule): what `monitor` may name.
+MONITORED_METRICS = ("val_dice", "val_miou", "val_iou", "val_pixel_accuracy", "val_image_dice", "val_loss")
+
+
+def planned(default: Any = ..., **field: Any) -> Any:
+    """A Field whose default the auto plan replaces from the data when the user does not give it."""
+    extra = {**field.pop("json_schema_extra", {}), "planned": True}
+    return Field(default, json_schema_extra=extra, **field)
+
+
+def flags(*names: str) -> dict[str, Any]:
+    """json_schema_extra naming a field's command-line flags (its --field-name is added unless a long one is given)."""
+    return {"flags": list(names)}
 
 
 def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -51,25 +67,26 @@ class TrainConfig(BaseModel):
     max_image_pixels: int | None = Field(
         None, ge=1, description="refuse (before decoding) images with more pixels than this, as possible "
                                 "decompression bombs; default: $MASKSMITH_MAX_IMAGE_PIXELS or 89478485")
-    size: InputSize = Field(
+    size: InputSize = planned(
         256, description="network input size in pixels: one side (square) or [height, width] (the plan keeps the images' aspect ratio)")
-    resize: ResizeMode = Field(
+    resize: ResizeMode = planned(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")
-    channels: int | None = Field(None, description="input channels, 1 or 3; default: from the images")
-    mean: list[float] | None = Field(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
-    std: list[float] | None = Field(None, description="normalization std per channel; default: ImageNet / 0.25")
+    channels: int | None = planned(None, description="input channels, 1 or 3; default: from the images")
+    mean: list[float] | None = planned(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
+    std: list[float] | None = planned(None, description="normalization std per channel; default: ImageNet / 0.25")
     augment: str | list[dict[str, Any]] = Field(
-        "default", description="augmentation preset (none, light, default) or a list of albumentations transforms")
+        "default", description="augmentation preset (see `masksmith augmentations`) or a list of albumentations transforms")
 
     auto: bool = Field(
         True, description="derive the options not given (size, resize, batch, normalization, loss, class weights) from a dataset check")
 
     # --- model ------------------------------------------------------------------------------
     model: str = Field("unet", description="architecture name (see `masksmith models`)")
-    model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}")
-    encoder: str | None = Field(
-        None, description="unet: a pretrained encoder (efficientnet_lite0/1/2, mobilenet_v2); smp models: resnet34, densenet121, tu-convnext_tiny, ...")
-    weights: str | None = Field(
+    model_options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. {depth: 4}",
+                                          json_schema_extra=flags("--model-option", "-m"))
+    encoder: str | None = planned(
+        None, description="a pretrained encoder under the decoder; smp models take theirs (resnet34, densenet121, tu-convnext_tiny, ...)")
+    weights: str | None = planned(
         None, description="initial weights: imagenet (unet encoders: the installed weights packages; smp: its hub) or a local .safetensors/.pth file "
                           "(whole model or encoder alone); default: random")
     binary_head: Literal["softmax", "sigmoid"] = Field(
@@ -77,23 +94,24 @@ class TrainConfig(BaseModel):
     threshold: float = Field(0.5, gt=0, lt=1, description="binary: foreground probability threshold at prediction")
 
     # --- optimisation -----------------------------------------------------------------------
-    loss: str = Field("dice+ce", description="loss or weighted sum: ce, bce, dice, focal, e.g. 0.5*dice+ce")
-    class_weights: list[float] | None = Field(None, description="per-class loss weights")
+    loss: str = planned("dice+ce", description="loss or weighted sum: ce, bce, dice, focal, e.g. 0.5*dice+ce")
+    class_weights: list[float] | None = planned(None, description="per-class loss weights")
     optimizer: Optimizer = Field("adam", description="adam, adamw, sgd (momentum 0.9, nesterov) or rmsprop")
     lr: float = Field(1e-3, gt=0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
-    freeze_encoder_epochs: int = Field(
+    freeze_encoder_epochs: int = planned(
         0, ge=0, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
     encoder_lr: float | None = Field(
         None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, else lr")
     scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
     epochs: int = Field(50, ge=1, description="maximum number of epochs")
-    batch_size: int = Field(8, ge=1, description="images per training step")
+    batch_size: int = planned(8, ge=1, description="images per training step", json_schema_extra=flags("-b"))
     max_time: float | None = Field(
         None, gt=0, description="stop cleanly after this many minutes and keep the best model")
     early_stopping: int = Field(10, ge=0, description="stop after this many epochs without improvement (0: off)")
     monitor: str = Field(
-        "val_dice", description="validation metric for early stopping and the best checkpoint (val_dice, val_miou, val_loss, ...)")
+        "val_dice", description="validation metric for early stopping and the best checkpoint: "
+                                + ", ".join(MONITORED_METRICS))
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     amp: Literal["auto", "on", "off"] = Field("auto", description="mixed precision: auto = on for CUDA only")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")
@@ -101,15 +119,26 @@ class TrainConfig(BaseModel):
     # --- run --------------------------------------------------------------------------------
     seed: int = Field(42, description="random seed (split, initialisation, augmentation)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
-    num_workers: int | None = Field(None, ge=0, description="data-loading worker processes; default: by CPU count")
-    out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...")
-    quiet: bool = Field(False, description="no progress bars or tables")
+    num_workers: int | None = Field(None, ge=0, description="data-loading worker processes; default: by CPU count",
+                                    json_schema_extra=flags("--workers", "--num-workers"))
+    out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...",
+                            json_schema_extra=flags("--out", "-o"))
+    quiet: bool = Field(False, description="no progress bars or tables", json_schema_extra=flags("-q"))
 
     @field_validator("channels")
     @classmethod
     def _channels_1_or_3(cls, value: int | None) -> int | None:
         if value not in (None, 1, 3):
             raise ValueError("channels must be 1 or 3")
+        return value
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        # Checked here, before any data is read: Lightning would only notice after the first epoch.
+        if value not in MONITORED_METRICS:
+            raise ValueError(f"unknown metric {value!r}{did_you_mean(value, MONITORED_METRICS)}; "
+                             f"valid: {', '.join(MONITORED_METRICS)}")
         return value
 
     def monitor_mode(self) -> Literal["min", "max"]:
@@ -121,7 +150,10 @@ def _format_errors(error: ValidationError, source: str) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
-        parts.append(f"{where}: {item['msg']}")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown option {where!r}{did_you_mean(where, TrainConfig.model_fields)}")
+        else:
+            parts.append(f"{where}: {item['msg']}")
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
@@ -131,6 +163,21 @@ def make_config(values: dict[str, Any], source: str = "options") -> TrainConfig:
         return TrainConfig(**values)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """A validated config and the names of the options the user gave (the auto plan fills only the others).
+
+    `given` is computed from what was actually passed (YAML keys, keyword arguments, command-line flags),
+    never from pydantic's model_fields_set, which a model_dump round trip marks as all given."""
+
+    config: TrainConfig
+    given: frozenset[str]
+
+    def with_values(self, values: Mapping[str, Any], source: str = "options") -> "UserConfig":
+        """A copy with `values` applied (validated); they are decisions, so `given` stays the user's."""
+        return UserConfig(make_config({**self.config.model_dump(), **values}, source), self.given)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -151,15 +198,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def refuse_unknown(names: Iterable[str], source: str) -> None:
+    """ConfigError naming the options TrainConfig does not have, each with the closest valid name."""
+    unknown = sorted(set(names) - set(TrainConfig.model_fields))
+    if unknown:
+        named = ", ".join(f"{name}{did_you_mean(name, TrainConfig.model_fields)}" for name in unknown)
+        valid = ", ".join(TrainConfig.model_fields)
+        raise ConfigError(f"{source}: unknown option(s) {named}; valid: {valid}")
+
+
+def resolve_user_config(config_file: str | Path | None = None, **overrides: Any) -> UserConfig:
+    """A YAML file (optional) with overrides on top (None means 'not given'); given = the keys of both."""
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    refuse_unknown(values, str(config_file))
+    refuse_unknown(overrides, "options")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    values.update(given)
+    config = make_config(values, source=str(config_file) if config_file else "options")
+    return UserConfig(config, frozenset(values))
+
+
+def user_config_from(config: TrainConfig, **overrides: Any) -> UserConfig:
+    """A TrainConfig built by the caller, with overrides; given = the fields its constructor received."""
+    refuse_unknown(overrides, "options")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    # model_fields_set of the caller's own instance is what its constructor was passed (assignments add to it).
+    merged = make_config({**config.model_dump(exclude_unset=True), **given})
+    return UserConfig(merged, frozenset(config.model_fields_set | set(given)))
+
+
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Combine a YAML file (optional) with overrides (None values mean 'not given') into a TrainConfig."""
-    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
-    unknown = set(values) - set(TrainConfig.model_fields)
-    if unknown:
-        valid = ", ".join(TrainConfig.model_fields)
-        raise ConfigError(f"{config_file}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return make_config(values, source=str(config_file) if config_file else "options")
+    return resolve_user_config(config_file, **overrides).config
 
 
 def config_to_yaml(config: TrainConfig, header: str = "") -> str:

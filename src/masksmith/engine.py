@@ -6,9 +6,10 @@ import csv
 import io
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import (
     Timer,
     TQDMProgressBar,
 )
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar as BarCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
@@ -291,6 +293,42 @@ class ProgressBar(TQDMProgressBar):
         return metrics
 
 
+class EpochLines(Callback):
+    """One line per epoch (epoch, losses, scores, seconds) for output that is not a terminal: a CI log or a
+    file gets no progress-bar redraws, which there are thousands of carriage-return fragments."""
+
+    def __init__(self, write: Callable[[str], None] | None = None):
+        self.write = write
+        self._started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # After validation: the epoch's train_loss and every val_ metric are known here.
+        metrics = trainer.callback_metrics
+        shown = ["train_loss"] + sorted(name for name in metrics if name.startswith("val_"))
+        values = "  ".join(f"{name} {float(metrics[name]):.4f}" for name in shown if name in metrics)
+        line = (f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}  "
+                f"{time.monotonic() - self._started:.1f} s")
+        (self.write or _write_stderr)(line)
+
+
+def _write_stderr(line: str) -> None:
+    # Looked up at each call: sys.stderr may be replaced (pytest, a redirected logger) after construction.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def progress_callback(quiet: bool, interactive: bool | None = None) -> Callback | None:
+    """Progress for a run: a redrawn bar on a terminal, one line per epoch elsewhere, none when quiet."""
+    if quiet:
+        return None
+    if interactive is None:
+        interactive = sys.stderr.isatty()
+    return ProgressBar() if interactive else EpochLines()
+
+
 def pick_accelerator(device: str) -> str:
     """Map the config's device to a Lightning accelerator name."""
     if device == "auto":
@@ -310,8 +348,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
     accelerator = pick_accelerator(config.device)
     checkpoint, last = checkpoint_callbacks(run_dir / "checkpoints", config.monitor, config.monitor_mode())
     callbacks: list[Callback] = [checkpoint, last, history, *extra_callbacks]
-    if not config.quiet:
-        callbacks.append(ProgressBar())
+    progress = progress_callback(config.quiet)
+    if progress is not None:
+        callbacks.append(progress)
     if config.early_stopping:
         callbacks.append(EarlyStopping(
             monitor=config.monitor, mode=config.monitor_mode(), patience=config.early_stopping,
@@ -330,7 +369,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
         deterministic=True if accelerator == "cpu" else "warn",
         callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        enable_progress_bar=not config.quiet,
+        # Lightning adds its own bar unless told there is none; a caller's bar callback keeps it on.
+        enable_progress_bar=any(isinstance(c, BarCallback) for c in callbacks),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,

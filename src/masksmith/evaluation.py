@@ -47,12 +47,16 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
     encoding = MaskEncoding.from_dict(meta.mask_encoding)
     confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     per_image: list[dict[str, Any]] = []
+    scored: list[Sample] = []
+    failed: list[dict[str, str]] = []
     for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
-        image = predictor.to_array(sample.image)
-        truth = read_mask(sample.mask, encoding, meta.num_classes, meta.ignore_index)
-        if truth.shape != image.shape[:2]:
-            raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but image "
-                            f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
+        try:
+            image, truth = _read_pair(predictor, sample, encoding)
+        except DataError as error:
+            # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
+            failed.append({"name": sample.name, "reason": str(error)})
+            continue
+        scored.append(sample)
         prediction = predictor.predict(image, threshold)
         confusion.update(prediction, truth)
         dice = per_image_dice(prediction, truth, meta.num_classes, meta.ignore_index)
@@ -60,17 +64,31 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
     result = confusion.compute(class_names=meta.class_names)
     # Images whose every pixel is ignored have no Dice; counting them as 1.0 would inflate the mean.
     result["image_dice"], result["image_dice_left_out"] = mean_image_score([row["dice"] for row in per_image])
+    if not scored:
+        raise DataError(f"{data}: none of the {len(samples)} {split} pairs could be read; first: {failed[0]['reason']}")
     result["split"] = split
-    result["images"] = len(samples)
+    result["images"] = len(scored)
+    result["failed"] = failed
     result["per_image"] = per_image
     result["confusion_matrix"] = confusion.matrix.tolist()
     if out is None:
         out = (Path(".") if isinstance(bundle, Predictor) else Path(bundle).parent) / f"evaluate-{split}"
     out_dir = Path(out)
-    gallery = _gallery_rows(predictor, samples, per_image, encoding, threshold)
+    gallery = _gallery_rows(predictor, scored, per_image, encoding, threshold)
     write_report(out_dir, result, predictor, gallery)
     result["out"] = str(out_dir)
     return result
+
+
+def _read_pair(predictor: Predictor, sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray]:
+    """The image as an array and its mask as class indices; DataError naming the file when they do not fit."""
+    meta = predictor.meta
+    image = predictor.to_array(sample.image)
+    truth = read_mask(sample.mask, encoding, meta.num_classes, meta.ignore_index)
+    if truth.shape != image.shape[:2]:
+        raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but image "
+                        f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
+    return image, truth
 
 
 def _gallery_rows(predictor: Predictor, samples: list[Sample], per_image: list[dict[str, Any]],

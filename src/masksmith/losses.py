@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from masksmith.errors import ConfigError, DataError
 from masksmith.models.heads import best_class
-from masksmith.registry import Registry
+from masksmith.registry import Registry, did_you_mean
 
 LOSSES = Registry("loss")
 
@@ -317,7 +317,8 @@ def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
             )
         name = match["name"].lower()
         if name not in LOSSES:
-            raise ConfigError(f"unknown loss {name!r} in {spec!r}; valid losses: {valid}")
+            raise ConfigError(f"unknown loss {name!r} in {spec!r}; valid losses: {valid}"
+                              f"{did_you_mean(name, LOSSES.names())}")
         if any(name == seen for _, seen in terms):
             raise ConfigError(f"loss {name!r} appears twice in {spec!r}; give it one weight")
         terms.append((float(match["weight"]) if match["weight"] else 1.0, name))

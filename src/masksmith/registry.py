@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import difflib
+from typing import Callable, Generic, Iterable, TypeVar
 
 from masksmith.errors import ConfigError
 
 T = TypeVar("T", bound=Callable)
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or '' when none is close (a typo's likely fix)."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -33,7 +40,8 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items))
-            raise ConfigError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid names: {valid}"
+                              f"{did_you_mean(name, self._items)}") from None
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

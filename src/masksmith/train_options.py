@@ -1,0 +1,219 @@
+"""TrainConfig → the `masksmith train` command-line options, their help and the README's options table.
+
+Every option comes from a TrainConfig field: its flag (--field-name, plus the field's extra `flags`), its
+help (the field's description, the valid names from the registries or the Literal, the default) and how
+its text is parsed. A new field therefore appears on the command line, in `--help`, in the commented
+config.yaml and in the options table at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, List, Literal, Optional
+
+import typer
+import yaml
+from rich.markup import escape
+
+from masksmith.config import MONITORED_METRICS, TrainConfig
+from masksmith.errors import ConfigError
+
+# Fields whose type alone does not say how the command line writes them.
+_KIND_BY_FIELD = {"size": "size", "ignore_color": "color", "model_options": "pairs", "augment": "str",
+                  "classes": "str"}
+_CLI_TYPES: dict[str, Any] = {"bool": Optional[bool], "int": Optional[int], "float": Optional[float],
+                              "str": Optional[str], "size": Optional[str], "color": Optional[str],
+                              "floats": Optional[str], "pairs": Optional[List[str]]}
+_METAVARS = {"size": "SIDE|HxW", "color": "R,G,B", "floats": "X,Y,...", "pairs": "NAME=VALUE"}
+# The command's own parameters, which are not config fields.
+COMMAND_ONLY = ("data", "config", "resume")
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One config field as a command-line option."""
+
+    field: str
+    flags: tuple[str, ...]
+    kind: str
+    help: str
+
+    @property
+    def long_flag(self) -> str:
+        """The first long flag, as the help and the error messages name it."""
+        return self.flags[0].split("/")[0]
+
+
+def _kind(name: str, annotation: Any) -> str:
+    if name in _KIND_BY_FIELD:
+        return _KIND_BY_FIELD[name]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0] if len(args) == 1 else str
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    if origin is list and typing.get_args(annotation) in ((float,), (int,)):
+        return "floats"
+    if origin is dict:
+        return "pairs"
+    return "str"
+
+
+def choices(name: str) -> list[str] | None:
+    """The valid values of a name-valued option, from the registries (models, losses, augmentation presets,
+    encoders), the metric list or the field's Literal; None for free-form options."""
+    if name == "model":
+        from masksmith.models import MODELS
+
+        return MODELS.names()
+    if name == "loss":
+        from masksmith.losses import LOSSES
+
+        return LOSSES.names()
+    if name == "augment":
+        from masksmith.augment import AUGMENTATIONS
+
+        return AUGMENTATIONS.names()
+    if name == "encoder":
+        from masksmith.models.encoders import ENCODERS
+
+        return list(ENCODERS)
+    if name == "monitor":
+        return list(MONITORED_METRICS)
+    annotation = TrainConfig.model_fields[name].annotation
+    if typing.get_origin(annotation) is Literal:
+        return [str(value) for value in typing.get_args(annotation)]
+    return None
+
+
+def _choices_text(name: str) -> str:
+    valid = choices(name)
+    description = TrainConfig.model_fields[name].description or ""
+    if not valid or all(value in description for value in valid):
+        return ""  # the description names them already
+    if name == "loss":
+        return f" (terms: {', '.join(valid)}; sums such as 0.5*dice+ce)"
+    if name == "encoder":
+        return f" (unet: {', '.join(valid)})"
+    return f" ({' | '.join(valid)})"
+
+
+def default_text(name: str) -> str:
+    """The default as the help and the table show it; planned options say so."""
+    field = TrainConfig.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    shown = "none" if default is None or default == {} else (
+        "x".join(map(str, default)) if isinstance(default, list) else str(default).lower()
+        if isinstance(default, bool) else str(default))
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return f"{shown}, or planned from the data" if extra.get("planned") else shown
+
+
+def cli_options() -> list[CliOption]:
+    """Every TrainConfig field but `data` (the command's argument), in the config's order."""
+    options = []
+    for name, field in TrainConfig.model_fields.items():
+        if name in COMMAND_ONLY:
+            continue
+        kind = _kind(name, field.annotation)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        named = list(extra.get("flags", []))
+        long_name = "--" + name.replace("_", "-")
+        if not any(flag.startswith("--") for flag in named):
+            named.insert(0, long_name)
+        if kind == "bool":
+            # --x / --no-x: None when neither is typed, so only typed flags count as given.
+            first = next(i for i, flag in enumerate(named) if flag.startswith("--"))
+            named[first] = f"{named[first]}/--no-{named[first][2:]}"
+        help_text = f"{field.description}{_choices_text(name)}"
+        options.append(CliOption(name, tuple(named), kind, help_text))
+    return options
+
+
+def typer_parameters() -> list[inspect.Parameter]:
+    """The generated options as keyword parameters Typer reads from a function signature."""
+    parameters = []
+    for option in cli_options():
+        # Escaped: help is rich markup, where "[height, width]" would vanish as an unknown tag.
+        info = typer.Option(None, *option.flags, help=escape(f"{option.help} [default: {default_text(option.field)}]"),
+                            metavar=_METAVARS.get(option.kind), show_default=False)
+        parameters.append(inspect.Parameter(option.field, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                            annotation=_CLI_TYPES[option.kind]))
+    return parameters
+
+
+def parse_cli_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line texts into config values; options not typed (None, an empty list) are left out."""
+    by_field = {option.field: option for option in cli_options()}
+    parsed: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == [] or value == ():
+            continue
+        option = by_field[name]
+        parse = _PARSERS.get(option.kind)
+        parsed[name] = parse(value, option.long_flag) if parse else value
+    return parsed
+
+
+def parse_size(text: str, flag: str = "--size") -> int | list[int]:
+    """'256' → 256, '384x256' (or 384,256) → [384, 256] (height, width)."""
+    parts = [p.strip() for p in str(text).lower().replace(",", "x").split("x")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"{flag} {text!r}: expected a side such as 256, or HEIGHTxWIDTH such as 384x256")
+    return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+
+
+def parse_color(text: str, flag: str = "--ignore-color") -> list[int]:
+    """'255,255,255' → [255, 255, 255]."""
+    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise ConfigError(f"{flag} {text!r}: expected R,G,B with values 0..255")
+    return [int(p) for p in parts]
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """'0.5,0.5,0.5' → [0.5, 0.5, 0.5]."""
+    try:
+        return [float(p) for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """['depth=3', 'base_channels=16'] → {'depth': 3, 'base_channels': 16}, values read as YAML scalars."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected NAME=VALUE")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {pair!r}: the value is not a readable number, word or list") from None
+    return options
+
+
+_PARSERS = {"size": parse_size, "color": parse_color, "floats": parse_floats, "pairs": parse_pairs}
+
+
+def options_table() -> str:
+    """The options as a Markdown table (option, flag, default, description) for the README."""
+    rows = ["| option | flag | default | description |", "|---|---|---|---|"]
+    for option in cli_options():
+        flags = ", ".join(f"`{flag}`" for flag in option.flags)
+        description = TrainConfig.model_fields[option.field].description + _choices_text(option.field)
+        rows.append(f"| `{option.field}` | {flags} | {default_text(option.field)} | "
+                    f"{description.replace('|', '&#124;')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(options_table(), end="")

@@ -1,0 +1,48 @@
+"""Stage 2, plan: check and fingerprint the data, then fill the options the user did not give (network,
+input size and batch timed against --max-time by budget.py; the rest by plan.py), written to plan.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from masksmith.budget import plan_network
+from masksmith.config import UserConfig
+from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
+from masksmith.data.discover import discover
+from masksmith.engine import pick_accelerator
+from masksmith.fileio import write_text_atomic
+from masksmith.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
+from masksmith.runlog import RunLog
+
+
+def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
+                 device: str) -> tuple[list[PlanChoice], list[dict[str, Any]]]:
+    """The planned options (only those not in user.given) and the timed network candidates."""
+    config = user.config
+    known = {name: getattr(config, name) for name in user.given}
+    # The network and input size first (timed against --max-time), then the rest with those as given.
+    network, timed = plan_network(data_fingerprint, given=set(user.given), known=known, device=device,
+                                  max_time=config.max_time, epochs=config.epochs)
+    rest = derive_plan(data_fingerprint, device=device,
+                       given={**known, **{choice.option: choice.value for choice in network}})
+    return network + rest, timed
+
+
+def apply_auto_plan(user: UserConfig, run_dir: Path, log: RunLog) -> UserConfig:
+    """Check the data, fingerprint it (fingerprint.json), plan the options not given (plan.json) and apply them."""
+    config = user.config
+    # Layout and pairing errors first, in their own words, before the check pass summarises them.
+    discover(config.data, mask_suffix=config.mask_suffix, skip_unpaired=config.skip_unpaired)
+    report = check_dataset(config.data, classes=config.classes, foreground=config.foreground,
+                           mask_suffix=config.mask_suffix, ignore_index=config.ignore_index,
+                           progress=not config.quiet, palette=config.palette,
+                           ignore_color=tuple(config.ignore_color) if config.ignore_color else None)
+    data_fingerprint = fingerprint(report)
+    write_fingerprint(report, run_dir / "fingerprint.json")
+    device = "cuda" if pick_accelerator(config.device) == "gpu" else "cpu"
+    choices, timed = plan_choices(data_fingerprint, user, device)
+    write_text_atomic(run_dir / "plan.json", json.dumps({**plan_to_dict(choices), "timed_candidates": timed}, indent=1))
+    log.info("plan (options not given, derived from the data; see plan.json):\n" + plan_text(choices).rstrip())
+    return user.with_values({choice.option: choice.value for choice in choices}, source="plan")

@@ -1,0 +1,120 @@
+"""Stage 1, prepare data: find the pairs, split them, decide encoding, classes, channels and normalization,
+and validate every pair before any training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from masksmith.config import TrainConfig, UserConfig
+from masksmith.data.classes import find_class_file
+from masksmith.data.labels import LabelSpec, resolve_labels
+from masksmith.data.discover import Sample, discover, split_samples
+from masksmith.data.masks import MaskEncoding, color_table_text, describe_encoding, image_channels
+from masksmith.data.validate import validate_samples
+from masksmith.errors import ConfigError, DataError
+from masksmith.models.smp import encoder_normalization
+from masksmith.runlog import RunLog
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+GRAY_MEAN, GRAY_STD = [0.5], [0.25]
+
+
+@dataclass
+class PreparedData:
+    """The data decisions of a run: splits, mask encoding, classes, channels, normalization."""
+
+    train: list[Sample]
+    val: list[Sample]
+    labels: LabelSpec
+    channels: int
+    mean: list[float]
+    std: list[float]
+    split: dict[str, Any]
+    normalization_from: str = "config"  # or "encoder NAME": then the run's config records the values
+
+    @property
+    def encoding(self) -> MaskEncoding:
+        """How the mask files encode the classes."""
+        return self.labels.encoding
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, background first."""
+        return list(self.labels.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the masks hold (2 for binary data)."""
+        return self.labels.num_classes
+
+
+def with_dataset_classes(user: UserConfig) -> UserConfig:
+    """The dataset's own classes file (e.g. from masksmith convert) when the user named none."""
+    config = user.config
+    if config.classes is None and config.data is not None and (found := find_class_file(config.data)) is not None:
+        return user.with_values({"classes": str(found)})
+    return user
+
+
+def split_pairs(config: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Train and validation pairs: the dataset's split folders, or a seeded random split of the pool."""
+    splits = discover(config.data, mask_suffix=config.mask_suffix, skip_unpaired=config.skip_unpaired)
+    if "train" in splits and "val" in splits:
+        return splits["train"], splits["val"], {"kind": "folders"}
+    pool = splits.get("train") or splits.get("all") or []
+    train, val = split_samples(pool, config.val_fraction, config.seed)
+    return train, val, {"kind": "random", "seed": config.seed, "val_fraction": config.val_fraction}
+
+
+def decide_labels(config: TrainConfig, train: list[Sample]) -> LabelSpec:
+    """The masks' encoding, class names, display colors and ignore value, decided once by data.labels
+    (as check decides them) from the options and the training masks."""
+    return resolve_labels([s.mask for s in train if s.mask is not None], classes=config.classes,
+                          foreground=config.foreground, palette=config.palette, ignore_color=config.ignore_color,
+                          ignore_index=config.ignore_index)
+
+
+def decide_normalization(user: UserConfig, channels: int,
+                         model_arguments: dict[str, Any]) -> tuple[list[float], list[float], str]:
+    """Mean and std per channel and where they come from: the user's, a pretrained encoder's, the config's
+    (the plan's measurement), or the ImageNet / gray defaults."""
+    config = user.config
+    pretrained = encoder_normalization(config.model, model_arguments, channels)
+    if pretrained and not {"mean", "std"} & user.given:
+        # A pretrained encoder expects the statistics it was trained with, not the dataset's own.
+        mean, std, source = list(pretrained[0]), list(pretrained[1]), f"encoder {model_arguments.get('encoder')}"
+    else:
+        mean = list(config.mean or (IMAGENET_MEAN if channels == 3 else GRAY_MEAN))
+        std = list(config.std or (IMAGENET_STD if channels == 3 else GRAY_STD))
+        source = "config"
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need {channels} values each (one per input channel)")
+    return mean, std, source
+
+
+def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog) -> PreparedData:
+    """Split, decide classes, channels and normalization, then validate every pair (skipping bad ones
+    with --skip-invalid); DataError when no training or validation image is left."""
+    config = user.config
+    train, val, split = split_pairs(config)
+    labels = decide_labels(config, train)
+    encoding, names = labels.encoding, list(labels.class_names)
+    channels = config.channels or image_channels(train[0].image)
+    mean, std, source = decide_normalization(user, channels, model_arguments)
+    from_file = f" (from {config.classes})" if isinstance(config.classes, str) else ""
+    log.info(f"data: {len(train)} train / {len(val)} val images ({split['kind']} split), {len(names)} classes"
+             f"{from_file}, {describe_encoding(encoding)}, {channels}-channel input")
+    if encoding.kind == "color":
+        log.info(color_table_text(encoding, names=names).rstrip())
+    if source != "config":
+        log.info(f"normalization of {source}: mean {mean}, std {std}")
+    checked = dict(encoding=encoding, num_classes=len(names), ignore_index=labels.ignore_index,
+                   progress=not config.quiet, skip_invalid=config.skip_invalid)
+    train = validate_samples(train, **checked)
+    val = validate_samples(val, **checked)
+    if not train or not val:
+        raise DataError(f"{config.data}: no usable {'training' if not train else 'validation'} images left")
+    split["val"] = [s.name for s in val]  # the recorded split is what is used: skipped pairs leave it
+    return PreparedData(train, val, labels, channels, mean, std, split, normalization_from=source)

@@ -1,0 +1,62 @@
+"""The plan stage: only options the user gave are kept, whichever way they were given (Python keywords, a
+TrainConfig, the CLI, a YAML file); the same options give the same plan.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import masksmith
+from masksmith.cli import app
+from masksmith.config import TrainConfig, resolve_user_config, user_config_from
+from masksmith.data.check import check_dataset, fingerprint
+from masksmith.training.planning import plan_choices
+from tests.helpers import make_shapes_dataset
+
+GIVEN = dict(epochs=1, early_stopping=0, lr=3e-3, num_workers=0, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", count=6)
+
+
+def plan_of(run_dir) -> dict:
+    return json.loads((run_dir / "plan.json").read_text())
+
+
+def test_python_keywords_a_train_config_and_the_cli_give_the_same_plan(shapes, tmp_path):
+    by_keywords = masksmith.train(shapes, out=str(tmp_path / "kw"), **GIVEN)
+    # Regression: the TrainConfig was dumped and re-validated, which marked every field as given, so
+    # the auto plan chose nothing (plan.json: "nothing to plan").
+    by_config = masksmith.train(config=TrainConfig(data=str(shapes), out=str(tmp_path / "cfg"), **GIVEN))
+    cli = CliRunner().invoke(app, ["train", str(shapes), "--out", str(tmp_path / "cli"), "--epochs", "1",
+                                   "--early-stopping", "0", "--lr", "0.003", "--workers", "0", "-q"],
+                             catch_exceptions=False)
+    assert cli.exit_code == 0, cli.output
+    plans = [plan_of(tmp_path / name) for name in ("kw", "cfg", "cli")]
+    assert plans[0]["choices"], "the plan chose nothing"
+    assert {"size", "batch_size", "loss"} <= set(plans[0]["config"])
+    assert plans[0] == plans[1] == plans[2]
+    assert by_keywords.best_epoch == by_config.best_epoch == 0
+
+
+def test_given_is_what_was_passed_never_every_field(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data: d\nsize: 64\n")
+    assert resolve_user_config(path, epochs=3, lr=None).given == {"data", "size", "epochs"}
+    config = TrainConfig(data="d", batch_size=4)
+    assert user_config_from(config, loss="ce").given == {"data", "batch_size", "loss"}
+    applied = user_config_from(config).with_values({"size": 96, "epochs": 2})
+    assert applied.given == {"data", "batch_size"} and applied.config.size == 96
+
+
+def test_plan_choices_keep_the_given_options(shapes):
+    fp = fingerprint(check_dataset(shapes, progress=False))
+    free = {c.option for c in plan_choices(fp, user_config_from(TrainConfig(data="d")), "cpu")[0]}
+    kept = {c.option for c in plan_choices(fp, user_config_from(TrainConfig(data="d", size=32, loss="ce",
+                                                                            batch_size=2)), "cpu")[0]}
+    assert {"size", "loss", "batch_size"} <= free
+    assert not {"size", "loss", "batch_size"} & kept and kept
