@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 import masksmith
+from masksmith.backends import OnnxBackend, physical_cores
 from masksmith.bundle import read_meta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.masks import read_image
-from masksmith.export import OnnxBackend, export_onnx
-from masksmith.predict import Predictor, physical_cores
+from masksmith.export import export_onnx
+from masksmith.predict import Predictor
 
 MEMBRANE = Path(__file__).resolve().parents[1] / "examples" / "membrane"
 

@@ -15,7 +15,7 @@ from masksmith.models import (
     logits_to_probabilities,
     model_options,
 )
-from masksmith.models.unet import pad_to_multiple
+from masksmith.models.base import pad_to_multiple
 
 # Built-in models only: the smp.* entries need the optional extra and are tested in test_smp.py.
 ALL_MODELS = [name for name in MODELS.names() if not name.startswith("smp.")]
@@ -213,3 +213,27 @@ def test_logits_to_probabilities() -> None:
     torch.testing.assert_close(logits_to_probabilities(many), torch.softmax(many, 1))
     # Same decision either way for a 1-channel head at the default threshold.
     assert torch.equal(logits_to_probabilities(one).argmax(1), logits_to_classes(one))
+
+
+def test_encoder_protocol_and_input_multiple() -> None:
+    from masksmith.models.base import DEFAULT_MULTIPLE, encoder_of, encoder_stride, input_multiple, set_frozen
+
+    unet = build_model("unet", 3, 2, depth=3, base_channels=4)
+    fcn = build_model("fcn-lite", 3, 2, depth=2, base_channels=4)
+    assert input_multiple(unet) == 8 and input_multiple(fcn) == 4
+    assert input_multiple(torch.nn.Conv2d(3, 2, 1)) == DEFAULT_MULTIPLE == 1  # declares nothing: pads nothing
+    assert encoder_of(unet) is not None and encoder_of(torch.nn.Conv2d(3, 2, 1)) is None
+    encoder = encoder_of(unet)
+    set_frozen(encoder, True, training=True)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not any(m.training for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(p.requires_grad for name, p in unet.named_parameters() if name.startswith("head"))
+    set_frozen(encoder, False, training=True)
+    assert all(p.requires_grad for p in encoder.parameters()) and all(m.training for m in encoder.modules())
+
+    class Strided(torch.nn.Module):
+        output_stride = 16
+
+    assert encoder_stride(Strided()) == 16 and encoder_stride(torch.nn.Identity()) == 32
+    with pytest.raises(ValueError, match="multiple"):
+        input_multiple(type("Odd", (), {"multiple": 2.5})())

@@ -8,7 +8,8 @@ import torch
 
 from masksmith.bundle import BundleMeta
 from masksmith.models import build_model
-from masksmith.predict import Predictor, TorchBackend, fold_batchnorm, tiled_logits
+from masksmith.backends import TorchBackend
+from masksmith.predict import Predictor, tiled_logits
 
 
 def _network(name: str, depth: int, seed: int = 0) -> torch.nn.Module:
@@ -66,20 +67,6 @@ def test_deeper_models_stay_close_to_whole_image_inference():
         tiled = tiled_logits(backend, image, tile=96, overlap=64, multiple=4, blend=blend)
         assert float((tiled - whole).abs().mean()) < 1e-3 * float(whole.abs().max())
         assert (tiled.argmax(1) == whole.argmax(1)).float().mean() > 0.999
-
-
-def test_folded_batchnorm_gives_the_same_logits_and_leaves_the_original_alone():
-    network = _network("unet", depth=2)
-    folded = fold_batchnorm(network)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
-    image = torch.randn(2, 3, 72, 88)
-    with torch.no_grad():
-        expected = network(image)
-    got = TorchBackend(network, optimize=True)(image)
-    assert float((got - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
-    with torch.no_grad():
-        assert float((folded(image) - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
 
 
 def test_predictor_tiles_large_images_of_crop_trained_models_automatically():

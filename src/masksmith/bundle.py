@@ -2,6 +2,8 @@
 
 The file is a plain safetensors file whose header metadata holds the JSON under the key
 `masksmith`. Loading never unpickles anything, and any safetensors reader can open the weights.
+An exported ONNX model carries the same metadata (plus how to feed its graph) under the same key,
+read and validated here by the same code; `load_network` is how anyone gets a bundle's network.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,15 +23,19 @@ from masksmith import __version__
 from masksmith.config import InputSize, size_pair
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
+from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
 
 FORMAT_NAME = "masksmith-bundle"
 FORMAT_VERSION = 1
-METADATA_KEY = "masksmith"
+ONNX_FORMAT_NAME = "masksmith-onnx"
+ONNX_FORMAT_VERSION = 1
+METADATA_KEY = "masksmith"  # the metadata key in both the safetensors header and the ONNX metadata_props
 MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
 MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
 MAX_OPTION_INT = 65536  # no architecture option (channels, depth, kernel) is legitimately larger
 MAX_OPTION_NESTING = 4
 
+Parsed = TypeVar("Parsed")
 Count = Annotated[int, Field(strict=True)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 ColorValue = Annotated[int, Field(strict=True, ge=0, le=255)]
@@ -179,25 +185,61 @@ def _open(path: str | Path, load_weights: bool) -> tuple[BundleMeta, dict[str, t
         raise BundleError(f"{path}: not a readable model bundle ({reason})") from None
     if raw is None:
         raise BundleError(f"{path}: a safetensors file but not a masksmith bundle (no '{METADATA_KEY}' metadata)")
+    meta = _parse_header(raw, str(path), FORMAT_NAME, FORMAT_VERSION, "bundle format", "damaged masksmith metadata",
+                         lambda header: BundleMeta.model_validate(header["meta"]))
+    return meta, weights
+
+
+def _parse_header(raw: str, source: str, format_name: str, version: int, format_label: str, damaged: str,
+                  validate: Callable[[dict[str, Any]], Parsed]) -> Parsed:
+    """The one reader of masksmith's JSON headers (bundle and ONNX): format, version, then `validate`.
+
+    Every way the text can be wrong becomes a one-line BundleError naming `source`.
+    """
     try:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError(f"a JSON {type(header).__name__}, not an object")
-        if header.get("format") != FORMAT_NAME:
+        if header.get("format") != format_name:
             raise ValueError("wrong format name")
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise BundleError(
-                f"{path}: bundle format {header['format_version']} is newer than this masksmith "
-                f"({__version__}) reads; upgrade masksmith")
-        meta = BundleMeta.model_validate(header["meta"])
+        if header.get("format_version", 0) > version:
+            raise BundleError(f"{source}: {format_label} {header['format_version']} is newer than this masksmith "
+                              f"({__version__}) reads; upgrade masksmith")
+        return validate(header)
     except BundleError:
         raise
     except ValidationError as error:
-        raise BundleError(f"{path}: damaged masksmith metadata ({validation_reason(error)})") from None
+        raise BundleError(f"{source}: {damaged} ({validation_reason(error)})") from None
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BundleError(f"{path}: damaged masksmith metadata ({reason})") from None
-    return meta, weights
+        raise BundleError(f"{source}: {damaged} ({reason})") from None
+
+
+class OnnxHeader(BaseModel):
+    """The masksmith entry of an exported ONNX model's metadata: how to feed the graph, and the bundle's meta."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # A header without one predates the field; such graphs were exported without padding requirements.
+    input_multiple: Annotated[int, Field(strict=True, ge=1, le=MAX_MULTIPLE)] = DEFAULT_MULTIPLE
+    precision: Literal["fp32", "int8"] = "fp32"
+    meta: BundleMeta
+
+
+def onnx_header(meta: BundleMeta, multiple: int, precision: str, opset: int) -> str:
+    """The JSON stored under METADATA_KEY in an exported ONNX model's metadata_props."""
+    return json.dumps({"format": ONNX_FORMAT_NAME, "format_version": ONNX_FORMAT_VERSION, "input_multiple": multiple,
+                       "precision": precision, "opset": opset, "exported_by": __version__,
+                       "meta": meta.model_dump(mode="json")})
+
+
+def parse_onnx_header(raw: str | None, source: str) -> OnnxHeader:
+    """The validated masksmith header of an ONNX model (BundleMeta checked as a bundle's is); BundleError if bad."""
+    if raw is None:
+        raise BundleError(f"{source}: an ONNX model but not one exported by masksmith "
+                          f"(no '{METADATA_KEY}' metadata); export it with `masksmith export`")
+    return _parse_header(raw, source, ONNX_FORMAT_NAME, ONNX_FORMAT_VERSION, "ONNX metadata format",
+                         "damaged masksmith metadata in ONNX model", OnnxHeader.model_validate)
 
 
 def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
@@ -231,3 +273,9 @@ def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: st
     network = build("cpu")
     network.load_state_dict(weights)
     return network
+
+
+def load_network(path: str | Path) -> tuple[BundleMeta, nn.Module]:
+    """A bundle's metadata and its network (CPU, eval mode), shapes checked before anything is allocated."""
+    meta, weights = load_bundle(path)
+    return meta, build_network(meta, weights, path).eval()

@@ -30,6 +30,7 @@ from masksmith.fileio import write_text_atomic
 from masksmith.losses import build_loss
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
 from masksmith.models import logits_to_classes
+from masksmith.models.base import batchnorm_eval, encoder_of, set_frozen
 
 
 class SegmentationModule(L.LightningModule):
@@ -150,8 +151,7 @@ class SegmentationModule(L.LightningModule):
     @property
     def encoder(self) -> torch.nn.Module | None:
         """The network's encoder (smp models and masksmith's UNet have one), or None."""
-        encoder = getattr(self.network, "encoder", None)
-        return encoder if isinstance(encoder, torch.nn.Module) else None
+        return encoder_of(self.network)
 
     @property
     def encoder_lr(self) -> float:
@@ -171,14 +171,8 @@ class SegmentationModule(L.LightningModule):
     def set_encoder_frozen(self, frozen: bool) -> None:
         """Freeze (no gradients, BatchNorm statistics fixed) or unfreeze the encoder."""
         encoder = self.encoder
-        if encoder is None:
-            return
-        for parameter in encoder.parameters():
-            parameter.requires_grad_(not frozen)
-        if frozen:
-            _batchnorm_eval(encoder)
-        elif self.training:
-            encoder.train()
+        if encoder is not None:
+            set_frozen(encoder, frozen, self.training)
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         """Switch train/eval mode, keeping a frozen encoder's BatchNorm layers in eval mode."""
@@ -186,7 +180,7 @@ class SegmentationModule(L.LightningModule):
         # BatchNorm would go back to updating its running statistics.
         super().train(mode)
         if mode and self.encoder_frozen:
-            _batchnorm_eval(self.encoder)
+            batchnorm_eval(self.encoder)
         return self
 
     def on_fit_start(self) -> None:
@@ -218,13 +212,6 @@ def _cosine(progress: float) -> float:
 
 def _poly(progress: float) -> float:
     return (1 - progress) ** 0.9
-
-
-def _batchnorm_eval(module: torch.nn.Module) -> None:
-    """Put every BatchNorm layer of `module` in eval mode, so its running statistics stay fixed."""
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.eval()
 
 
 class EpochHistory(Callback):

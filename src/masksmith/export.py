@@ -1,47 +1,33 @@
-"""ONNX export (fp32 or static int8) of a model bundle, and the onnxruntime backend that runs it.
+"""ONNX export (fp32 or static int8) of a model bundle, verified against PyTorch before it is written.
 
 The exported graph takes a normalized N x C x H x W float batch whose H and W are multiples of the
-network's downsampling factor (recorded as `input_multiple`); `OnnxBackend` pads any other size the
+network's input multiple (recorded as `input_multiple`); backends.OnnxBackend pads any other size the
 same way the PyTorch network does and crops the logits back, so both backends give the same logits.
-The bundle's metadata travels inside the ONNX file (metadata_props key "masksmith").
+The bundle's metadata travels inside the ONNX file (metadata_props key "masksmith", see bundle.py).
+Uses bundle and backends, never predict.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from masksmith import __version__
-from masksmith.bundle import BundleMeta, validation_reason
-from masksmith.errors import BundleError, MasksmithError
+from masksmith.backends import DEFAULT_OPSET, OnnxBackend, network_to_onnx, quiet_exporter, set_onnx_header
+from masksmith.bundle import BundleMeta, load_network, onnx_header
+from masksmith.errors import MasksmithError
 from masksmith.fileio import atomic_path
+from masksmith.models.base import input_multiple, pad_to_multiple
 from masksmith.models.heads import logits_to_classes
-from masksmith.models.unet import pad_to_multiple
-from masksmith.predict import Predictor, physical_cores
 
-METADATA_KEY = "masksmith"
-FORMAT_NAME = "masksmith-onnx"
-FORMAT_VERSION = 1
-# Opset 18 is the lowest the torch.export-based exporter implements natively (17 needs a conversion pass).
-DEFAULT_OPSET = 18
 # Logits of an fp32 export must match PyTorch to this fraction of the largest logit magnitude.
 FP32_TOLERANCE = 1e-4
-# Models that do not say how much they downsample get the usual encoder factor.
-DEFAULT_MULTIPLE = 32
-MAX_MULTIPLE = 4096  # a network downsampling more than this has no pixels left for any real image
 
 
 @dataclass
@@ -89,163 +75,6 @@ class ExportReport:
         return (f"{self.path} ({self.precision}, opset {self.opset}, {self.size_bytes / 1e6:.2f} MB): "
                 f"max |logit diff| vs PyTorch {self.max_abs_diff:.2e} (relative {self.max_rel_diff:.2e}), "
                 f"{100 * self.agreement:.2f}% pixels agree")
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's progress prints and version-conversion warnings (the report says what matters)."""
-    # The root logger too: onnxruntime.quantization warns through it.
-    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-class OnnxHeader(BaseModel):
-    """The masksmith entry of an exported model's metadata; the bundle's own fields are BundleMeta's to check."""
-
-    model_config = ConfigDict(extra="allow")
-
-    input_multiple: Annotated[int, Field(strict=True, ge=1, le=MAX_MULTIPLE)] = 1
-    precision: Literal["fp32", "int8"] = "fp32"
-    meta: BundleMeta
-
-
-def _header(meta: BundleMeta, multiple: int, precision: str, opset: int) -> str:
-    return json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "input_multiple": multiple,
-                       "precision": precision, "opset": opset, "exported_by": __version__,
-                       "meta": meta.model_dump(mode="json")})
-
-
-def _set_metadata(model: Any, header: str) -> None:
-    """Replace the masksmith entry of an onnx.ModelProto's metadata_props."""
-    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, header
-
-
-def network_to_onnx(network: nn.Module, meta: BundleMeta, *, opset: int = DEFAULT_OPSET) -> bytes:
-    """Serialized fp32 ONNX model (metadata embedded) with dynamic batch, height and width."""
-    from torch.export import Dim
-
-    network = network.eval()
-    multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
-    # At least 2 blocks per side (and 2 images): the exporter would freeze a dimension traced at size 1.
-    side = max(2 * multiple, -(-max(meta.input_shape) // multiple) * multiple)
-    sample = torch.randn(2, meta.in_channels, side, side)
-    # H and W declared as multiples of the downsampling factor: the network's own padding then
-    # provably does nothing and is traced away, instead of being frozen at the sample's size.
-    shapes = {"x": {0: Dim("batch", min=1, max=4096),
-                    2: multiple * Dim("height_blocks", min=1, max=65536 // multiple),
-                    3: multiple * Dim("width_blocks", min=1, max=65536 // multiple)}}
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(network, (sample,), None, dynamo=True, opset_version=opset,
-                                        input_names=["image"], output_names=["logits"],
-                                        dynamic_shapes=shapes, verbose=False)
-    except Exception as error:  # the exporter raises many types; the user needs the model and the reason
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MasksmithError(f"model {meta.model!r} could not be exported to ONNX ({reason})") from None
-    model = program.model_proto
-    _set_metadata(model, _header(meta, multiple, "fp32", opset))
-    return model.SerializeToString()
-
-
-def _parse_header(raw: str | None, source: str) -> tuple[BundleMeta, dict[str, Any]]:
-    if raw is None:
-        raise BundleError(f"{source}: an ONNX model but not one exported by masksmith "
-                          f"(no '{METADATA_KEY}' metadata); export it with `masksmith export`")
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError(f"a JSON {type(header).__name__}, not an object")
-        if header.get("format") != FORMAT_NAME:
-            raise ValueError("wrong format name")
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise BundleError(f"{source}: ONNX metadata format {header['format_version']} is newer than this "
-                              f"masksmith ({__version__}) reads; upgrade masksmith")
-        parsed = OnnxHeader.model_validate(header)
-    except BundleError:
-        raise
-    except ValidationError as error:
-        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({validation_reason(error)})") from None
-    except (ValueError, KeyError, TypeError, RecursionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BundleError(f"{source}: damaged masksmith metadata in ONNX model ({reason})") from None
-    return parsed.meta, {**header, "input_multiple": parsed.input_multiple, "precision": parsed.precision}
-
-
-def read_onnx_meta(path: str | Path) -> BundleMeta:
-    """The BundleMeta embedded in a masksmith ONNX file."""
-    return OnnxBackend(path).meta
-
-
-class OnnxBackend:
-    """An onnxruntime CPU session producing the same logits as the PyTorch network."""
-
-    name = "onnx"
-
-    def __init__(self, model: str | Path | bytes, *, threads: int | None = None, source: str | None = None):
-        import onnxruntime as ort
-
-        if isinstance(model, (str, Path)):
-            path = Path(model)
-            source = source or str(path)
-            if not path.is_file():
-                raise BundleError(f"{path}: no such ONNX model")
-            if path.stat().st_size == 0:
-                raise BundleError(f"{path}: empty file, not an ONNX model")
-            model = path.read_bytes()
-        source = source or "ONNX model"
-        options = ort.SessionOptions()
-        # One thread per physical core: hyper-threads only contend for the same vector units.
-        options.intra_op_num_threads = threads or physical_cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for protobuf and graph errors
-            reason = " ".join(str(error).split())[:200] or type(error).__name__
-            raise BundleError(f"{source}: not a readable ONNX model ({reason})") from None
-        self.source = source
-        self.meta, self.header = _parse_header(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
-                                               source)
-        self.multiple = self.header["input_multiple"]
-        self.precision = self.header.get("precision", "fp32")
-        self.input_name = self.session.get_inputs()[0].name
-        self._check_channels()
-
-    def _check_channels(self) -> None:
-        """The graph's (static) channel counts must be the ones the metadata promises."""
-        graph_in, graph_out = self.session.get_inputs(), self.session.get_outputs()
-        for role, values, wanted in (("input", graph_in, self.meta.in_channels),
-                                     ("output", graph_out, self.meta.out_channels)):
-            shape = values[0].shape if values else []
-            if len(values) != 1 or len(shape) != 4:
-                raise BundleError(f"{self.source}: expected one 4-D (N x C x H x W) {role}, "
-                                  f"got {len(values)} with shape {shape}")
-            if isinstance(shape[1], int) and shape[1] != wanted:
-                raise BundleError(f"{self.source}: the graph's {role} has {shape[1]} channels but its masksmith "
-                                  f"metadata says {wanted}")
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (N x K x H x W) for a normalized batch of any height and width."""
-        height, width = batch.shape[-2:]
-        # The same padding the PyTorch network applies inside its forward.
-        padded = pad_to_multiple(batch.detach().float().cpu(), self.multiple)
-        feed = np.ascontiguousarray(padded.numpy(), dtype=np.float32)
-        logits = self.session.run(None, {self.input_name: feed})[0]
-        return torch.from_numpy(logits[:, :, :height, :width].copy())
 
 
 def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
@@ -369,7 +198,7 @@ def quantize_int8(fp32: bytes, batches: Sequence[torch.Tensor], multiple: int) -
     with tempfile.TemporaryDirectory(prefix="masksmith-int8-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(model.SerializeToString())
-        with _quiet_exporter():
+        with quiet_exporter():
             # uint8 activations x int8 weights is the fast kernel on x86. Without AVX-512 VNNI it multiplies
             # pairs with VPMADDUBSW, whose 16-bit sums saturate with full 8-bit weights (5% of pixels
             # flipped on the membrane demo); 7-bit weights (reduce_range) cannot overflow, cost no speed,
@@ -423,21 +252,19 @@ def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = D
         raise MasksmithError(f"{out_path}: the exported model's name must end in .onnx")
     if int8 and not calibration:
         raise MasksmithError("int8 export needs calibration images (--calibration FOLDER or glob)")
-    predictor = Predictor.load(bundle_path, device="cpu", optimize=False)
-    network, meta = predictor.network, predictor.meta
-    assert network is not None
+    meta, network = load_network(bundle_path)
     real: list[torch.Tensor] = []
     if calibration:
         items = [calibration] if isinstance(calibration, (str, Path)) else list(calibration)
         real = calibration_batches(meta, items, calibration_limit)
     model = network_to_onnx(network, meta, opset=opset)
-    multiple = int(getattr(network, "multiple", DEFAULT_MULTIPLE))
+    multiple = input_multiple(network)  # the one the graph's header records (network_to_onnx reads the same)
     precision = "int8" if int8 else "fp32"
     if int8:
         import onnx
 
         quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
-        _set_metadata(quantized, _header(meta, multiple, "int8", opset))
+        set_onnx_header(quantized, onnx_header(meta, multiple, "int8", opset))
         model = quantized.SerializeToString()
     backend = OnnxBackend(model, source=str(out_path))
     report = ExportReport(out_path, precision, opset, multiple, len(model), calibration_images=len(real))

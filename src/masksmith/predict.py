@@ -1,19 +1,16 @@
 """Predictor: a loaded model (PyTorch bundle or ONNX) that turns images into masks at their original size.
 
-One Predictor holds the pre- and post-processing; a *backend* only maps a normalized N x C x H x W
-float batch to logits of the same height and width. The PyTorch backend runs the network (folded
-BatchNorm, channels_last, one thread per physical core); the ONNX backend (masksmith.export) runs
-an onnxruntime session. Large images of crop-trained models are predicted tile by tile.
+One Predictor holds the pre- and post-processing, tiling and TTA; a *backend* (masksmith.backends)
+only maps a normalized N x C x H x W float batch to logits of the same height and width. Large
+images of crop-trained models are predicted tile by tile, tiles aligned to the backend's input multiple.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -22,103 +19,23 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from masksmith.bundle import BundleMeta, build_network, load_bundle
+from masksmith.backends import Backend, TorchBackend, open_backend
+from masksmith.bundle import BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.discover import list_inputs
 from masksmith.data.masks import MaskEncoding, read_image, write_mask
 from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, logits_to_probabilities
+from masksmith.models.base import input_multiple, pad_to_multiple
 from masksmith.visualize import overlay, save_image, save_mask_png
 
 ImageInput = np.ndarray | Image.Image | str | Path
 Blend = Literal["gaussian", "linear"]
-BACKENDS = ("torch", "onnx")
 BLENDS = ("gaussian", "linear")
 # Crop-trained models switch to tiles when an image side exceeds this many times the training size:
 # whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
 AUTO_TILE_FACTOR = 2.0
-
-
-def physical_cores() -> int:
-    """Physical CPU cores available to this process (hyper-threads share one core's arithmetic units)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    try:
-        physical_id = core_id = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "physical id":
-                physical_id = value.strip()
-            elif key == "core id":
-                core_id = value.strip()
-                cores.add((physical_id, core_id))
-    except OSError:
-        pass
-    # Containers often see every host core in cpuinfo but may run on fewer: take the smaller.
-    return max(1, min(len(cores), available) if cores else available)
-
-
-class Backend(Protocol):
-    """Maps a normalized N x C x H x W float batch (any H, W) to N x K x H x W float logits on the CPU."""
-
-    name: str
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-
-def fold_batchnorm(network: nn.Module) -> nn.Module:
-    """A copy of `network` (eval mode) with every Conv→BatchNorm pair inside a Sequential merged into one conv.
-
-    Inference-only: the BatchNorm becomes Identity, so the copy computes the same function with
-    one layer fewer per pair; the original module is left untouched for training.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = copy.deepcopy(network).eval()
-    for module in folded.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (name, layer), (next_name, follower) in zip(children, children[1:]):
-            # Exact types only: a subclass (quantized, custom) may not compute a plain convolution.
-            if type(follower) is nn.BatchNorm2d and follower.track_running_stats and \
-                    type(layer) in (nn.Conv2d, nn.ConvTranspose2d):
-                fused = fuse_conv_bn_eval(layer, follower, transpose=isinstance(layer, nn.ConvTranspose2d))
-                setattr(module, name, fused)
-                setattr(module, next_name, nn.Identity())
-    return folded
-
-
-class TorchBackend:
-    """The PyTorch network, optionally optimized for inference (BN folded, channels_last, threads)."""
-
-    name = "torch"
-
-    def __init__(self, network: nn.Module, device: str | torch.device = "cpu", optimize: bool = True):
-        self.device = torch.device(device)
-        self.optimize = optimize
-        network = network.eval()
-        if optimize:
-            network = fold_batchnorm(network)
-            if self.device.type == "cpu":
-                torch.set_num_threads(physical_cores())
-        self.network = network.to(self.device)
-        if optimize:
-            # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels without layout reorders.
-            self.network = self.network.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for a normalized batch."""
-        batch = batch.to(self.device)
-        if self.optimize:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return self.network(batch).float().contiguous().cpu()
 
 
 def _blend_weights(size: int, overlap: int, blend: str, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -167,7 +84,6 @@ def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.T
         raise MasksmithError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     if tile < 1 or not 0 <= overlap < tile:
         raise MasksmithError(f"tiling needs tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
-    from masksmith.models.unet import pad_to_multiple
 
     height, width = image.shape[-2:]
     multiple = max(1, multiple)
@@ -220,15 +136,14 @@ class Predictor:
                  blend: Blend = "gaussian", tile_batch: int = 4, tta: bool = False,
                  auto_tile_factor: float | None = AUTO_TILE_FACTOR, multiple: int | None = None):
         self.meta = meta
-        self.device = torch.device(device)
         if isinstance(network, nn.Module):
-            self.backend: Backend = TorchBackend(network, self.device, optimize=optimize)
-            self.network: nn.Module | None = self.backend.network  # type: ignore[attr-defined]
-            self.multiple = multiple or int(getattr(network, "multiple", 1))
-        else:
-            self.backend = network
-            self.network = None
-            self.multiple = multiple or int(getattr(network, "multiple", 1))
+            network = TorchBackend(network, device, optimize=optimize)
+        self.backend: Backend = network
+        self.device = getattr(network, "device", torch.device(device))
+        # The PyTorch network when there is one (export verification and training tests read it).
+        self.network: nn.Module | None = getattr(network, "network", None)
+        # The backend's multiple is its network's (or the ONNX header's): tiles line up with its padding.
+        self.multiple = multiple or input_multiple(network)
         self.colors = np.array(meta.colors, dtype=np.uint8)
         if blend not in BLENDS:
             raise MasksmithError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
@@ -245,32 +160,14 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *, backend: str | None = None,
-             optimize: bool = True, **options) -> "Predictor":
+             optimize: bool = True, threads: int | None = None, **options) -> "Predictor":
         """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle run by PyTorch.
 
         `backend="onnx"` on a bundle exports it to ONNX in memory first; options go to the constructor.
         """
-        path = Path(path)
-        if backend is not None and backend not in BACKENDS:
-            raise MasksmithError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if path.suffix.lower() == ".onnx":
-            if backend == "torch":
-                raise MasksmithError(f"{path}: an ONNX model runs on the onnx backend only; "
-                                     "give the .msb bundle for --backend torch")
-            from masksmith.export import OnnxBackend
-
-            onnx_backend = OnnxBackend(path)
-            return cls(onnx_backend, onnx_backend.meta, "cpu", multiple=onnx_backend.multiple, **options)
-        meta, weights = load_bundle(path)
-        network = build_network(meta, weights, path)  # shapes checked before the network is allocated
-        if backend == "onnx":
-            from masksmith.export import OnnxBackend, network_to_onnx
-
-            onnx_backend = OnnxBackend(network_to_onnx(network.eval(), meta), source=f"{path} (exported)")
-            return cls(onnx_backend, meta, "cpu", multiple=onnx_backend.multiple, **options)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(network, meta, device, optimize=optimize, **options)
+        opened = open_backend(path, kind=backend, device=device, optimize=optimize, threads=threads)
+        assert opened.meta is not None  # opened from a file: the bundle's (or ONNX header's) metadata
+        return cls(opened, opened.meta, **options)
 
     @property
     def class_names(self) -> list[str]:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masksmith.errors import ConfigError
+from masksmith.models.base import encoder_stride, pad_to_multiple
 from masksmith.models.encoders import Encoder, build_encoder, encoder_info, pretrained_weights_file
-from masksmith.models.unet import DoubleConv, check_architecture_options, init_weights, pad_to_multiple
+from masksmith.models.unet import DoubleConv, check_architecture_options, init_weights
 
 # The classic U-Net's depth default; with an encoder the depth is the encoder's (5 downsamplings).
 CLASSIC_DEPTH = 4
@@ -47,7 +48,7 @@ class EncoderUNet(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.encoder = encoder
-        self.multiple = max(encoder.reductions)  # inputs are padded to it, then cropped back
+        self.multiple = encoder_stride(encoder)  # inputs are padded to it, then cropped back
         widths = decoder_widths(base_channels)
         skips = [*encoder.out_channels[-2::-1], 0]  # strides 16, 8, 4, 2, then none at full resolution
         inputs = [encoder.out_channels[-1], *widths[:-1]]

@@ -18,7 +18,7 @@ from torch import nn
 
 from masksmith.errors import ConfigError
 from masksmith.models.registry import MODELS
-from masksmith.models.unet import pad_to_multiple
+from masksmith.models.base import DEFAULT_ENCODER_STRIDE, encoder_of, encoder_stride, pad_to_multiple
 
 logger = logging.getLogger("masksmith")
 
@@ -133,7 +133,8 @@ def pad_inputs_to_stride(model: nn.Module) -> None:
     DeepLabV3+); masksmith's own U-Net pads, and every model in the registry keeps that contract.
     Hooks rather than a wrapper module keep the state-dict keys smp's own, so smp weight files load.
     """
-    multiple = int(getattr(getattr(model, "encoder", None), "output_stride", 32) or 32)
+    encoder = encoder_of(model)
+    multiple = encoder_stride(encoder) if encoder is not None else DEFAULT_ENCODER_STRIDE
     input_sizes: list[tuple[int, int]] = []
     model.multiple = multiple  # read by tiled prediction and ONNX export, as for the built-in models
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masksmith.errors import ConfigError
+from masksmith.models.base import pad_to_multiple
 from masksmith.models.registry import MODELS
 
 UPSAMPLING_MODES = ("transpose", "bilinear")
@@ -29,19 +29,6 @@ def check_architecture_options(
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model {model!r}: dropout must be in [0, 1), got {dropout!r}")
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad an N x C x H x W tensor at the bottom/right so H and W are multiples of `multiple`."""
-    height, width = x.shape[-2:]
-    pad_h = (-height) % multiple
-    pad_w = (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    # Reflection keeps image statistics at the border (zeros look like a dark frame to the
-    # convolutions), but it needs the pad to be smaller than the side; tiny inputs fall back to zeros.
-    mode = "reflect" if pad_h < height and pad_w < width else "constant"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any, Hashable
 
 import numpy as np
-import torch
 
 from masksmith import __version__
 from masksmith.errors import MasksmithError
-from masksmith.predict import Predictor, physical_cores
+from masksmith.predict import Predictor
 
 # One inference job: the decoded image and the binary threshold asked for (None: the bundle's).
 Job = tuple[np.ndarray, float | None]
@@ -31,16 +30,7 @@ def file_checksum(path: Path) -> str:
 
 def load_predictor(path: Path, backend: str | None, threads: int | None) -> Predictor:
     """The Predictor `predict` would build (TTA off, automatic tiling), with `threads` compute threads."""
-    if path.suffix.lower() == ".onnx" and backend in (None, "onnx"):
-        from masksmith.export import OnnxBackend
-
-        # Predictor.load's ONNX branch, with the thread count passed to the session.
-        onnx = OnnxBackend(path, threads=threads)
-        return Predictor(onnx, onnx.meta, "cpu", multiple=onnx.multiple)
-    predictor = Predictor.load(path, device="cpu", backend=backend)
-    if threads is not None and predictor.backend_name == "torch":
-        torch.set_num_threads(threads)
-    return predictor
+    return Predictor.load(path, device="cpu", backend=backend, threads=threads)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -92,8 +82,7 @@ class ServedModel:
         if not path.is_file():
             raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
         predictor = load_predictor(path, backend, threads)
-        used = threads or (torch.get_num_threads() if predictor.backend_name == "torch" else physical_cores())
-        model = cls(path, predictor, file_checksum(path), used)
+        model = cls(path, predictor, file_checksum(path), predictor.backend.threads)
         model.card = model._card()
         return model
 
