@@ -81,3 +81,21 @@ def test_atomic_output_has_ordinary_permissions(tmp_path):
     plain = tmp_path / "b.txt"
     plain.write_text("x")
     assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+
+def test_onnx_header_is_checked_by_the_bundles_own_rules() -> None:
+    from masksmith.bundle import onnx_header, parse_onnx_header
+
+    meta = BundleMeta(model="unet", model_options={}, in_channels=3, out_channels=2, class_names=["bg", "fg"],
+                      colors=[[0, 0, 0], [255, 255, 255]], size=32, resize="resize", mean=[0.5] * 3, std=[0.5] * 3,
+                      mask_encoding={"kind": "index"})
+    header = parse_onnx_header(onnx_header(meta, 8, "int8", 18), "m.onnx")
+    assert (header.meta, header.input_multiple, header.precision) == (meta, 8, "int8")
+    broken = json.loads(onnx_header(meta, 8, "fp32", 18))
+    broken["meta"]["colors"] = [[0, 0, 0]]
+    with pytest.raises(BundleError, match=r"m\.onnx: damaged masksmith metadata in ONNX model .*1 colors for 2"):
+        parse_onnx_header(json.dumps(broken), "m.onnx")
+    with pytest.raises(BundleError, match="newer than this masksmith"):
+        parse_onnx_header(json.dumps({**broken, "format_version": 99}), "m.onnx")
+    with pytest.raises(BundleError, match="not one exported by masksmith"):
+        parse_onnx_header(None, "m.onnx")
