@@ -1,6 +1,9 @@
 """Throughput of the built-in models, and masksmith's pipeline overhead against a plain PyTorch loop.
 
-    python benchmarks/speed.py [--sizes 256 512] [--steps 6] [--models unet fcn-lite]
+    python benchmarks/speed.py [--sizes 256 512] [--steps 6] [--models unet unet:efficientnet_lite0 fcn-lite]
+
+A model is a registry name, or `unet:ENCODER` for the U-Net over one of masksmith's pretrained encoders
+(efficientnet_lite0/1/2, mobilenet_v2; timed from random weights, which cost the same).
 
 For each model and input size it prints one row: parameters, GFLOPs per image (forward), training
 images/s through masksmith's own pipeline (files → dataset → augmentation → Lightning step) and through
@@ -112,6 +115,12 @@ class StepTimer:
         return _Timer()
 
 
+def model_spec(name: str) -> tuple[str, dict]:
+    """'unet:efficientnet_lite0' -> ('unet', {'encoder': 'efficientnet_lite0'}); a plain name has no options."""
+    model, _, encoder = name.partition(":")
+    return model, ({"encoder": encoder} if encoder else {})
+
+
 def masksmith_training(model_name: str, size: int, batch: int, steps: int) -> float:
     """masksmith's own path: files → dataset with augmentation → Lightning step, timed per step."""
     import masksmith
@@ -120,7 +129,7 @@ def masksmith_training(model_name: str, size: int, batch: int, steps: int) -> fl
         timer = StepTimer()
         subset = _subset(Path(out) / "data", (steps + 1) * batch)
         masksmith.train(subset, out=str(Path(out) / "run"), callbacks=[timer], foreground=0, size=size,
-                        batch_size=batch, model=model_name, auto=False, quiet=True, epochs=1, early_stopping=0,
+                        batch_size=batch, model=model_spec(model_name)[0], **model_spec(model_name)[1], auto=False, quiet=True, epochs=1, early_stopping=0,
                         augment="default", loss="ce")
     # The first step (warm-up: allocation, first batch) is left out, as in the plain loop.
     return (len(timer.ends) - 1) * batch / (timer.ends[-1] - timer.ends[0])
@@ -157,7 +166,8 @@ def measure(row: dict, queue: mp.Queue) -> None:
 
     torch.manual_seed(0)
     name, size, steps = row["model"], row["size"], row["steps"]
-    model = build_model(name, 1, 2)
+    model_name, options = model_spec(name)
+    model = build_model(model_name, 1, 2, **options)
     result = dict(row)
     result["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     result["gflops"] = forward_gflops(model, size)
@@ -171,7 +181,8 @@ def measure(row: dict, queue: mp.Queue) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["unet", "fcn-lite"])
+    parser.add_argument("--models", nargs="+", default=["unet", "unet:efficientnet_lite0", "unet:mobilenet_v2",
+                                                         "fcn-lite"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
@@ -180,7 +191,7 @@ def main() -> None:
     ceiling = max(products.values())
     print(f"machine ceiling: {ceiling:.1f} GFLOP/s (best fp32 matrix product, {torch.get_num_threads()} threads: "
           + ", ".join(f"{name} {value:.0f}" for name, value in products.items()) + ")")
-    header = (f"{'model':<9} {'size':>4} {'params M':>8} {'GFLOPs':>7} {'train img/s':>11} {'plain img/s':>11} "
+    header = (f"{'model':<24} {'size':>4} {'params M':>8} {'GFLOPs':>7} {'train img/s':>11} {'plain img/s':>11} "
               f"{'overhead':>8} {'infer b1':>8} {'infer b8':>8} {'peak MB':>8} {'train/ceiling':>13}")
     print(header)
     print("-" * len(header))
@@ -195,7 +206,7 @@ def main() -> None:
             overhead = 1 - r["masksmith_train"] / r["plain_train"]
             # Training costs about 3x the forward FLOPs (forward + backward).
             achieved = 3 * r["gflops"] * r["plain_train"]
-            print(f"{name:<9} {size:>4} {r['params_m']:>8.2f} {r['gflops']:>7.1f} {r['masksmith_train']:>11.2f} "
+            print(f"{name:<24} {size:>4} {r['params_m']:>8.2f} {r['gflops']:>7.1f} {r['masksmith_train']:>11.2f} "
                   f"{r['plain_train']:>11.2f} {overhead:>8.1%} {r['infer_b1']:>8.2f} {r['infer_b8']:>8.2f} "
                   f"{r['peak_mb']:>8.0f} {achieved / ceiling:>13.1%}")
             sys.stdout.flush()
