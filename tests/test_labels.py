@@ -101,3 +101,18 @@ def test_spec_round_trips_through_json():
         LabelSpec.from_dict({"class_names": ["a"]})
     with pytest.raises(ConfigError, match="1 colors for 2 classes"):
         LabelSpec(MaskEncoding("index"), ("a", "b"), ((0, 0, 0),), 255)
+
+
+def test_a_dataset_with_void_just_above_the_classes_trains_and_evaluates(tmp_path):
+    """void = K (K class names, masks 0..K-1 and K): train, evaluate and check all work, void counted nowhere."""
+    import masksmith
+
+    root = make_void_dataset(tmp_path / "data", void=3)
+    (root / "classes.txt").write_text("background\nred box\nblue box\n")
+    run = masksmith.train(root, ignore_index=3, epochs=1, size=32, batch_size=4, auto=False, quiet=True,
+                          model_options={"base_channels": 4}, num_workers=0, out=str(tmp_path / "run"))
+    meta = masksmith.bundle.read_meta(run.bundle)
+    assert meta.class_names == ["background", "red box", "blue box"] and meta.ignore_index == 3
+    scores = masksmith.evaluate(run.bundle, root, split="all", out=tmp_path / "eval", progress=False)
+    matrix = scores["confusion_matrix"]
+    assert len(matrix) == 3  # the void value is no class of the confusion matrix
