@@ -28,9 +28,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from masksmith.config import size_pair
 from masksmith.models import build_model
+from masksmith.plan import SIZE_CAP, SIZE_STEP, PlanChoice
 
-SIZE_STEP = 32
 MIN_SHORT_SIDE = 128
 MAX_LONG_RATIO = 2.0  # inputs at most twice as long as wide: panoramas are cropped, not squashed
 MIN_STEPS = 600
@@ -164,7 +165,6 @@ def describe_fits(fits: list[Fit]) -> list[dict[str, Any]]:
 
 NETWORK_OPTIONS = ("model", "model_options", "encoder", "weights")
 FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
-SIZE_CAP = {"cpu": 256, "cuda": 512}
 
 
 def installed_encoders() -> list[str]:
@@ -184,12 +184,11 @@ def installed_encoders() -> list[str]:
 
 def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], device: str,
                  max_time: float | None, epochs: int, timer: StepTimer = time_training_step,
-                 encoders: list[str] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+                 encoders: list[str] | None = None) -> tuple[list[PlanChoice], list[dict[str, Any]]]:
     """Choose the U-Net's encoder (with weights, freeze schedule and normalization), the input size and the
     batch; with a time budget by measured steps (module doc). Returns the PlanChoices and, for plan.json, the
     timed candidates. Plans nothing for other models or when the user set model options."""
     from masksmith.models.encoders import pretrained_normalization
-    from masksmith.plan import PlanChoice
 
     sizes_fp = fp.get("image_size") or {}
     median_w, median_h = float(sizes_fp.get("median_width") or 0), float(sizes_fp.get("median_height") or 0)
@@ -206,7 +205,7 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         candidates = list(installed_encoders() if encoders is None else encoders) or [None]
     pretrained = candidates[0] is not None and "encoder" not in given
     if "size" in given:
-        sizes = [_pair(known["size"])] if "size" in known else []
+        sizes = [size_pair(known["size"])] if "size" in known else []
     else:
         sizes = aspect_sizes(median_w, median_h, SIZE_CAP[device])
     batch = int(known.get("batch_size") or _batch_for(train_images))
@@ -265,8 +264,3 @@ def _batch_for(train_images: int) -> int:
         batch //= 2
     return batch
 
-
-def _pair(size: Any) -> tuple[int, int]:
-    from masksmith.config import size_pair
-
-    return size_pair(size)
