@@ -356,7 +356,7 @@ def test_polygon_corner_rule_is_pillow_9s_whatever_pillow_is_installed() -> None
 
 
 def test_bulk_rows_agree_with_the_row_by_row_rule() -> None:
-    from masksmith.data.convert.labelme import (
+    from masksmith.data.convert.labelme_raster import (
         _corner_row,
         _Edges,
         _fill_polygon,
