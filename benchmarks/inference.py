@@ -26,7 +26,7 @@ import masksmith
 from masksmith.backends import OnnxBackend, physical_cores
 from masksmith.bundle import read_meta
 from masksmith.data.dataset import preprocess_image
-from masksmith.data.masks import read_image
+from masksmith.data.images import read_image
 from masksmith.export import export_onnx
 from masksmith.predict import Predictor
 

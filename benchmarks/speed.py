@@ -77,7 +77,9 @@ def images_per_second(step, images_per_step: int, steps: int) -> float:
 def plain_training(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
     """The tutorials' loop: tensors in memory, Adam, cross-entropy, no data pipeline at all."""
     from masksmith.data.dataset import preprocess_image
-    from masksmith.data.masks import MaskEncoding, read_mask, read_image
+    from masksmith.data.encoding import MaskEncoding
+    from masksmith.data.images import read_image
+    from masksmith.data.masks import read_mask
 
     images = torch.cat([preprocess_image(read_image(p, 1), (size, size), [0.5], [0.25])
                         for p in sorted((DATA / "images").glob("*.png"))[:batch]])

@@ -15,22 +15,11 @@ from PIL import Image
 
 from masksmith.data import discover as discover_module
 from masksmith.data.discover import discover
-from masksmith.data.masks import (
-    LossyMaskWarning,
-    MaskEncoding,
-    color_table_text,
-    decode_mask,
-    describe_encoding,
-    detect_encoding,
-    discover_colors,
-    encode_mask,
-    image_channels,
-    read_image,
-    read_mask,
-    read_mask_values,
-    survey_masks,
-    write_mask,
-)
+from masksmith.data.detect import detect_encoding, discover_colors, survey_masks
+from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
+from masksmith.data.images import image_channels, read_image
+from masksmith.data.lossy import LossyMaskWarning
+from masksmith.data.masks import decode_mask, encode_mask, read_mask, read_mask_values, write_mask
 from masksmith.data.palette import read_palette_file
 from masksmith.errors import ConfigError, DataError
 

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from masksmith.data.masks import (
-    MaskEncoding,
-    decode_mask,
-    detect_encoding,
-    image_channels,
-    read_image,
-    read_mask,
-    read_mask_values,
-)
+from masksmith.data.detect import detect_encoding
+from masksmith.data.encoding import MaskEncoding
+from masksmith.data.images import image_channels, read_image
+from masksmith.data.masks import decode_mask, read_mask, read_mask_values
 from masksmith.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)

@@ -196,7 +196,7 @@ def test_convert_coco_over_its_images_is_refused(tmp_path, out_is):
 
 def test_a_2d_npy_image_is_read_as_height_x_width(tmp_path, bundle):
     from masksmith.data.check import check_dataset
-    from masksmith.data.masks import read_image
+    from masksmith.data.images import read_image
 
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
@@ -304,7 +304,7 @@ def _stray_dataset(root: Path) -> Path:
 
 def test_stray_binary_values_are_counted_in_a_warning(tmp_path):
     from masksmith.data.check import check_dataset
-    from masksmith.data.masks import StrayMaskValuesWarning, detect_encoding
+    from masksmith.data.detect import StrayMaskValuesWarning, detect_encoding
 
     root = _stray_dataset(tmp_path / "data")
     masks = sorted((root / "masks").iterdir())
@@ -323,7 +323,7 @@ def test_stray_binary_values_are_counted_in_a_warning(tmp_path):
 
 def test_one_rgb_mask_among_binary_masks_is_named(tmp_path):
     from masksmith.data.check import check_dataset
-    from masksmith.data.masks import detect_encoding
+    from masksmith.data.detect import detect_encoding
     from masksmith.errors import DataError
 
     root = _stray_dataset(tmp_path / "data")

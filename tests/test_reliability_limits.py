@@ -16,7 +16,7 @@ from PIL import Image
 
 import masksmith
 from masksmith.data.limits import DEFAULT_MAX_IMAGE_PIXELS, ENV_VAR, ImageTooLarge, image_pixel_limit
-from masksmith.data.masks import read_image
+from masksmith.data.images import read_image
 from masksmith.errors import DataError
 from tests.helpers import make_shapes_dataset
 

@@ -106,7 +106,7 @@ class BundleMeta(BaseModel):
     @field_validator("mask_encoding")
     @classmethod
     def _known_encoding(cls, encoding: dict[str, Any]) -> dict[str, Any]:
-        from masksmith.data.masks import MaskEncoding
+        from masksmith.data.encoding import MaskEncoding
 
         try:
             MaskEncoding.from_dict(encoding)

@@ -9,7 +9,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from masksmith.data.discover import Sample, discover
-from masksmith.data.masks import MaskEncoding, read_mask
+from masksmith.data.encoding import MaskEncoding
+from masksmith.data.masks import read_mask
 from masksmith.errors import DataError
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
 from masksmith.predict import Predictor

@@ -81,7 +81,7 @@ def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: i
     """Normalized 1 x C x H x W tensors from real images, preprocessed as prediction would see them."""
     from masksmith.data.dataset import preprocess_image
     from masksmith.data.discover import list_images
-    from masksmith.data.masks import read_image
+    from masksmith.data.images import read_image
 
     paths = list_images([str(item) for item in inputs])[:limit]
     if not paths:

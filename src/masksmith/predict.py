@@ -23,7 +23,9 @@ from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.discover import list_inputs
-from masksmith.data.masks import MaskEncoding, read_image, write_mask
+from masksmith.data.encoding import MaskEncoding
+from masksmith.data.images import read_image
+from masksmith.data.masks import write_mask
 from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, logits_to_probabilities

@@ -7,7 +7,8 @@ Conventions:
   value/color, with a `LossyMaskWarning` that names the file and counts the snapped pixels.
 - .npy masks are read with `allow_pickle=False`, always: a pickled file is refused, never unpickled.
 
-Encodings live in encoding.py, image reading in images.py, detection in detect.py.
+Encodings live in encoding.py, image reading in images.py, snapping in lossy.py, detection in detect.py;
+import those names from there.
 """
 
 from __future__ import annotations
@@ -20,31 +21,13 @@ from PIL import Image
 
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, check_class_range, describe_encoding
 from masksmith.data.images import LOSSY_FORMATS, NPY_SUFFIX, load_npy, open_decoded
-from masksmith.data.lossy import LossyMaskWarning, looks_lossy, nearest_center, refuse_far_regions, warn_snapped
+from masksmith.data.lossy import looks_lossy, nearest_center, refuse_far_regions, warn_snapped
 from masksmith.data.palette import color_text, pack_colors, unpack_colors
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import atomic_path
 
-# Names that moved out of this module in issue 12, still imported from here by code outside data/
-# (predict, export, serve, evaluation, benchmarks); new code imports them from images.py / encoding.py.
-from masksmith.data.encoding import color_table_text  # noqa: E402,F401
-from masksmith.data.images import image_channels, image_to_array, read_image  # noqa: E402,F401
-
-__all__ = ["LossyMaskWarning", "MaskEncoding", "RawMask", "binary_strays", "color_table_text", "decode_mask",
-           "encode_mask", "image_channels", "image_to_array", "load_raw_mask", "read_image", "read_mask",
-           "read_mask_values", "write_mask"]
-
-_MOVED_TO_DETECT = frozenset({"detect_encoding", "survey_masks", "discover_colors", "MaskSurvey",
-                              "StrayMaskValuesWarning"})
-
-
-def __getattr__(name: str):
-    """Detection moved to detect.py (which imports this module): old `masks.detect_encoding` imports still work."""
-    if name in _MOVED_TO_DETECT:
-        from masksmith.data import detect
-
-        return getattr(detect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["ColorLookup", "RawMask", "binary_classes", "binary_strays", "classify_colors", "decode_mask",
+           "encode_mask", "load_raw_mask", "read_mask", "read_mask_values", "write_mask"]
 
 
 @dataclass

@@ -10,7 +10,8 @@ from masksmith.config import TrainConfig, UserConfig
 from masksmith.data.classes import find_class_file
 from masksmith.data.labels import LabelSpec, resolve_labels
 from masksmith.data.discover import Sample, discover, split_samples
-from masksmith.data.masks import MaskEncoding, color_table_text, describe_encoding, image_channels
+from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
+from masksmith.data.images import image_channels
 from masksmith.data.validate import validate_samples
 from masksmith.errors import ConfigError, DataError
 from masksmith.models.smp import encoder_normalization

@@ -41,7 +41,7 @@ from masksmith.data.convert import (
     write_sample,
 )
 from masksmith.data.convert.nesting import parse_json
-from masksmith.data.masks import read_image
+from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
