@@ -27,7 +27,7 @@ from masksmith.backends import OnnxBackend, physical_cores
 from masksmith.bundle import read_meta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
-from masksmith.export import export_onnx
+from masksmith.onnx_export import export_onnx
 from masksmith.predict import Predictor
 
 MEMBRANE = Path(__file__).resolve().parents[1] / "examples" / "membrane"

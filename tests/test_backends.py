@@ -59,12 +59,12 @@ def _imports(module: str) -> set[str]:
 
 def test_export_and_predict_do_not_import_each_other():
     # Regression: export imported predict (Predictor.load) and predict imported export (OnnxBackend).
-    assert not {"masksmith.predict"} & _imports("masksmith.export")
-    assert not {"masksmith.export"} & _imports("masksmith.predict")
+    assert not {"masksmith.predict"} & _imports("masksmith.onnx_export")
+    assert not {"masksmith.onnx_export"} & _imports("masksmith.predict")
     for low in ("masksmith.backends", "masksmith.bundle", "masksmith.models.base"):
-        assert not {"masksmith.predict", "masksmith.export", "masksmith.serve.model"} & _imports(low), low
+        assert not {"masksmith.predict", "masksmith.onnx_export", "masksmith.serve.model"} & _imports(low), low
     # And in a fresh interpreter: loading export (and backends) brings no Predictor along.
-    code = ("import sys, masksmith.export, masksmith.backends; "
+    code = ("import sys, masksmith.onnx_export, masksmith.backends; "
             "assert 'masksmith.predict' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

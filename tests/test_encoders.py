@@ -346,7 +346,7 @@ def test_frozen_first_epoch_keeps_the_pretrained_encoder(shapes, tmp_path):
 def test_onnx_export_matches_pytorch(shapes, tmp_path):
     pytest.importorskip("onnxruntime")
     from masksmith.backends import OnnxBackend
-    from masksmith.export import export_onnx
+    from masksmith.onnx_export import export_onnx
 
     result = masksmith.train(shapes, classes=str(shapes / "classes.txt"), size=32, epochs=1, batch_size=2,
                              model="unet", encoder="efficientnet_lite0", model_options=TINY,

@@ -19,7 +19,7 @@ from pycocotools import mask as coco_mask  # noqa: E402
 
 from masksmith.cli import app as cli_app  # noqa: E402
 from masksmith.errors import ConfigError, MasksmithError  # noqa: E402
-from masksmith.export import export_onnx  # noqa: E402
+from masksmith.onnx_export import export_onnx  # noqa: E402
 from masksmith.predict import Predictor, predict_files  # noqa: E402
 from masksmith.serve import require_serve_extra  # noqa: E402
 from masksmith.serve.app import create_app  # noqa: E402

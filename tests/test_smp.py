@@ -151,7 +151,7 @@ def test_train_bundle_and_predict_with_an_smp_unet(tmp_path):
     assert mask.shape == (40, 56) and mask.max() <= 2
     # ONNX export of an smp model: verified against PyTorch at export, and the same masks from both backends.
     pytest.importorskip("onnxruntime")
-    from masksmith.export import export_onnx
+    from masksmith.onnx_export import export_onnx
 
     report = export_onnx(result.bundle, tmp_path / "model.onnx")
     assert report.max_rel_diff <= 1e-4

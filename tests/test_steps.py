@@ -4,7 +4,9 @@ export (the CLI prints what they return)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import types
 
 import pytest
 
@@ -37,11 +39,14 @@ def test_the_converters_are_public_and_return_their_report(tmp_path):
     assert isinstance(report, ConvertReport) and report.written == []
 
 
-def test_export_is_the_function_even_after_the_export_module_is_imported(tmp_path):
-    importlib.import_module("masksmith.export")  # binds the submodule on the package
+def test_export_is_the_function_and_no_submodule_shadows_it(tmp_path):
+    # The ONNX code lives in masksmith.onnx_export, so importing it cannot rebind masksmith.export.
+    importlib.import_module("masksmith.onnx_export")
 
+    assert type(masksmith) is types.ModuleType  # a plain package module, no class swapped in
+    assert importlib.util.find_spec("masksmith.export") is None
     assert callable(masksmith.export) and masksmith.export.__module__ == "masksmith.steps"
-    from masksmith.export import export_onnx
+    from masksmith.onnx_export import export_onnx
 
     assert callable(export_onnx)
     bundle = tmp_path / "model.msb"

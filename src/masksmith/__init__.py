@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -44,23 +42,3 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'masksmith' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """The package module, with `masksmith.export` kept as the export function: importing the submodule
-    masksmith.export would otherwise replace the attribute with the module (the submodule stays reachable
-    as `from masksmith.export import ...` and in sys.modules)."""
-
-    @property
-    def export(self) -> Any:
-        """masksmith.steps.export."""
-        from masksmith.steps import export
-
-        return export
-
-    @export.setter
-    def export(self, value: Any) -> None:
-        pass  # the import system binding the submodule; the function stays
-
-
-sys.modules[__name__].__class__ = _Package

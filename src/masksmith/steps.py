@@ -13,7 +13,7 @@ from masksmith.fileio import refuse_overwrite, write_text_atomic
 
 if TYPE_CHECKING:
     from masksmith.data.check import CheckReport
-    from masksmith.export import ExportReport
+    from masksmith.onnx_export import ExportReport
 
 
 @dataclass
@@ -46,7 +46,7 @@ def export(bundle: str | Path, out: str | Path | None = None, *, export_format: 
            int8: bool = False, calibration: str | Path | Sequence[str | Path] | None = None) -> "ExportReport":
     """Export a bundle to ONNX (fp32, or int8 calibrated on real images), verified against PyTorch; default
     OUT: the bundle's name with .onnx (.int8.onnx with int8)."""
-    from masksmith.export import export_onnx
+    from masksmith.onnx_export import export_onnx
 
     if export_format != "onnx":
         raise MasksmithError(f"format {export_format!r}: only 'onnx' is supported")
