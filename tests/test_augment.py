@@ -103,16 +103,16 @@ def test_upright_preset_never_turns_an_image_upside_down():
 
 
 def test_default_preset_has_no_hue_shift_for_one_channel():
-    names3 = [type(t).__name__ for t in build_augmentation("default", channels=3)]
-    names1 = [type(t).__name__ for t in build_augmentation("default", channels=1)]
+    names3 = [type(t).__name__ for t in build_augmentation("default", channels=3, ignore_index=IGNORE)]
+    names1 = [type(t).__name__ for t in build_augmentation("default", channels=1, ignore_index=IGNORE)]
     assert "HueSaturationValue" in names3 and "HueSaturationValue" not in names1
     assert "Affine" in names1 and "RandomBrightnessContrast" in names1
 
 
 def test_none_specs_give_no_pipeline():
-    assert build_augmentation(None) is None
-    assert build_augmentation("none") is None
-    assert build_augmentation([]) is None
+    assert build_augmentation(None, ignore_index=IGNORE) is None
+    assert build_augmentation("none", ignore_index=IGNORE) is None
+    assert build_augmentation([], ignore_index=IGNORE) is None
 
 
 def test_custom_list_spec():
@@ -123,7 +123,7 @@ def test_custom_list_spec():
     image, mask = _blocky_pair(3, 0)
     out = pipeline(image=image, mask=mask)
     assert (out["mask"][:4, :4] == IGNORE).all()  # a 45° turn uncovers the corners: ignore, not background
-    flip_only = build_augmentation([{"name": "HorizontalFlip", "p": 1.0}])
+    flip_only = build_augmentation([{"name": "HorizontalFlip", "p": 1.0}], ignore_index=IGNORE)
     out = flip_only(image=image, mask=mask)
     np.testing.assert_array_equal(out["mask"], mask[:, ::-1])
     np.testing.assert_array_equal(out["image"], image[:, ::-1])
@@ -132,7 +132,7 @@ def test_custom_list_spec():
 def test_custom_nested_spec():
     choices = [{"name": "VerticalFlip", "p": 1.0}, {"name": "Transpose", "p": 1.0}]
     spec = [{"name": "OneOf", "p": 1.0, "transforms": choices}]
-    pipeline = build_augmentation(spec)
+    pipeline = build_augmentation(spec, ignore_index=IGNORE)
     assert isinstance(pipeline.transforms[0], A.OneOf)
 
 
@@ -153,12 +153,12 @@ def test_custom_nested_spec():
 )
 def test_bad_specs_are_one_line_config_errors(spec, message):
     with pytest.raises(ConfigError, match=message) as info:
-        build_augmentation(spec)
+        build_augmentation(spec, ignore_index=IGNORE)
     assert "\n" not in str(info.value)
 
 
 def test_seeding_is_repeatable_and_transforms_stay_independent():
-    pipeline = build_augmentation("light")
+    pipeline = build_augmentation("light", ignore_index=IGNORE)
     image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
 
     def outcomes(seed: int) -> list[bytes]:

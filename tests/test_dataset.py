@@ -187,7 +187,7 @@ def test_augmentation_is_repeatable_from_the_torch_seed(tmp_path, write_image_fi
 
     def run() -> list[list[int]]:
         torch.manual_seed(123)
-        ds = _dataset(samples, augment=build_augmentation("light"))
+        ds = _dataset(samples, augment=build_augmentation("light", ignore_index=255))
         return [ds[0]["mask"].flatten().tolist() for _ in range(12)]
 
     first = run()
@@ -197,7 +197,7 @@ def test_augmentation_is_repeatable_from_the_torch_seed(tmp_path, write_image_fi
 
 def test_dataloader_workers_do_not_replay_the_same_augmentations(tmp_path, write_image_file):
     samples = _asymmetric_pair(tmp_path, write_image_file, 16)
-    ds = _dataset(samples, augment=build_augmentation("light"))
+    ds = _dataset(samples, augment=build_augmentation("light", ignore_index=255))
     torch.manual_seed(0)
     loader = DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
     masks = [tuple(batch["mask"].flatten().tolist()) for batch in loader]

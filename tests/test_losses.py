@@ -65,7 +65,7 @@ def test_ignored_pixels_change_neither_value_nor_gradient(
 @pytest.mark.parametrize("name,channels,num_classes", CASES)
 def test_all_ignored_gives_zero_not_nan(name: str, channels: int, num_classes: int) -> None:
     logits = torch.randn(1, channels, 3, 3, requires_grad=True)
-    value = build_loss(name, num_classes=num_classes)(logits, torch.full((1, 3, 3), IGNORE))
+    value = build_loss(name, num_classes=num_classes, ignore_index=IGNORE)(logits, torch.full((1, 3, 3), IGNORE))
     value.backward()
     assert value.item() == 0.0
     assert torch.isfinite(logits.grad).all()
@@ -74,7 +74,7 @@ def test_all_ignored_gives_zero_not_nan(name: str, channels: int, num_classes: i
 @pytest.mark.parametrize("weights", [None, [0.2, 1.0, 3.0, 0.7]])
 def test_ce_equals_torch_cross_entropy(weights: list[float] | None) -> None:
     logits, target = make_batch(4, 4)
-    ours = build_loss("ce", num_classes=4, class_weights=weights)(logits, target)
+    ours = build_loss("ce", num_classes=4, class_weights=weights, ignore_index=IGNORE)(logits, target)
     weight = None if weights is None else torch.tensor(weights)
     expected = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
     torch.testing.assert_close(ours, expected)
@@ -83,14 +83,14 @@ def test_ce_equals_torch_cross_entropy(weights: list[float] | None) -> None:
 def test_ce_with_one_channel_is_a_clear_config_error() -> None:
     logits, target = make_batch(1, 2)
     with pytest.raises(ConfigError, match="bce"):
-        build_loss("ce", num_classes=2)(logits, target)
+        build_loss("ce", num_classes=2, ignore_index=IGNORE)(logits, target)
 
 
 def test_bce_one_channel_equals_torch_on_counted_pixels() -> None:
     logits, target = make_batch(1, 2)
     valid = target != IGNORE
     expected = F.binary_cross_entropy_with_logits(logits[:, 0][valid], target[valid].float())
-    torch.testing.assert_close(build_loss("bce", num_classes=2)(logits, target), expected)
+    torch.testing.assert_close(build_loss("bce", num_classes=2, ignore_index=IGNORE)(logits, target), expected)
 
 
 def test_bce_class_weights_are_a_normalised_pos_weight() -> None:
@@ -100,14 +100,14 @@ def test_bce_class_weights_are_a_normalised_pos_weight() -> None:
     # pos_weight = w1 / w0; dividing by the summed pixel weights (in units of w0) normalises it.
     summed = F.binary_cross_entropy_with_logits(x, y, pos_weight=torch.tensor(3.0), reduction="sum")
     expected = summed / (y.numel() + 2.0 * y.sum())
-    ours = build_loss("bce", num_classes=2, class_weights=[1.0, 3.0])(logits, target)
+    ours = build_loss("bce", num_classes=2, class_weights=[1.0, 3.0], ignore_index=IGNORE)(logits, target)
     torch.testing.assert_close(ours, expected)
 
 
 def test_bce_two_channels_equals_two_class_ce() -> None:
     logits, target = make_batch(2, 2)
     torch.testing.assert_close(
-        build_loss("bce", num_classes=2)(logits, target),
+        build_loss("bce", num_classes=2, ignore_index=IGNORE)(logits, target),
         F.cross_entropy(logits, target, ignore_index=IGNORE),
     )
 
@@ -117,8 +117,8 @@ def test_focal_matches_definition_and_gamma_zero_is_ce() -> None:
     valid = target != IGNORE
     log_p = torch.log_softmax(logits, 1).gather(1, target.clamp(max=3)[:, None])[:, 0][valid]
     expected = (-(1 - log_p.exp()) ** 2 * log_p).mean()
-    torch.testing.assert_close(build_loss("focal", num_classes=4)(logits, target), expected)
-    gamma_zero = LOSSES.get("focal")(4, gamma=0.0)
+    torch.testing.assert_close(build_loss("focal", num_classes=4, ignore_index=IGNORE)(logits, target), expected)
+    gamma_zero = LOSSES.get("focal")(4, ignore_index=IGNORE, gamma=0.0)
     expected_ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
     torch.testing.assert_close(gamma_zero(logits, target), expected_ce)
 
@@ -126,11 +126,12 @@ def test_focal_matches_definition_and_gamma_zero_is_ce() -> None:
 def test_focal_sigmoid_gamma_zero_is_bce() -> None:
     logits, target = make_batch(1, 2)
     torch.testing.assert_close(
-        LOSSES.get("focal")(2, gamma=0.0)(logits, target), build_loss("bce", num_classes=2)(logits, target)
+        LOSSES.get("focal")(2, ignore_index=IGNORE, gamma=0.0)(logits, target),
+        build_loss("bce", num_classes=2, ignore_index=IGNORE)(logits, target),
     )
     # Focusing only ever lowers each pixel's loss.
-    focal = build_loss("focal", num_classes=2)(logits, target)
-    assert focal < build_loss("bce", num_classes=2)(logits, target)
+    focal = build_loss("focal", num_classes=2, ignore_index=IGNORE)(logits, target)
+    assert focal < build_loss("bce", num_classes=2, ignore_index=IGNORE)(logits, target)
 
 
 @pytest.mark.parametrize("channels,num_classes", [(4, 4), (1, 2)])
@@ -141,7 +142,7 @@ def test_dice_perfect_prediction_is_near_zero_and_wrong_is_near_one(channels: in
         perfect = (safe[:, None].float() * 2 - 1) * 30
     else:
         perfect = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float() * 30
-    dice = build_loss("dice", num_classes=num_classes)
+    dice = build_loss("dice", num_classes=num_classes, ignore_index=IGNORE)
     assert dice(perfect, target).item() < 1e-4
     # Every pixel confidently wrong -> Dice ~ 0 for every present class -> loss ~ 1.
     assert dice(-perfect if channels == 1 else perfect.roll(1, dims=1), target).item() > 0.95
@@ -155,10 +156,10 @@ def test_dice_hand_computed_two_classes() -> None:
     target = torch.tensor([[[0, 0, 1, 1, IGNORE]]])
     logits = torch.zeros(1, 2, 1, 5)
     logits[:, 1] = torch.log(torch.tensor(3.0))
-    value = build_loss("dice", num_classes=2)(logits, target)
+    value = build_loss("dice", num_classes=2, ignore_index=IGNORE)(logits, target)
     torch.testing.assert_close(value, torch.tensor(1 - (0.5 + 2 / 3) / 2))
     # Weights [1, 3]: 1 - (0.5 + 3 * 2/3) / 4.
-    weighted = build_loss("dice", num_classes=2, class_weights=[1.0, 3.0])(logits, target)
+    weighted = build_loss("dice", num_classes=2, class_weights=[1.0, 3.0], ignore_index=IGNORE)(logits, target)
     torch.testing.assert_close(weighted, torch.tensor(1 - (0.5 + 2.0) / 4))
 
 
@@ -166,7 +167,7 @@ def test_dice_leaves_out_classes_absent_from_truth_and_prediction() -> None:
     # Classes 2 and 3 never appear in truth nor argmax; they must not change the value.
     target = torch.tensor([[[0, 1, 1, 0]]])
     logits = torch.tensor([[[[2.0, -1, -1, 2]], [[-1.0, 2, 2, -1]], [[0.0, 0, 0, 0]], [[1.0, 1, 1, 1]]]])
-    four = build_loss("dice", num_classes=4, class_weights=[1, 1, 5, 5])(logits, target)
+    four = build_loss("dice", num_classes=4, class_weights=[1, 1, 5, 5], ignore_index=IGNORE)(logits, target)
     probs = torch.softmax(logits, 1)[0, :, 0]
     truth = F.one_hot(target[0, 0], 4).T.float()
     per_class = (2 * (probs * truth).sum(1) + 1) / (probs.sum(1) + truth.sum(1) + 1)
@@ -175,15 +176,16 @@ def test_dice_leaves_out_classes_absent_from_truth_and_prediction() -> None:
 
 def test_dice_sigmoid_empty_truth_and_prediction_is_zero() -> None:
     logits = torch.full((1, 1, 4, 4), -5.0)
-    assert build_loss("dice", num_classes=2)(logits, torch.zeros(1, 4, 4, dtype=torch.long)).item() == 0.0
+    empty = torch.zeros(1, 4, 4, dtype=torch.long)
+    assert build_loss("dice", num_classes=2, ignore_index=IGNORE)(logits, empty).item() == 0.0
 
 
 @pytest.mark.parametrize("name,channels,num_classes", [c for c in CASES if c[0] != "bce"] + [("bce", 1, 2)])
 def test_class_weights_change_the_value(name: str, channels: int, num_classes: int) -> None:
     logits, target = make_batch(channels, num_classes, seed=3)
-    plain = build_loss(name, num_classes=num_classes)(logits, target)
+    plain = build_loss(name, num_classes=num_classes, ignore_index=IGNORE)(logits, target)
     weights = [1.0] * (num_classes - 1) + [10.0]
-    weighted = build_loss(name, num_classes=num_classes, class_weights=weights)(logits, target)
+    weighted = build_loss(name, num_classes=num_classes, class_weights=weights, ignore_index=IGNORE)(logits, target)
     if name == "dice" and channels == 1:
         # Documented: a 1-channel Dice has a single (foreground) term, so weights cannot matter.
         torch.testing.assert_close(weighted, plain)
@@ -193,9 +195,9 @@ def test_class_weights_change_the_value(name: str, channels: int, num_classes: i
 
 def test_weighted_sum_equals_sum_of_parts() -> None:
     logits, target = make_batch(4, 4)
-    combined = build_loss("0.5*dice + 2 * ce+focal", num_classes=4, class_weights=[1, 2, 3, 4])
+    combined = build_loss("0.5*dice + 2 * ce+focal", num_classes=4, class_weights=[1, 2, 3, 4], ignore_index=IGNORE)
     parts = {
-        name: build_loss(name, num_classes=4, class_weights=[1, 2, 3, 4])(logits, target)
+        name: build_loss(name, num_classes=4, class_weights=[1, 2, 3, 4], ignore_index=IGNORE)(logits, target)
         for name in ("dice", "ce", "focal")
     }
     value = combined(logits, target)
@@ -207,8 +209,9 @@ def test_weighted_sum_equals_sum_of_parts() -> None:
 def test_single_name_and_spacing() -> None:
     logits, target = make_batch(1, 2)
     torch.testing.assert_close(
-        build_loss(" bce + dice ", num_classes=2)(logits, target),
-        build_loss("bce", num_classes=2)(logits, target) + build_loss("dice", num_classes=2)(logits, target),
+        build_loss(" bce + dice ", num_classes=2, ignore_index=IGNORE)(logits, target),
+        build_loss("bce", num_classes=2, ignore_index=IGNORE)(logits, target)
+        + build_loss("dice", num_classes=2, ignore_index=IGNORE)(logits, target),
     )
     assert parse_loss_spec("dice+ce") == [(1.0, "dice"), (1.0, "ce")]
     assert parse_loss_spec("0.5*dice+1*ce") == [(0.5, "dice"), (1.0, "ce")]
@@ -221,21 +224,21 @@ BAD_SPECS = ["", "dise", "dice+", "dice++ce", "*ce", "0.5*", "-1*ce", "dice*0.5"
 @pytest.mark.parametrize("spec", BAD_SPECS)
 def test_bad_specs_are_config_errors_listing_names(spec: str) -> None:
     with pytest.raises(ConfigError) as error:
-        build_loss(spec, num_classes=3)
+        build_loss(spec, num_classes=3, ignore_index=IGNORE)
     if spec != "ce+ce":
         assert "bce, ce, dice, focal" in str(error.value)
 
 
 def test_bad_construction_and_shapes() -> None:
     with pytest.raises(ConfigError, match="num_classes=3"):
-        build_loss("bce", num_classes=3)
+        build_loss("bce", num_classes=3, ignore_index=IGNORE)
     with pytest.raises(ConfigError, match="class_weights"):
-        build_loss("ce", num_classes=3, class_weights=[1.0, 2.0])
+        build_loss("ce", num_classes=3, class_weights=[1.0, 2.0], ignore_index=IGNORE)
     with pytest.raises(ConfigError, match="class_weights"):
-        build_loss("ce", num_classes=2, class_weights=[1.0, -2.0])
+        build_loss("ce", num_classes=2, class_weights=[1.0, -2.0], ignore_index=IGNORE)
     with pytest.raises(ConfigError, match="num_classes"):
-        build_loss("dice", num_classes=1)
-    loss = build_loss("ce", num_classes=3)
+        build_loss("dice", num_classes=1, ignore_index=IGNORE)
+    loss = build_loss("ce", num_classes=3, ignore_index=IGNORE)
     with pytest.raises(ConfigError, match="channels"):
         loss(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="shape"):
@@ -248,8 +251,8 @@ def test_bad_construction_and_shapes() -> None:
 
 def test_uint8_target_and_half_logits_are_accepted() -> None:
     logits, target = make_batch(3, 3)
-    expected = build_loss("dice+ce", num_classes=3)(logits, target)
-    got = build_loss("dice+ce", num_classes=3)(logits.bfloat16(), target.to(torch.uint8))
+    expected = build_loss("dice+ce", num_classes=3, ignore_index=IGNORE)(logits, target)
+    got = build_loss("dice+ce", num_classes=3, ignore_index=IGNORE)(logits.bfloat16(), target.to(torch.uint8))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=0.02, rtol=0.02)
 
@@ -271,7 +274,7 @@ def test_dice_equals_the_one_hot_formula_in_value_and_gradient() -> None:
     logits = torch.randn(3, 9, 12, 10, generator=generator, requires_grad=True)
     target = torch.randint(0, 6, (3, 12, 10), generator=generator)  # classes 6..8 absent from the truth
     target[0, :4] = 255
-    loss = build_loss("dice", num_classes=9)(logits, target)
+    loss = build_loss("dice", num_classes=9, ignore_index=IGNORE)(logits, target)
     (gradient,) = torch.autograd.grad(loss, logits)
     reference = _one_hot_dice(logits, target, 255)
     (reference_gradient,) = torch.autograd.grad(reference, logits)

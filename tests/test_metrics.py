@@ -20,7 +20,7 @@ IGNORE = 255
 
 
 def metrics_of(pred, target, num_classes: int, **compute_args) -> dict:
-    cm = ConfusionMatrix(num_classes)
+    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE)
     cm.update(np.array(pred), np.array(target))
     result = cm.compute(**compute_args)
     json.dumps(result)  # must always be serialisable as-is
@@ -41,7 +41,7 @@ def test_hand_computed_three_classes() -> None:
     # tp = [2, 1, 1], support = predicted = [2, 2, 2]
     # iou = tp / (support + predicted - tp) = [2/2, 1/3, 1/3]; dice = 2tp / (s + p) = [1, 1/2, 1/2]
     # precision = recall = [1, 1/2, 1/2]; pixel accuracy = 4/6
-    cm = ConfusionMatrix(3)
+    cm = ConfusionMatrix(3, ignore_index=IGNORE)
     cm.update(np.array(pred), np.array(target))
     assert cm.matrix.dtype == np.int64
     assert cm.matrix.tolist() == [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
@@ -117,11 +117,11 @@ def test_empty_masks_all_background() -> None:
     # Only background is present, so the foreground-only means are undefined.
     assert result["miou_no_background"] is None
     assert result["mean_dice_no_background"] is None
-    assert per_image_dice(zeros, zeros, num_classes=2) == 1.0
+    assert per_image_dice(zeros, zeros, num_classes=2, ignore_index=IGNORE) == 1.0
 
 
 def test_nothing_counted_yet() -> None:
-    cm = ConfusionMatrix(3)
+    cm = ConfusionMatrix(3, ignore_index=IGNORE)
     cm.update(np.zeros((2, 2), np.int64), np.full((2, 2), IGNORE))
     result = cm.compute()
     json.dumps(result)
@@ -146,21 +146,21 @@ def test_per_image_dice_hand_computed() -> None:
     # First hand case: foreground dice = [1/2, 1/2] -> 0.5; with background kept (1 + 1/2 + 1/2) / 3.
     target = np.array([[0, 1, 1], [2, 2, 0]])
     pred = np.array([[0, 1, 2], [2, 1, 0]])
-    assert per_image_dice(pred, target, 3) == pytest.approx(0.5)
-    assert per_image_dice(pred, target, 3, background_index=None) == pytest.approx(2 / 3)
+    assert per_image_dice(pred, target, 3, ignore_index=IGNORE) == pytest.approx(0.5)
+    assert per_image_dice(pred, target, 3, background_index=None, ignore_index=IGNORE) == pytest.approx(2 / 3)
     # Truth has class 2 (2 pixels), prediction all background: class 2 dice 0, class 1 absent -> 0.
-    assert per_image_dice(np.zeros((2, 3), int), np.array([[0, 2, 2], [0, 0, 0]]), 3) == 0.0
+    assert per_image_dice(np.zeros((2, 3), int), np.array([[0, 2, 2], [0, 0, 0]]), 3, ignore_index=IGNORE) == 0.0
     # Empty truth but a false-positive pixel: class 1 dice = 0 / (0 + 1) = 0.
     false_positive = np.zeros((2, 3), int)
     false_positive[0, 0] = 1
-    assert per_image_dice(false_positive, np.zeros((2, 3), int), 2) == 0.0
+    assert per_image_dice(false_positive, np.zeros((2, 3), int), 2, ignore_index=IGNORE) == 0.0
     # Ignored pixels are skipped: pred [[1, 1, 0], ...] vs truth [[ignore, 1, 0], ...] counts only
     # the agreeing class-1 pixel, dice 2*1 / (1 + 1) = 1 (it would be 2/3 if (0,0) were counted).
     both = false_positive.copy()
     both[0, 1] = 1
-    assert per_image_dice(both, np.array([[IGNORE, 1, 0], [0, 0, 0]]), 2) == 1.0
-    assert per_image_dice(both, np.array([[0, 1, 0], [0, 0, 0]]), 2) == pytest.approx(2 / 3)
-    assert isinstance(per_image_dice(pred, target, 3), float)
+    assert per_image_dice(both, np.array([[IGNORE, 1, 0], [0, 0, 0]]), 2, ignore_index=IGNORE) == 1.0
+    assert per_image_dice(both, np.array([[0, 1, 0], [0, 0, 0]]), 2, ignore_index=IGNORE) == pytest.approx(2 / 3)
+    assert isinstance(per_image_dice(pred, target, 3, ignore_index=IGNORE), float)
 
 
 def test_accumulation_equals_one_shot_and_merge() -> None:
@@ -168,13 +168,13 @@ def test_accumulation_equals_one_shot_and_merge() -> None:
     target = rng.integers(0, 4, size=(6, 9, 11))
     target[rng.random(target.shape) < 0.1] = IGNORE
     pred = rng.integers(0, 4, size=(6, 9, 11))
-    one_shot = ConfusionMatrix(4)
+    one_shot = ConfusionMatrix(4, ignore_index=IGNORE)
     one_shot.update(pred, target)
-    batched = ConfusionMatrix(4)
+    batched = ConfusionMatrix(4, ignore_index=IGNORE)
     for start in range(0, 6, 2):
         batched.update(torch.from_numpy(pred[start : start + 2]), torch.from_numpy(target[start : start + 2]))
     assert np.array_equal(batched.matrix, one_shot.matrix)
-    first, second = ConfusionMatrix(4), ConfusionMatrix(4)
+    first, second = ConfusionMatrix(4, ignore_index=IGNORE), ConfusionMatrix(4, ignore_index=IGNORE)
     for i in range(6):
         (first if i % 2 else second).update(pred[i], target[i])  # 2-D (H, W) inputs
     assert np.array_equal(first.merge(second).matrix, one_shot.matrix)
@@ -183,19 +183,19 @@ def test_accumulation_equals_one_shot_and_merge() -> None:
     one_shot.reset()
     assert one_shot.matrix.sum() == 0
     with pytest.raises(ValueError, match="merge"):
-        first.merge(ConfusionMatrix(5))
+        first.merge(ConfusionMatrix(5, ignore_index=IGNORE))
 
 
 def test_uint8_inputs_do_not_overflow() -> None:
     # 19 * 20 + 19 = 399 does not fit in uint8; counting must still be exact.
     target = np.arange(20, dtype=np.uint8).reshape(4, 5)
-    cm = ConfusionMatrix(20)
+    cm = ConfusionMatrix(20, ignore_index=IGNORE)
     cm.update(target, target)
     assert np.array_equal(cm.matrix, np.eye(20, dtype=np.int64))
 
 
 def test_input_errors() -> None:
-    cm = ConfusionMatrix(3)
+    cm = ConfusionMatrix(3, ignore_index=IGNORE)
     with pytest.raises(ValueError, match="shape"):
         cm.update(np.zeros((2, 3), int), np.zeros((3, 2), int))
     with pytest.raises(ValueError, match="pred holds class 3"):
@@ -221,7 +221,7 @@ def test_agrees_with_torchmetrics(seed: int) -> None:
     pred = torch.randint(0, 5, (3, 17, 23), generator=generator)
     pred[pred == 3] = 4 if seed else 0
     target[torch.rand(target.shape, generator=generator) < 0.15] = IGNORE
-    cm = ConfusionMatrix(k)
+    cm = ConfusionMatrix(k, ignore_index=IGNORE)
     cm.update(pred[:2], target[:2])
     cm.update(pred[2:], target[2:])
     result = cm.compute()

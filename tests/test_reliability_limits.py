@@ -378,7 +378,7 @@ def test_gallery_tiles_fit_a_bounded_box_whatever_the_aspect():
     def grid(height: int, width: int) -> np.ndarray:
         row = {"image": np.full((height, width, 3), 200, np.uint8), "prediction": np.ones((height, width), np.uint8),
                "truth": None, "caption": "x"}
-        return comparison_grid([row], colors, tile_height=64, max_tile_width=128)
+        return comparison_grid([row], colors, tile_height=64, max_tile_width=128, ignore_index=255)
 
     square, wide, tall = grid(64, 64), grid(20, 6000), grid(6000, 20)
     pad = 4  # comparison_grid's padding at tile_height 64

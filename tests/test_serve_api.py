@@ -119,7 +119,7 @@ def test_overlay_is_predicts_overlay_of_the_served_mask(client, trained, served)
     response = _segment(client, path.read_bytes(), query="?format=overlay")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     image = served.predictor.to_array(path)
-    expected = overlay(image, mask, served.predictor.colors)
+    expected = overlay(image, mask, served.predictor.colors, ignore_index=255)
     assert np.array_equal(_decoded(response.content), expected)
 
 

@@ -68,7 +68,7 @@ def test_palette_png_round_trip(tmp_path: Path) -> None:
     colors = default_colors(3)
     mask = _mask()
     path = tmp_path / "out" / "mask.png"
-    save_mask_png(mask, path, colors)
+    save_mask_png(mask, path, colors, ignore_index=255)
     img = _open_png(path)
     assert img.mode == "P"
     assert np.array_equal(np.array(img), mask)
@@ -81,7 +81,7 @@ def test_palette_png_round_trip(tmp_path: Path) -> None:
 def test_palette_image_in_memory_and_int64_mask() -> None:
     colors = np.array([[10, 20, 30], [200, 100, 50]], dtype=np.uint8)
     mask = np.array([[0, 1], [1, 0]], dtype=np.int64)
-    img = palette_image(mask, colors, ignore_color=(1, 2, 3))
+    img = palette_image(mask, colors, ignore_color=(1, 2, 3), ignore_index=255)
     assert img.mode == "P"
     assert np.array_equal(np.array(img), mask)
     assert img.getpalette()[:6] == [10, 20, 30, 200, 100, 50]
@@ -103,22 +103,22 @@ def test_save_mask_png_refuses_values_over_255(tmp_path: Path) -> None:
 def test_mask_with_class_beyond_colors_is_refused(tmp_path: Path) -> None:
     mask = np.array([[0, 1], [2, 5]], dtype=np.uint8)
     with pytest.raises(ValueError, match="class 5"):
-        colorize(mask, default_colors(3))
+        colorize(mask, default_colors(3), ignore_index=255)
     with pytest.raises(ValueError, match="m.png"):
-        save_mask_png(mask, tmp_path / "m.png", default_colors(3))
+        save_mask_png(mask, tmp_path / "m.png", default_colors(3), ignore_index=255)
     with pytest.raises(ValueError, match="integer"):
-        colorize(mask.astype(np.float32), default_colors(6))
+        colorize(mask.astype(np.float32), default_colors(6), ignore_index=255)
 
 
 def test_colorize_maps_each_class_to_its_color() -> None:
     colors = default_colors(3)
     mask = _mask()
-    rgb = colorize(mask, colors)
+    rgb = colorize(mask, colors, ignore_index=255)
     assert rgb.shape == mask.shape + (3,) and rgb.dtype == np.uint8
     for k in range(3):
         assert (rgb[mask == k] == colors[k]).all()
     assert (rgb[mask == 255] == 255).all()
-    rgb2 = colorize(mask, colors, ignore_color=(0, 255, 0))
+    rgb2 = colorize(mask, colors, ignore_color=(0, 255, 0), ignore_index=255)
     assert (rgb2[mask == 255] == [0, 255, 0]).all()
 
 
@@ -131,7 +131,7 @@ def test_overlay_keeps_background_and_tints_foreground() -> None:
     mask = np.zeros((20, 20), dtype=np.uint8)
     mask[5:15, 5:15] = 1
     mask[0, 0] = 255
-    out = overlay(image, mask, colors, alpha=0.5)
+    out = overlay(image, mask, colors, alpha=0.5, ignore_index=255)
     assert out.shape == (20, 20, 3) and out.dtype == np.uint8
     assert np.array_equal(out[mask == 0], image[mask == 0])
     assert np.array_equal(out[0, 0], image[0, 0])  # ignore left as the image
@@ -151,20 +151,20 @@ def test_overlay_accepts_gray_images_and_thin_structures() -> None:
     mask = np.zeros((9, 9), dtype=np.uint8)
     mask[:, 4] = 1  # a 1-pixel line
     for image in (gray, gray[:, :, None]):
-        out = overlay(image, mask, colors, alpha=0.2)
+        out = overlay(image, mask, colors, alpha=0.2, ignore_index=255)
         assert out.shape == (9, 9, 3)
         assert (out[:, 4] == [128, 0, 0]).all()
         assert (out[:, :4] == 200).all()
-    no_lines = overlay(gray, mask, colors, alpha=0.2, contours=False)
+    no_lines = overlay(gray, mask, colors, alpha=0.2, contours=False, ignore_index=255)
     assert no_lines[0, 4].tolist() == [186, 160, 160]
     with pytest.raises(ValueError, match="mask"):
-        overlay(gray, mask[:5], colors)
+        overlay(gray, mask[:5], colors, ignore_index=255)
 
 
 def test_overlay_without_background_tints_everything() -> None:
     colors = default_colors(2)
     image = np.full((4, 4, 3), 255, dtype=np.uint8)
-    out = overlay(image, np.zeros((4, 4), dtype=np.uint8), colors, alpha=1.0, background_index=None)
+    out = overlay(image, np.zeros((4, 4), dtype=np.uint8), colors, alpha=1.0, background_index=None, ignore_index=255)
     assert (out == 0).all()
 
 
@@ -192,16 +192,16 @@ def _row(h: int, w: int, seed: int, truth: bool = True, k: int = 3) -> dict:
 def test_comparison_grid_grows_with_rows_and_columns() -> None:
     colors = default_colors(3)
     names = ["background", "cat", "dog"]
-    one = comparison_grid([_row(12, 16, 0)], colors, names, tile_height=64)
-    two = comparison_grid([_row(12, 16, 0), _row(30, 20, 1)], colors, names, tile_height=64)
+    one = comparison_grid([_row(12, 16, 0)], colors, names, tile_height=64, ignore_index=255)
+    two = comparison_grid([_row(12, 16, 0), _row(30, 20, 1)], colors, names, tile_height=64, ignore_index=255)
     no_truth = comparison_grid([_row(12, 16, 0, truth=False), _row(30, 20, 1, truth=False)], colors, names,
-                               tile_height=64)
+                               tile_height=64, ignore_index=255)
     for grid in (one, two, no_truth):
         assert grid.ndim == 3 and grid.shape[2] == 3 and grid.dtype == np.uint8
     assert two.shape[0] >= one.shape[0] + 64  # one more row of tiles
     assert no_truth.shape[1] < two.shape[1]  # the truth column is gone
     assert no_truth.shape[0] == two.shape[0]
-    titled = comparison_grid([_row(12, 16, 0)], colors, names, title="epoch 3", tile_height=64)
+    titled = comparison_grid([_row(12, 16, 0)], colors, names, title="epoch 3", tile_height=64, ignore_index=255)
     assert titled.shape[0] > one.shape[0]
     # Mask colors appear in the grid (truth/prediction tiles are drawn nearest-neighbour).
     flat = {tuple(p) for p in two.reshape(-1, 3).tolist()}
@@ -211,17 +211,17 @@ def test_comparison_grid_grows_with_rows_and_columns() -> None:
 def test_comparison_grid_with_missing_truth_in_one_row(tmp_path: Path) -> None:
     colors = default_colors(3)
     rows = [_row(12, 16, 0), _row(16, 16, 1, truth=False)]
-    grid = comparison_grid(rows, colors, tile_height=48)
-    full = comparison_grid([_row(12, 16, 0), _row(16, 16, 1)], colors, tile_height=48)
+    grid = comparison_grid(rows, colors, tile_height=48, ignore_index=255)
+    full = comparison_grid([_row(12, 16, 0), _row(16, 16, 1)], colors, tile_height=48, ignore_index=255)
     assert grid.shape == full.shape  # the column stays; the missing tile is a placeholder
     path = tmp_path / "grid.png"
-    save_comparison_grid(rows, path, colors, class_names=["bg", "a", "b"], title="val")
+    save_comparison_grid(rows, path, colors, class_names=["bg", "a", "b"], title="val", ignore_index=255)
     assert _open_png(path).mode == "RGB"
     assert _no_temp_files(tmp_path)
     with pytest.raises(ValueError):
-        comparison_grid([], colors)
+        comparison_grid([], colors, ignore_index=255)
     with pytest.raises(ValueError, match="row 0"):
-        comparison_grid([{"image": _image()}], colors)
+        comparison_grid([{"image": _image()}], colors, ignore_index=255)
 
 
 # ---------------------------------------------------------------- training curves

@@ -13,7 +13,7 @@ import numpy as np
 from masksmith.errors import ConfigError
 from masksmith.registry import Registry
 
-# A preset builder takes (ignore_index, channels) and returns the transforms of its pipeline.
+# A preset builder takes (ignore_index=, channels=) and returns the transforms of its pipeline.
 PresetBuilder = Callable[..., list]
 AUGMENTATIONS: Registry[PresetBuilder] = Registry("augmentation")
 
@@ -22,19 +22,19 @@ _NEAREST = (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT)
 
 
 @AUGMENTATIONS.register("none")
-def _none(ignore_index: int = 255, channels: int = 3) -> list:
+def _none(*, ignore_index: int, channels: int) -> list:
     """No augmentation."""
     return []
 
 
 @AUGMENTATIONS.register("light")
-def _light(ignore_index: int = 255, channels: int = 3) -> list:
+def _light(*, ignore_index: int, channels: int) -> list:
     """Flips and 90° rotations: exact for image and mask, no interpolation at all."""
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
 
 
 @AUGMENTATIONS.register("default")
-def _default(ignore_index: int = 255, channels: int = 3) -> list:
+def _default(*, ignore_index: int, channels: int) -> list:
     """Flips, 90° rotations, a small rotation/scale, and mild photometric changes."""
     transforms = [
         A.HorizontalFlip(p=0.5),
@@ -55,7 +55,7 @@ def _default(ignore_index: int = 255, channels: int = 3) -> list:
 
 
 @AUGMENTATIONS.register("upright")
-def _upright(ignore_index: int = 255, channels: int = 3) -> list:
+def _upright(*, ignore_index: int, channels: int) -> list:
     """For photos where up is up (people, streets): left-right flips, small rotation/scale/shift, color.
 
     No vertical flips or 90° turns: an upside-down person is not a training example, it is noise.
@@ -119,7 +119,7 @@ def _build_transform(item: Any, where: str, ignore_index: int, channels: int) ->
 
 
 def build_augmentation(
-    spec: str | list[dict] | None, *, ignore_index: int = 255, channels: int = 3
+    spec: str | list[dict] | None, *, ignore_index: int, channels: int = 3
 ) -> A.Compose | None:
     """A Compose from a preset name or a list of {"name": Transform, **params}; None for no augmentation."""
     if channels not in (1, 3):

@@ -21,6 +21,7 @@ from torch import nn
 
 from masksmith import __version__
 from masksmith.config import InputSize, size_pair
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
@@ -91,7 +92,7 @@ class BundleMeta(BaseModel):
     std: list[Annotated[Finite, Field(ge=MIN_STD)]]
     threshold: Annotated[Finite, Field(gt=0, lt=1)] = 0.5
     mask_encoding: dict[str, Any]
-    ignore_index: Annotated[Count, Field(ge=0, le=255)] = 255
+    ignore_index: Annotated[Count, Field(ge=0, le=255)] = DEFAULT_IGNORE_INDEX  # bundles from before the field
     split: dict[str, Any] = {}
     masksmith_version: str = __version__
 

@@ -40,7 +40,8 @@ class SegmentationLoss(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        *,
+        ignore_index: int,
         class_weights: Sequence[float] | None = None,
     ):
         super().__init__()
@@ -156,10 +157,11 @@ class BinaryCrossEntropyLoss(SegmentationLoss):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        *,
+        ignore_index: int,
         class_weights: Sequence[float] | None = None,
     ):
-        super().__init__(num_classes, ignore_index, class_weights)
+        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
         if num_classes != 2:
             raise ConfigError(
                 f"loss 'bce' is for binary masks (num_classes=2), got num_classes={num_classes}; "
@@ -187,11 +189,12 @@ class FocalLoss(SegmentationLoss):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        *,
+        ignore_index: int,
         class_weights: Sequence[float] | None = None,
         gamma: float = 2.0,
     ):
-        super().__init__(num_classes, ignore_index, class_weights)
+        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
         if gamma < 0:
             raise ConfigError(f"loss 'focal': gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
@@ -228,11 +231,12 @@ class DiceLoss(SegmentationLoss):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        *,
+        ignore_index: int,
         class_weights: Sequence[float] | None = None,
         smooth: float = 1.0,
     ):
-        super().__init__(num_classes, ignore_index, class_weights)
+        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
         if smooth < 0:
             raise ConfigError(f"loss 'dice': smooth must be >= 0, got {smooth}")
         self.smooth = float(smooth)
@@ -329,7 +333,7 @@ def build_loss(
     spec: str,
     *,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int,
     class_weights: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build the loss named by `spec` ("dice", "dice+ce", "0.5*dice + 1*ce"); forward gives the sum."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite, write_text_atomic
 
@@ -26,7 +27,7 @@ class CheckResult:
 
 
 def check(data: str | Path, *, classes: str | Path | list[str] | None = None, foreground: int | None = None,
-          mask_suffix: str | None = None, ignore_index: int = 255, palette: str | Path | None = None,
+          mask_suffix: str | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX, palette: str | Path | None = None,
           ignore_color: Sequence[int] | None = None, workers: int | None = None, progress: bool = True,
           out: str | Path | None = None) -> CheckResult:
     """Check a dataset (pairing, readability, sizes, mask values, classes, duplicates); writes OUT/report.json

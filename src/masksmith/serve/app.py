@@ -146,7 +146,7 @@ async def segment(request: Request) -> Response:
         if answer == "overlay":
             body = overlay_png(decoded.array, mask, colors, meta.ignore_index)
         else:
-            body = mask_png_bytes(mask, colors, meta.ignore_index)
+            body = mask_png_bytes(mask, colors, ignore_index=meta.ignore_index)
         timings["encode"] = 1000 * (time.perf_counter() - encode_started)
         return body
 

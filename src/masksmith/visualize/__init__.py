@@ -6,7 +6,8 @@ Import the public names from here: ``from masksmith.visualize import overlay``.
 
 Conventions
 -----------
-* A mask is a 2-D integer array of class indices; ``ignore_index`` (default 255) marks unlabeled pixels.
+* A mask is a 2-D integer array of class indices; ``ignore_index`` (keyword, always given: the caller
+  knows its dataset's value, see ``masksmith.data.labels.LabelSpec``) marks unlabeled pixels.
 * ``colors`` is a ``[K, 3]`` uint8 array (row ``k`` is the RGB color of class ``k``); ``default_colors``
   gives the PASCAL VOC palette for any ``K <= 256``.
 * Every file is written through :func:`masksmith.fileio.atomic_path`, so an interrupted run never

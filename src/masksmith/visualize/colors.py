@@ -91,7 +91,8 @@ def _lut(colors: np.ndarray, ignore_index: int | None, ignore_color: Sequence[in
 def palette_image(
     mask: np.ndarray,
     colors: np.ndarray,
-    ignore_index: int = 255,
+    *,
+    ignore_index: int,
     ignore_color: Sequence[int] = IGNORE_COLOR,
 ) -> Image.Image:
     """Return a mode "P" image whose pixel values are the class indices and whose palette holds the colors."""
@@ -105,7 +106,7 @@ def palette_image(
     return img
 
 
-def mask_png_bytes(mask: np.ndarray, colors: np.ndarray, ignore_index: int = 255) -> bytes:
+def mask_png_bytes(mask: np.ndarray, colors: np.ndarray, *, ignore_index: int) -> bytes:
     """A mask as indexed-PNG bytes: values are class indices, the palette shows the colors.
 
     The one mask encoder: `save_mask_png` writes these bytes and `masksmith serve` returns them, so a
@@ -119,7 +120,7 @@ def mask_png_bytes(mask: np.ndarray, colors: np.ndarray, ignore_index: int = 255
     return buffer.getvalue()
 
 
-def save_mask_png(mask: np.ndarray, path: PathLike, colors: np.ndarray, ignore_index: int = 255) -> None:
+def save_mask_png(mask: np.ndarray, path: PathLike, colors: np.ndarray, *, ignore_index: int) -> None:
     """Write a mask as an indexed PNG: values are class indices, the palette shows the colors (atomic)."""
     try:
         data = mask_png_bytes(mask, colors, ignore_index=ignore_index)
@@ -132,7 +133,8 @@ def save_mask_png(mask: np.ndarray, path: PathLike, colors: np.ndarray, ignore_i
 def colorize(
     mask: np.ndarray,
     colors: np.ndarray,
-    ignore_index: int = 255,
+    *,
+    ignore_index: int,
     ignore_color: Sequence[int] = IGNORE_COLOR,
 ) -> np.ndarray:
     """Map a class-index mask to an ``HxWx3`` uint8 RGB image."""

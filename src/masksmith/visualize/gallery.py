@@ -67,7 +67,8 @@ def comparison_grid(
     rows: list[dict],
     colors: np.ndarray,
     class_names: Sequence[str] | None = None,
-    ignore_index: int = 255,
+    *,
+    ignore_index: int,
     title: str | None = None,
     tile_height: int = 256,
     alpha: float = 0.5,
@@ -118,9 +119,10 @@ def comparison_grid(
         row_tiles: list[np.ndarray | None] = [_fit_tile(image, tile_height, max_width, nearest=False)]
         if show_truth:
             row_tiles.append(
-                None if truth is None else _fit_tile(colorize(truth, table, ignore_index), tile_height, max_width, True)
+                None if truth is None
+                else _fit_tile(colorize(truth, table, ignore_index=ignore_index), tile_height, max_width, True)
             )
-        row_tiles.append(_fit_tile(colorize(pred, table, ignore_index), tile_height, max_width, True))
+        row_tiles.append(_fit_tile(colorize(pred, table, ignore_index=ignore_index), tile_height, max_width, True))
         row_tiles.append(_fit_tile(blended, tile_height, max_width, nearest=False))
         tiles.append(row_tiles)
         captions.append(str(row.get("caption") or ""))
@@ -207,7 +209,8 @@ def save_comparison_grid(
     path: PathLike,
     colors: np.ndarray,
     class_names: Sequence[str] | None = None,
-    ignore_index: int = 255,
+    *,
+    ignore_index: int,
     title: str | None = None,
     **kwargs: Any,
 ) -> None:

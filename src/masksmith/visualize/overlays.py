@@ -46,7 +46,8 @@ def overlay(
     mask: np.ndarray,
     colors: np.ndarray,
     alpha: float = 0.5,
-    ignore_index: int = 255,
+    *,
+    ignore_index: int,
     background_index: int | None = 0,
     contours: bool = True,
 ) -> np.ndarray:

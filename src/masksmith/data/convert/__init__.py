@@ -106,15 +106,15 @@ def write_sample(
             tmp.write_bytes(data)
     else:
         save_image(image, jpeg_path)
-    save_mask_png(class_mask, paths["class"], class_colors, IGNORE_INDEX)
+    save_mask_png(class_mask, paths["class"], class_colors, ignore_index=IGNORE_INDEX)
     if visualize:
-        save_image(overlay(image, class_mask, class_colors), paths["class_viz"])
+        save_image(overlay(image, class_mask, class_colors, ignore_index=IGNORE_INDEX), paths["class_viz"])
     if object_mask is not None:
         ids = object_mask[object_mask != IGNORE_INDEX]
         object_colors = default_colors(int(ids.max()) + 1 if ids.size else 1)
-        save_mask_png(object_mask, paths["object"], object_colors, IGNORE_INDEX)
+        save_mask_png(object_mask, paths["object"], object_colors, ignore_index=IGNORE_INDEX)
         if visualize:
-            save_image(overlay(image, object_mask, object_colors), paths["object_viz"])
+            save_image(overlay(image, object_mask, object_colors, ignore_index=IGNORE_INDEX), paths["object_viz"])
 
 
 def write_class_names(out_dir: Path, class_names: list[str]) -> None:
