@@ -198,8 +198,8 @@ def _decode(where: str, segmentation: Any, height: int, width: int) -> np.ndarra
 
 
 def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int, int],
-           height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class and instance masks of one image (crowds first as ignore, then objects in file order)."""
+           height: int, width: int, objects_wanted: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class and instance masks (None unless wanted) of one image (crowds first as ignore, then objects)."""
     checked = []
     for annotation in annotations:
         at = f"{where}: annotation id {annotation.get('id', '?')}"
@@ -228,10 +228,11 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
             objects[region] = 0
             continue
         instance += 1
-        if instance > _MAX_INSTANCE_ID:
-            raise DataError(f"{where}: more than {_MAX_INSTANCE_ID} instances do not fit an 8-bit mask")
-        objects[region] = instance
-    return classes, objects
+        if objects_wanted and instance > _MAX_INSTANCE_ID:
+            raise DataError(f"{where}: more than {_MAX_INSTANCE_ID} instances do not fit an 8-bit mask "
+                            "(convert with --no-instances for the class masks alone)")
+        objects[region] = instance if objects_wanted else 0
+    return classes, objects if objects_wanted else None
 
 
 def _output_stem(file_name: str) -> str:
@@ -256,8 +257,12 @@ def convert_coco(
     *,
     visualize: bool = True,
     progress: bool = True,
+    instances: bool = True,
 ) -> ConvertReport:
-    """Convert a COCO instances JSON and its images into a VOC-style dataset in `out_dir`."""
+    """Convert a COCO instances JSON and its images into a VOC-style dataset in `out_dir`.
+
+    Extra keys (a prediction's "score", "info") are ignored; instances=False writes no SegmentationObject/.
+    """
     ann_path, images_dir, out_dir = Path(annotations), Path(images_dir), Path(out_dir)
     data = _load(ann_path)
     if not images_dir.is_dir():
@@ -293,7 +298,7 @@ def convert_coco(
         except DataError:
             pass  # reported when that image's turn comes
     out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
-    refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=True)
+    refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=instances)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_class_names(out_dir, classes)
     stems: dict[str, str] = {}
@@ -316,7 +321,8 @@ def convert_coco(
             if stated is not None and stated != (height, width):
                 raise DataError(f"{where}: the annotations say {stated[1]}x{stated[0]} but the image is "
                                 f"{width}x{height} (WxH)")
-            class_mask, object_mask = _masks(where, by_image.get(image_id, []), class_index, height, width)
+            class_mask, object_mask = _masks(where, by_image.get(image_id, []), class_index, height, width,
+                                             instances)
             write_sample(out_dir, stem, image, path, class_mask, colors, object_mask, visualize)
         except MasksmithError as exc:
             report.failed.append((ann_path, str(exc)))

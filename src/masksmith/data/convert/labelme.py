@@ -242,9 +242,9 @@ def _find_image(json_path: Path, image_path: str) -> Path:
 
 
 
-def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape],
-           label_index: dict[str, int], labels_source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Class mask and instance mask of one image: shapes drawn in file order, later over earlier."""
+def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape], label_index: dict[str, int],
+           labels_source: str, objects_wanted: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class mask and instance mask (None unless wanted) of one image: shapes in file order, later over earlier."""
     classes = np.zeros(size, dtype=np.uint8)
     objects = np.zeros(size, dtype=np.int32)
     instances: dict[tuple[str, Hashable], int] = {}
@@ -262,6 +262,8 @@ def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape],
         objects[region] = instance
     # Labelme's instance masks are 0 wherever the class is ignore; background is no instance either.
     objects[(classes == IGNORE_INDEX) | (classes == 0)] = 0
+    if not objects_wanted:
+        return classes, None  # a semantic dataset: any number of regions, e.g. a prediction's thousand specks
     if objects.max(initial=0) > _MAX_INSTANCE_ID:
         raise _fail(json_path, f"{int(objects.max())} instances do not fit an 8-bit mask (at most {_MAX_INSTANCE_ID})")
     return classes, objects.astype(np.uint8)
@@ -341,9 +343,9 @@ def convert_labelme(
                 stated = data.get(key)
                 if stated is not None and stated != actual:
                     raise _fail(json_path, f"{key} is {stated!r} but the image is {width}x{height} (WxH)")
-            class_mask, object_mask = _masks(json_path, (height, width), shapes, label_index, labels_source)
-            write_sample(out_dir, json_path.stem, image, source, class_mask, colors,
-                         object_mask if write_objects else None, visualize)
+            class_mask, object_mask = _masks(json_path, (height, width), shapes, label_index, labels_source,
+                                             write_objects)
+            write_sample(out_dir, json_path.stem, image, source, class_mask, colors, object_mask, visualize)
         except MasksmithError as exc:
             report.failed.append((json_path, str(exc)))
             continue

@@ -1,0 +1,209 @@
+"""Predictions as annotations: masks → Labelme JSON / COCO → `convert` → the same masks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from masksmith.annotations import CocoWriter, LabelmeWriter, check_annotation_options, fill_order
+from masksmith.annotations.coco_out import coco_region_annotations
+from masksmith.annotations.labelme_out import labelme_document, labelme_label_names
+from masksmith.cli import app
+from masksmith.data.convert import convert_coco, convert_labelme
+from masksmith.data.convert.labelme_raster import shape_to_mask
+from masksmith.errors import ConfigError
+
+CLASSES = ["background", "cell", "nucleus", "never"]
+
+
+def _paint(shape: tuple[int, int], outlines) -> np.ndarray:
+    """Paint outlines as the Labelme converter does: in order, later over earlier."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for outline in outlines:
+        out[shape_to_mask(shape, outline.shape_type, outline.points)] = outline.class_index
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray, cls: int) -> float:
+    union = ((a == cls) | (b == cls)).sum()
+    return 1.0 if union == 0 else float(((a == cls) & (b == cls)).sum() / union)
+
+
+def _round_trip(tmp_path: Path, masks: dict[str, np.ndarray], classes=CLASSES, tolerance: float = 0.0,
+                fmt: str = "labelme") -> dict[str, np.ndarray]:
+    """Write the masks' images and annotations through the writers, convert them back, return the masks."""
+    images, out, converted = tmp_path / "images", tmp_path / "pred", tmp_path / "converted"
+    images.mkdir(parents=True)
+    items = []
+    for stem, mask in masks.items():
+        Image.fromarray(np.full((*mask.shape, 3), 128, np.uint8)).save(images / f"{stem}.png")
+        items.append((images / f"{stem}.png", Path(f"{stem}.png")))
+    writer = LabelmeWriter(out, classes, tolerance=tolerance) if fmt == "labelme" else CocoWriter(out, classes)
+    writer.plan(items)
+    for (source, relative), mask in zip(items, masks.values()):
+        probabilities = np.stack([(mask == c).astype(np.float32) * 0.9 + 0.025 for c in range(len(classes))])
+        writer.add(source, relative, probabilities, mask)
+    writer.finish()
+    if fmt == "labelme":
+        report = convert_labelme(out, converted, out / "labels.txt", visualize=False, progress=False)
+    else:
+        report = convert_coco(out / "coco.json", images, converted, visualize=False, progress=False, instances=False)
+    assert not report.failed, report.failed
+    assert report.class_names[1:] == classes[1:]  # every class keeps its index, absent ones too
+    return {stem: np.asarray(Image.open(converted / "SegmentationClass" / f"{stem}.png")) for stem in masks}
+
+
+def _random_masks(count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(count):
+        height, width = (int(v) for v in rng.integers(1, 36, 2))
+        noise = rng.random((height, width, 4)).astype(np.float32)
+        if rng.random() < 0.7:  # blobs with holes and nesting; otherwise salt and pepper
+            noise = cv2.GaussianBlur(noise, (5, 5), 0)
+        masks.append(noise.argmax(axis=2).astype(np.uint8))
+    return masks
+
+
+def _nested() -> np.ndarray:
+    """A cell with a hole holding background, which holds a nucleus, which holds a cell island; and a ring."""
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    mask[5:55, 5:55] = 1
+    mask[12:48, 12:48] = 0
+    mask[18:42, 18:42] = 2
+    mask[25:35, 25:35] = 1
+    mask[28:32, 28:32] = 0
+    cv2.circle(mask, (68, 30), 9, 2, thickness=3)  # a nucleus ring around background
+    return mask
+
+
+def test_fill_order_gives_back_random_masks_exactly() -> None:
+    for mask in _random_masks(30, seed=3):
+        assert np.array_equal(_paint(mask.shape, fill_order(mask, 0.0)), mask)
+
+
+def test_labelme_round_trip_is_exact_and_keeps_holes_and_nesting(tmp_path: Path) -> None:
+    masks = {f"r{i}": m for i, m in enumerate(_random_masks(6, seed=4))}
+    masks["nested"] = _nested()
+    back = _round_trip(tmp_path, masks, tolerance=0.0)
+    for stem, mask in masks.items():
+        assert np.array_equal(back[stem], mask), stem
+    document = json.loads((tmp_path / "pred" / "nested.json").read_text())
+    labels = [shape["label"] for shape in document["shapes"]]
+    # The holes are written as shapes painted after the region around them.
+    assert labels.count("_background_") == 3 and labels.index("_background_") > labels.index("cell")
+    assert document["imagePath"] == "../images/nested.png"
+    assert document["imageHeight"] == 60 and document["imageWidth"] == 80 and document["imageData"] is None
+
+
+def test_default_tolerance_simplifies_smooth_outlines_and_keeps_holes(tmp_path: Path) -> None:
+    mask = np.zeros((200, 300), dtype=np.uint8)
+    cv2.ellipse(mask, (150, 100), (120, 70), 15, 0, 360, 1, -1)
+    cv2.circle(mask, (150, 100), 30, 0, -1)  # a hole
+    cv2.circle(mask, (150, 100), 12, 2, -1)  # a nucleus inside it
+    exact = fill_order(mask, 0.0)
+    simple = fill_order(mask, 1.0)
+    assert sum(len(o.points) for o in simple) < sum(len(o.points) for o in exact) / 3
+    back = _round_trip(tmp_path, {"ellipse": mask}, tolerance=1.0)["ellipse"]
+    assert all(_iou(back, mask, cls) >= 0.99 for cls in range(3))
+    assert back[100, 170] == 0 and back[100, 150] == 2  # the hole and what is inside it survive
+
+
+def test_shapes_without_holes_round_trip_exactly_at_the_default_tolerance(tmp_path: Path) -> None:
+    mask = np.zeros((40, 60), dtype=np.uint8)
+    mask[3:20, 4:30] = 1
+    mask[25:38, 10:55] = 2
+    mask[5:9, 40:58] = 3
+    assert np.array_equal(_round_trip(tmp_path, {"boxes": mask}, tolerance=1.0)["boxes"], mask)
+
+
+def test_one_pixel_and_thousand_tiny_regions(tmp_path: Path) -> None:
+    mask = np.zeros((100, 80), dtype=np.uint8)
+    mask[1::3, 1::3][:30, :25] = 1  # 750 single pixels
+    mask[0:100:4, 79] = 2  # 25 more on the border
+    mask[::2, 0][:50] = 3  # and a column of 50
+    lines = np.zeros((20, 30), dtype=np.uint8)
+    lines[5, 3:20] = 1  # a one-pixel-wide line: too thin for a polygon
+    lines[8:18, 25] = 2
+    outlines = fill_order(mask, 1.0)
+    assert len(outlines) == 825 and all(o.shape_type == "rectangle" for o in outlines)
+    back = _round_trip(tmp_path / "l", {"tiny": mask, "lines": lines}, tolerance=1.0)
+    assert np.array_equal(back["tiny"], mask) and np.array_equal(back["lines"], lines)
+    assert np.array_equal(_round_trip(tmp_path / "c", {"tiny": mask}, fmt="coco")["tiny"], mask)
+    # With instance masks asked for, 825 regions cannot fit 8 bits: a clear per-file error, not a crash.
+    report = convert_coco(tmp_path / "c" / "pred" / "coco.json", tmp_path / "c" / "images", tmp_path / "c" / "inst",
+                          visualize=False, progress=False)
+    assert len(report.failed) == 1 and "--no-instances" in report.failed[0][1]
+
+
+def test_empty_prediction_is_a_valid_file_without_shapes(tmp_path: Path) -> None:
+    empty = np.zeros((30, 40), dtype=np.uint8)
+    assert labelme_document(empty, labelme_label_names(CLASSES), "x.png")["shapes"] == []
+    assert np.array_equal(_round_trip(tmp_path / "l", {"empty": empty})["empty"], empty)
+    assert np.array_equal(_round_trip(tmp_path / "c", {"empty": empty}, fmt="coco")["empty"], empty)
+    assert json.loads((tmp_path / "c" / "pred" / "coco.json").read_text())["annotations"] == []
+
+
+def test_coco_round_trip_is_exact_with_holes_and_scores(tmp_path: Path) -> None:
+    masks = {f"r{i}": m for i, m in enumerate(_random_masks(6, seed=5))}
+    masks["nested"] = _nested()
+    back = _round_trip(tmp_path, masks, fmt="coco")
+    for stem, mask in masks.items():
+        assert np.array_equal(back[stem], mask), stem
+    document = json.loads((tmp_path / "pred" / "coco.json").read_text())
+    assert [c["id"] for c in document["categories"]] == [1, 2, 3]
+    assert {a["category_id"] for a in document["annotations"]} <= {1, 2, 3}
+    # A region's score is its class's mean probability there (0.925 in _round_trip's probabilities).
+    assert all(math.isclose(a["score"], 0.925, abs_tol=1e-4) for a in document["annotations"])
+
+
+def test_coco_score_is_the_mean_probability_of_the_region() -> None:
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[2:4, 2:4] = 1
+    probabilities = np.zeros((2, 10, 10), dtype=np.float32)
+    probabilities[1, 2:4, 2:4] = [[0.6, 0.7], [0.8, 0.9]]
+    (annotation,) = coco_region_annotations(mask, probabilities, image_id=7)
+    assert math.isclose(annotation["score"], 0.75, abs_tol=1e-5)
+    assert annotation["bbox"] == [2, 2, 2, 2] and annotation["area"] == 4 and annotation["image_id"] == 7
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan"), float("inf"), "1", True])
+def test_bad_polygon_tolerance_is_refused(tolerance) -> None:
+    with pytest.raises(ConfigError, match="tolerance"):
+        check_annotation_options("labelme", tolerance)
+
+
+def test_huge_tolerance_never_drops_or_wrecks_a_region(tmp_path: Path) -> None:
+    mask = _nested()
+    outlines = fill_order(mask, 1e300)
+    assert all(len(o.points) >= 3 or o.shape_type == "rectangle" for o in outlines)
+    back = _round_trip(tmp_path, {"nested": mask}, tolerance=1e300)["nested"]
+    assert all(_iou(back, mask, cls) >= 0.98 for cls in range(3))
+
+
+@pytest.mark.parametrize("names", [["bg", "__ignore__"], ["bg", "_background_"], ["bg", " cell"], ["bg", "a\nb"],
+                                   ["bg", "a", "a"]])
+def test_class_names_labelme_cannot_hold_are_refused(names) -> None:
+    with pytest.raises(ConfigError, match="class"):
+        labelme_label_names(names)
+
+
+def test_coco_refuses_a_class_named_like_the_background(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="background"):
+        CocoWriter(tmp_path, ["bg", "Background"])
+
+
+def test_cli_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, message in ((["--format", "xml"], "--format"), (["--polygon-tolerance", "nan"], "tolerance"),
+                          (["--polygon-tolerance", "-2"], "tolerance")):
+        result = runner.invoke(app, ["predict", str(tmp_path / "missing.msb"), str(tmp_path), "--out",
+                                     str(tmp_path / "out"), "--format", "labelme", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
