@@ -220,7 +220,7 @@ def test_an_all_ignore_image_is_left_out_of_the_per_image_mean(tmp_path, bundle)
     from masksmith.metrics import mean_image_score, per_image_dice
 
     everything_ignored = np.full((4, 4), 255, np.uint8)
-    assert np.isnan(per_image_dice(np.ones((4, 4), np.uint8), everything_ignored, 3))
+    assert np.isnan(per_image_dice(np.ones((4, 4), np.uint8), everything_ignored, 3, ignore_index=255))
     assert mean_image_score([0.25, float("nan"), None, 0.75]) == (0.5, 2)
 
     rng = np.random.default_rng(0)
@@ -257,7 +257,9 @@ def test_predict_lists_links_and_folders_it_cannot_read(tmp_path, bundle):
     assert "loop_a.png: symbolic link loop" in result.output
     assert "dangling.png: broken symbolic link" in result.output
     assert "x.png: is a folder" in result.output
-    assert sorted(os.listdir(tmp_path / "out")) == ["good.png"]
+    # The masks of the readable images, and the unreadable entries listed in failures.csv.
+    assert sorted(os.listdir(tmp_path / "out")) == ["failures.csv", "good.png"]
+    assert "dangling.png" in (tmp_path / "out" / "failures.csv").read_text()
     # The same entries found through a glob are listed too, not dropped.
     result = _predict(bundle, str(inputs / "*.png"), "--out", str(tmp_path / "out2"))
     assert result.exit_code == 1 and "dangling.png: broken symbolic link" in result.output, result.output

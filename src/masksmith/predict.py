@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -22,17 +22,18 @@ from tqdm.auto import tqdm
 from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import BundleMeta
 from masksmith.data.dataset import preprocess_image
-from masksmith.data.discover import list_inputs
-from masksmith.data.encoding import MaskEncoding
 from masksmith.data.images import read_image
-from masksmith.data.masks import write_mask
 from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
-from masksmith.visualize import overlay, save_image, save_mask_png
+from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+
+if TYPE_CHECKING:
+    from masksmith.annotations import PredictionSink
 
 ImageInput = np.ndarray | Image.Image | str | Path
+T = TypeVar("T")
 Blend = Literal["gaussian", "linear"]
 BLENDS = ("gaussian", "linear")
 # Crop-trained models switch to tiles when an image side exceeds this many times the training size:
@@ -295,10 +296,11 @@ class PredictReport:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[Path] = field(default_factory=list)  # outputs already there (resume)
 
 
-def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
-    batch: list[Path] = []
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -310,53 +312,40 @@ def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
-                  mask_format: str = "palette", progress: bool = True) -> PredictReport:
-    """Predict files, folders or globs into OUT/<stem>.png masks (and OUT/overlays/<stem>.jpg).
+                  mask_format: str = "palette", progress: bool = True, resume: bool = False,
+                  sinks: Sequence[PredictionSink] = ()) -> PredictReport:
+    """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
+    A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
+    whose outputs exist; unreadable ones are listed in OUT/failures.csv (masksmith.predict_io).
     mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
+    `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.
     """
-    if mask_format not in ("palette", "dataset"):
-        raise MasksmithError(f"mask format must be 'palette' or 'dataset', got {mask_format!r}")
+    check_mask_format(mask_format)
     out_dir = Path(out_dir)
-    paths, skipped = list_inputs(list(inputs))
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems and stems[path.stem] != path:
-            # Both would be written to OUT/<stem>.png; refuse rather than overwrite one with the other.
-            raise MasksmithError(f"{path} and {stems[path.stem]} would both be written as {path.stem}.png; "
-                                 "predict them into separate --out folders")
-        stems[path.stem] = path
-    targets = [out_dir / f"{stem}.png" for stem in stems]
-    if overlay_images:
-        targets += [out_dir / "overlays" / f"{stem}.jpg" for stem in stems]
-    refuse_overwrite(paths, targets)  # e.g. --out INPUT_DIR with PNG inputs: masks would replace the photos
-    report = PredictReport(failed=list(skipped))
+    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    planned = [(item.path, item.relative) for item in plan.items]
+    refuse_overwrite([path for path, _ in planned], [target for sink in sinks for target in sink.plan(planned)])
+    report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)
     inference = 0.0
-    with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
-        for batch in _batches(paths, batch_size):
-            arrays, readable = [], []
-            for path in batch:
-                try:
-                    arrays.append(predictor.to_array(path))
-                    readable.append(path)
-                except MasksmithError as error:
-                    report.failed.append((path, str(error)))
+    with tqdm(total=len(plan.items), desc="predicting", unit="img", disable=not progress) as bar:
+        for batch in _batches(plan.items, batch_size):
+            arrays, readable, failed = read_batch(batch, predictor.meta.in_channels)
+            report.failed.extend(failed)
             if arrays:
                 started = time.perf_counter()
                 probabilities = predictor.probabilities(arrays)
                 inference += time.perf_counter() - started
-                for path, array, probs in zip(readable, arrays, probabilities):
+                for item, array, probs in zip(readable, arrays, probabilities):
                     mask = predictor.decide(probs, threshold)
-                    target = out_dir / f"{path.stem}.png"
-                    if mask_format == "dataset":
-                        write_mask(target, mask, MaskEncoding.from_dict(predictor.meta.mask_encoding),
-                                   predictor.meta.ignore_index)
-                    else:
-                        save_mask_png(mask, target, predictor.colors, predictor.meta.ignore_index)
-                    report.written.append(target)
-                    if overlay_images:
-                        save_image(overlay(array, mask, predictor.colors), out_dir / "overlays" / f"{path.stem}.jpg")
+                    report.written.append(write_prediction(predictor.meta, mask, array, out_dir, item.relative,
+                                                           mask_format=mask_format, overlay_images=overlay_images))
+                    for sink in sinks:
+                        sink.add(item.path, item.relative, probs, mask)
             bar.update(len(batch))
     report.seconds = inference
+    for sink in sinks:
+        sink.finish()
+    write_failures(out_dir, report.failed)
     return report
