@@ -19,6 +19,9 @@ from masksmith.models.unet import DoubleConv, check_architecture_options, init_w
 
 # The classic U-Net's depth default; with an encoder the depth is the encoder's (5 downsamplings).
 CLASSIC_DEPTH = 4
+# The decoder's upsampling modes. "transpose" is accepted too: it is the `unet` builder's default (the classic
+# U-Net's), which this decoder, having no transposed convolutions, runs as "nearest".
+UPSAMPLING_MODES = ("nearest", "bilinear")
 
 
 class DecoderBlock(nn.Module):
@@ -48,6 +51,7 @@ class EncoderUNet(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.encoder = encoder
+        self.upsampling = upsampling
         self.multiple = encoder_stride(encoder)  # inputs are padded to it, then cropped back
         widths = decoder_widths(base_channels)
         skips = [*encoder.out_channels[-2::-1], 0]  # strides 16, 8, 4, 2, then none at full resolution
@@ -57,6 +61,11 @@ class EncoderUNet(nn.Module):
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
         init_weights(self.decoder)
         # The classifier keeps PyTorch's small default init (see UNet): no overconfident first logits.
+
+    @property
+    def resolved_options(self) -> dict[str, str]:
+        """Builder options as this network really runs them, for the bundle (the default "transpose" is nearest)."""
+        return {"upsampling": self.upsampling}
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits N x out_channels x H x W for an N x in_channels x H x W image batch."""
@@ -82,13 +91,14 @@ class EncoderUNet(nn.Module):
 def build_encoder_unet(in_channels: int, out_channels: int, encoder: str, weights: str | None, depth: int,
                        base_channels: int, upsampling: str, dropout: float) -> EncoderUNet:
     """The `unet` builder's path when an encoder is named: validate, build, load the initial weights."""
-    check_architecture_options("unet", depth, base_channels, upsampling, dropout)
+    check_architecture_options("unet", depth, base_channels, upsampling, dropout,
+                               upsampling_modes=(*UPSAMPLING_MODES, "transpose"))
     encoder_info(encoder)  # an unknown name fails with the list of encoders
     if depth != CLASSIC_DEPTH:
         raise ConfigError(f"model 'unet' with encoder {encoder!r}: depth is set by the encoder (5 downsamplings, "
                           f"stride 32); leave the depth option out (got {depth})")
     # Transposed convolutions are the classic U-Net's default; this decoder interpolates (see the module doc).
-    mode = "bilinear" if upsampling == "bilinear" else "nearest"
+    mode = "nearest" if upsampling == "transpose" else upsampling
     model = EncoderUNet(build_encoder(encoder, in_channels), out_channels, base_channels, mode, dropout)
     if weights:
         from masksmith.models.smp import is_weights_file, load_weights

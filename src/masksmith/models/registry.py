@@ -53,6 +53,7 @@ def build_model(name: str, in_channels: int, out_channels: int, **options: Any) 
         "name": name,
         "in_channels": in_channels,
         "out_channels": out_channels,
-        "options": {**valid, **options},
+        # A network whose options resolve differently from the builder's defaults says how it really runs.
+        "options": {**valid, **options, **getattr(model, "resolved_options", {})},
     }
     return model

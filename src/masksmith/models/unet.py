@@ -13,7 +13,8 @@ UPSAMPLING_MODES = ("transpose", "bilinear")
 
 
 def check_architecture_options(
-    model: str, depth: int, base_channels: int, upsampling: str, dropout: float
+    model: str, depth: int, base_channels: int, upsampling: str, dropout: float,
+    upsampling_modes: tuple[str, ...] = UPSAMPLING_MODES,
 ) -> None:
     """Raise ConfigError naming `model` when one of the shared encoder-decoder options is invalid."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
@@ -22,9 +23,9 @@ def check_architecture_options(
         raise ConfigError(
             f"model {model!r}: base_channels must be an integer >= 1, got {base_channels!r}"
         )
-    if upsampling not in UPSAMPLING_MODES:
+    if upsampling not in upsampling_modes:
         raise ConfigError(
-            f"model {model!r}: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; "
+            f"model {model!r}: upsampling must be one of {', '.join(upsampling_modes)}; "
             f"got {upsampling!r}"
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

@@ -61,10 +61,14 @@ def _check_unet_encoder(name: Any) -> None:
         raise ConfigError(f"{error}{did_you_mean(name, ENCODERS)}") from None
 
 
-def bundle_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Model options for the bundle: the architecture only, since the bundle holds the weights itself."""
+def bundle_options(arguments: dict[str, Any], network: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Model options for the bundle: the architecture only, since the bundle holds the weights itself.
+
+    With `network`, the options it resolved itself (an encoder U-Net's real upsampling mode) are recorded too.
+    """
     # Rebuilding from a bundle must neither download hub weights nor need the original weights file.
-    return {**arguments, "weights": None} if "weights" in arguments else dict(arguments)
+    options = {**arguments, "weights": None} if "weights" in arguments else dict(arguments)
+    return {**options, **getattr(network, "resolved_options", {})}
 
 
 def output_channels(config: TrainConfig, num_classes: int) -> int:

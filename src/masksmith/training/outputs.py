@@ -45,7 +45,7 @@ def write_bundle(network: torch.nn.Module, config: TrainConfig, arguments: dict[
                  run_dir: Path) -> Path:
     """RUN/model.msb: the network's weights with its architecture, classes, colors, size and normalization."""
     meta = BundleMeta(
-        model=config.model, model_options=bundle_options(arguments), in_channels=data.channels,
+        model=config.model, model_options=bundle_options(arguments, network), in_channels=data.channels,
         out_channels=output_channels(config, data.num_classes), class_names=data.class_names,
         colors=[list(color) for color in data.labels.colors], size=config.size, resize=config.resize,
         mean=data.mean, std=data.std, threshold=config.threshold, mask_encoding=data.encoding.to_dict(),
@@ -53,12 +53,18 @@ def write_bundle(network: torch.nn.Module, config: TrainConfig, arguments: dict[
     return save_bundle(run_dir / "model.msb", network.state_dict(), meta)
 
 
+def train_result(outcome: FitOutcome, config: TrainConfig, run_dir: Path, bundle: Path, seconds: float) -> TrainResult:
+    """The TrainResult of a fit (written by write_results; a process other than rank 0 only returns it)."""
+    best = best_epoch(outcome.rows, config)
+    return TrainResult(run_dir=run_dir, bundle=bundle, best_epoch=best, best_score=outcome.best_score,
+                       monitor=config.monitor, epochs_run=outcome.epochs_run, seconds=seconds,
+                       validation=outcome.rows[best] if best is not None else {})
+
+
 def write_results(outcome: FitOutcome, config: TrainConfig, run_dir: Path, bundle: Path, seconds: float) -> TrainResult:
     """RUN/results.json (best epoch, its metrics, epochs run, time) and the TrainResult it describes."""
-    best = best_epoch(outcome.rows, config)
-    result = TrainResult(run_dir=run_dir, bundle=bundle, best_epoch=best, best_score=outcome.best_score,
-                         monitor=config.monitor, epochs_run=outcome.epochs_run, seconds=seconds,
-                         validation=outcome.rows[best] if best is not None else {})
+    result = train_result(outcome, config, run_dir, bundle, seconds)
+    best = result.best_epoch
     write_text_atomic(run_dir / "results.json", json.dumps(
         {"best_epoch": best, "monitor": config.monitor, "best_score": outcome.best_score,
          "epochs_run": result.epochs_run, "seconds": round(seconds, 1),
