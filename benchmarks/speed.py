@@ -1,17 +1,25 @@
 """Throughput of the built-in models, and masksmith's pipeline overhead against a plain PyTorch loop.
 
-    python benchmarks/speed.py [--sizes 256 512] [--steps 6] [--models unet unet:efficientnet_lite0 fcn-lite]
+    python benchmarks/speed.py [--sizes 256 512] [--rounds 3] [--models unet unet:efficientnet_lite0 fcn-lite]
+                               [--pipeline unet fcn-lite] [--pipeline-steps 6]
 
 A model is a registry name, or `unet:ENCODER` for the U-Net over one of masksmith's pretrained encoders
-(efficientnet_lite0/1/2, mobilenet_v2; timed from random weights, which cost the same).
+(efficientnet_lite0/1/2, mobilenet_v2; timed from random weights, which cost the same). Run it with
+OMP_NUM_THREADS unset (PyTorch then uses one thread per core) or set to the cores it may use.
 
-For each model and input size it prints one row: parameters, GFLOPs per image (forward), training
-images/s through masksmith's own pipeline (files → dataset → augmentation → Lightning step) and through
-a plain PyTorch loop over the same model and images already in memory (the tutorials' way), the share of
-step time that masksmith's data loading, augmentation and logging cost, inference images/s at batch 1
-and 8, peak memory (resident set of a fresh process per row), and the GFLOP/s the plain training loop
-achieves (3x the forward FLOPs per image) as a fraction of this machine's ceiling (a large fp32 matrix
-product, measured in the same run through both the BLAS and oneDNN).
+Table 1, per model and input size: parameters, GFLOPs per image (forward, torch's FlopCounterMode),
+training images/s of one optimizer step (Adam, cross-entropy, batch 4, images in memory: the tutorials'
+loop), fine-tuning everything and with the encoder frozen (no encoder gradients, BatchNorm statistics
+fixed, as `--freeze-encoder-epochs` trains), inference images/s at batch 1 and 8, and the GFLOP/s the
+fine-tuning step achieves (3x the forward FLOPs per image) as a fraction of this machine's ceiling (a
+large fp32 matrix product, through the BLAS and oneDNN, measured in the same run). The models are timed
+interleaved: one call of each model in turn, the order reversed every round, so load from other
+processes slows all of them alike; each number is the median call.
+
+Table 2, per `--pipeline` model and size: training images/s through masksmith's own pipeline (files →
+dataset → augmentation → Lightning step) against the plain loop over the same model (both in a fresh
+process, one after the other), the share of step time masksmith's data loading, augmentation and
+logging cost, and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
-import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,8 +82,8 @@ def images_per_second(step, images_per_step: int, steps: int) -> float:
     return images_per_step * steps / (time.perf_counter() - start)
 
 
-def plain_training(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
-    """The tutorials' loop: tensors in memory, Adam, cross-entropy, no data pipeline at all."""
+def demo_batch(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` demo images and masks at size x size, preprocessed as training sees them, in memory."""
     from masksmith.data.dataset import preprocess_image
     from masksmith.data.encoding import MaskEncoding
     from masksmith.data.images import read_image
@@ -86,15 +94,33 @@ def plain_training(model: torch.nn.Module, size: int, batch: int, steps: int) ->
     masks = torch.stack([torch.from_numpy(read_mask(p, MaskEncoding("binary", 0), 2).astype(np.int64))
                          for p in sorted((DATA / "masks").glob("*.png"))[:batch]])
     masks = torch.nn.functional.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    return images, masks
+
+
+def training_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, frozen: bool = False):
+    """The tutorials' step (Adam, cross-entropy, no data pipeline) as a function; `frozen`: the encoder frozen
+    for the step as masksmith's --freeze-encoder-epochs does it (no gradients, BatchNorm statistics fixed)."""
+    from masksmith.models.base import encoder_of, set_frozen
+
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    model.train()
+    encoder = encoder_of(model)
 
     def step() -> None:
-        optimizer.zero_grad()
+        model.train()
+        if frozen:
+            set_frozen(encoder, True, training=True)
+        optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(images), masks).backward()
-        optimizer.step()
+        optimizer.step()  # Adam skips the frozen parameters: they have no gradient
+        if frozen:
+            set_frozen(encoder, False, training=True)
 
-    return images_per_second(step, batch, steps)
+    return step
+
+
+def plain_training(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
+    """Images/s of the tutorials' loop: tensors in memory, Adam, cross-entropy, no data pipeline at all."""
+    return images_per_second(training_step(model, *demo_batch(size, batch)), batch, steps)
 
 
 class StepTimer:
@@ -150,68 +176,129 @@ def _subset(folder: Path, count: int) -> Path:
     return folder
 
 
-def inference(model: torch.nn.Module, size: int, batch: int, steps: int) -> float:
-    """Forward passes without gradients at the given batch size."""
-    model.eval()
+def inference_step(model: torch.nn.Module, size: int, batch: int):
+    """A forward pass without gradients at the given batch size, as a function."""
     x = torch.randn(batch, 1, size, size)
 
     def step() -> None:
+        model.eval()
         with torch.inference_mode():
             model(x)
 
-    return images_per_second(step, batch, steps)
+    return step
 
 
-def measure(row: dict, queue: mp.Queue) -> None:
-    """One row, in a fresh process so that its peak memory is its own."""
+def time_interleaved(steps: dict[str, object], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each step, one call each in turn (order reversed every round), after a warm-up."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for _ in range(rounds):
+        for name in order:
+            started = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - started)
+        order.reverse()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def build(name: str) -> torch.nn.Module:
+    """Model `name` ('unet', 'unet:mobilenet_v2', ...) for 1 input channel and 2 classes, random weights."""
     from masksmith.models import build_model
 
     torch.manual_seed(0)
-    name, size, steps = row["model"], row["size"], row["steps"]
     model_name, options = model_spec(name)
-    model = build_model(model_name, 1, 2, **options)
+    return build_model(model_name, 1, 2, **options)
+
+
+def throughput_rows(names: list[str], size: int, rounds: int, batch: int = 4) -> list[dict]:
+    """Table 1's rows at one input size: every model's steps timed interleaved with the others'."""
+    from masksmith.models.base import encoder_of
+
+    models = {name: build(name) for name in names}
+    images, masks = demo_batch(size, batch)
+    rows = {name: {"model": name, "size": size, "params_m": sum(p.numel() for p in m.parameters()) / 1e6,
+                   "gflops": forward_gflops(m, size)} for name, m in models.items()}
+    kinds = {"train": batch, "frozen": batch, "infer_b1": 1, "infer_b8": 8}
+    for kind, per_call in kinds.items():
+        steps = {}
+        for name, model in models.items():
+            if kind == "frozen" and encoder_of(model) is None:
+                continue
+            steps[name] = (inference_step(model, size, per_call) if kind.startswith("infer")
+                           else training_step(model, images, masks, frozen=kind == "frozen"))
+        for name, seconds in time_interleaved(steps, rounds).items():
+            rows[name][kind] = per_call / seconds
+    return list(rows.values())
+
+
+def pipeline_row(row: dict, queue: mp.Queue) -> None:
+    """Table 2's row, in a fresh process so that its peak memory is its own."""
+    name, size, steps = row["model"], row["size"], row["steps"]
     result = dict(row)
-    result["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-    result["gflops"] = forward_gflops(model, size)
-    result["plain_train"] = plain_training(model, size, 4, steps)
+    result["plain_train"] = plain_training(build(name), size, 4, steps)
     result["masksmith_train"] = masksmith_training(name, size, 4, steps)
-    result["infer_b1"] = inference(model, size, 1, steps)
-    result["infer_b8"] = inference(model, size, 8, max(2, steps // 2))
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
 
 
+def _result(process: mp.Process, queue: mp.Queue) -> dict | None:
+    """The row a child process puts on `queue`, or None once it has ended without one (killed, or failed)."""
+    import queue as queues
+
+    while True:
+        try:
+            row = queue.get(timeout=5)
+            process.join()
+            return row
+        except queues.Empty:
+            if not process.is_alive():
+                return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["unet", "unet:efficientnet_lite0", "unet:mobilenet_v2",
-                                                         "fcn-lite"])
+    parser.add_argument("--models", nargs="+", default=["unet", "unet:efficientnet_lite0", "unet:efficientnet_lite1",
+                                                         "unet:efficientnet_lite2", "unet:mobilenet_v2", "fcn-lite"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3, help="timed calls per model and measurement (table 1)")
+    parser.add_argument("--pipeline", nargs="*", default=["unet", "fcn-lite"], help="models of table 2 (none: skip)")
+    parser.add_argument("--pipeline-steps", type=int, default=6, help="timed training steps per row of table 2")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     products = matmul_ceiling_gflops()
     ceiling = max(products.values())
     print(f"machine ceiling: {ceiling:.1f} GFLOP/s (best fp32 matrix product, {torch.get_num_threads()} threads: "
           + ", ".join(f"{name} {value:.0f}" for name, value in products.items()) + ")")
-    header = (f"{'model':<24} {'size':>4} {'params M':>8} {'GFLOPs':>7} {'train img/s':>11} {'plain img/s':>11} "
-              f"{'overhead':>8} {'infer b1':>8} {'infer b8':>8} {'peak MB':>8} {'train/ceiling':>13}")
+    header = (f"{'model':<24} {'size':>4} {'params M':>8} {'GFLOPs':>7} {'train img/s':>11} {'frozen img/s':>12} "
+              f"{'infer b1':>8} {'infer b8':>8} {'train/ceiling':>13}")
     print(header)
     print("-" * len(header))
+    for size in args.sizes:
+        for r in throughput_rows(args.models, size, args.rounds):
+            frozen = f"{r['frozen']:>12.2f}" if "frozen" in r else f"{'-':>12}"
+            achieved = 3 * r["gflops"] * r["train"]  # training costs about 3x the forward FLOPs
+            print(f"{r['model']:<24} {size:>4} {r['params_m']:>8.2f} {r['gflops']:>7.1f} {r['train']:>11.2f} "
+                  f"{frozen} {r['infer_b1']:>8.2f} {r['infer_b8']:>8.2f} {achieved / ceiling:>13.1%}", flush=True)
+    if not args.pipeline:
+        return
+    header = f"\n{'model':<24} {'size':>4} {'train img/s':>11} {'plain img/s':>11} {'overhead':>8} {'peak MB':>8}"
+    print(header)
+    print("-" * (len(header) - 1))
     context = mp.get_context("spawn")
-    for name in args.models:
+    for name in args.pipeline:
         for size in args.sizes:
             queue = context.Queue()
-            process = context.Process(target=measure, args=({"model": name, "size": size, "steps": args.steps}, queue))
+            process = context.Process(target=pipeline_row,
+                                      args=({"model": name, "size": size, "steps": args.pipeline_steps}, queue))
             process.start()
-            r = queue.get()
-            process.join()
+            r = _result(process, queue)
+            if r is None:
+                print(f"{name:<24} {size:>4} failed: its process ended with exit code {process.exitcode}", flush=True)
+                continue
             overhead = 1 - r["masksmith_train"] / r["plain_train"]
-            # Training costs about 3x the forward FLOPs (forward + backward).
-            achieved = 3 * r["gflops"] * r["plain_train"]
-            print(f"{name:<24} {size:>4} {r['params_m']:>8.2f} {r['gflops']:>7.1f} {r['masksmith_train']:>11.2f} "
-                  f"{r['plain_train']:>11.2f} {overhead:>8.1%} {r['infer_b1']:>8.2f} {r['infer_b8']:>8.2f} "
-                  f"{r['peak_mb']:>8.0f} {achieved / ceiling:>13.1%}")
-            sys.stdout.flush()
+            print(f"{name:<24} {size:>4} {r['masksmith_train']:>11.2f} {r['plain_train']:>11.2f} {overhead:>8.1%} "
+                  f"{r['peak_mb']:>8.0f}", flush=True)
 
 
 if __name__ == "__main__":
