@@ -16,6 +16,7 @@ from masksmith.data.discover import Sample
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.data.images import read_image
 from masksmith.data.masks import read_mask
+from masksmith.data.validate import size_mismatch
 from masksmith.errors import ConfigError, DataError
 
 RESIZE_MODES = ("resize", "random_crop", "center_crop")
@@ -160,11 +161,10 @@ class SegmentationDataset(Dataset):
         assert sample.mask is not None
         image = read_image(sample.image, self.channels)
         mask = read_mask(sample.mask, self.encoding, self.num_classes, self.ignore_index)
-        if image.shape[:2] != mask.shape:
-            (ih, iw), (mh, mw) = image.shape[:2], mask.shape
-            raise DataError(
-                f"{sample.image}: image is {iw}x{ih} (width x height) but its mask {sample.mask} is {mw}x{mh}"
-            )
+        # Validation checked this before training; a file replaced since then still fails by name here.
+        problem = size_mismatch(sample, (image.shape[1], image.shape[0]), (mask.shape[1], mask.shape[0]))
+        if problem is not None:
+            raise DataError(problem)
         return image, mask
 
     def __getitem__(self, i: int) -> dict:

@@ -407,13 +407,19 @@ def discover(
     Unpaired files are a DataError naming them, or with skip_unpaired a warning; a split folder
     without masks is left out with a warning.
     """
-    found = discover_dataset(root, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)
+    return usable_pairs(discover_dataset(root, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired),
+                        skip_unpaired=skip_unpaired)
+
+
+def usable_pairs(found: Discovery, *, skip_unpaired: bool = False) -> dict[str, list[Sample]]:
+    """`discover`'s verdict on a Discovery: its pairs, a DataError for unpaired files (a warning with
+    skip_unpaired), a warning per split folder left out. A run discovers once and keeps the Discovery."""
     for split, folder in found.splits_left_out.items():
-        warnings.warn(left_out_message(split, folder), stacklevel=2)
+        warnings.warn(left_out_message(split, folder), stacklevel=3)
     if found.messages and not skip_unpaired:
         raise DataError(f"{found.messages[0]} (pair them, or use skip_unpaired to leave them out)")
     for message in found.messages:
-        warnings.warn(f"left out unpaired files: {message}", stacklevel=2)
+        warnings.warn(f"left out unpaired files: {message}", stacklevel=3)
     return found.splits
 
 

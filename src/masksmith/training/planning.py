@@ -9,12 +9,13 @@ from typing import Any
 
 from masksmith.budget import plan_network
 from masksmith.config import UserConfig
-from masksmith.data.check import check_dataset, fingerprint, write_fingerprint
-from masksmith.data.discover import discover
+from masksmith.data.check import CheckReport, check_dataset, fingerprint, write_fingerprint
+from masksmith.data.discover import Discovery
 from masksmith.engine import pick_accelerator
 from masksmith.fileio import write_text_atomic
 from masksmith.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
+from masksmith.training.prepare import find_pairs
 
 
 def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
@@ -32,17 +33,22 @@ def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
 
 def apply_auto_plan(user: UserConfig, run_dir: Path, log: RunLog) -> UserConfig:
     """Check the data, fingerprint it (fingerprint.json), plan the options not given (plan.json) and apply them."""
+    return check_and_plan(user, run_dir, log, find_pairs(user.config))[0]
+
+
+def check_and_plan(user: UserConfig, run_dir: Path, log: RunLog, found: Discovery) -> tuple[UserConfig, CheckReport]:
+    """`apply_auto_plan` on the run's discovery (`find_pairs`, which has raised for layout and pairing errors
+    in their own words); also returns the check's report, whose cleanly read pairs are not read again."""
     config = user.config
-    # Layout and pairing errors first, in their own words, before the check pass summarises them.
-    discover(config.data, mask_suffix=config.mask_suffix, skip_unpaired=config.skip_unpaired)
     report = check_dataset(config.data, classes=config.classes, foreground=config.foreground,
                            mask_suffix=config.mask_suffix, ignore_index=config.ignore_index,
                            progress=not config.quiet, palette=config.palette,
-                           ignore_color=tuple(config.ignore_color) if config.ignore_color else None)
+                           ignore_color=tuple(config.ignore_color) if config.ignore_color else None,
+                           discovery=found)
     data_fingerprint = fingerprint(report)
     write_fingerprint(report, run_dir / "fingerprint.json")
     device = "cuda" if pick_accelerator(config.device) == "gpu" else "cpu"
     choices, timed = plan_choices(data_fingerprint, user, device)
     write_text_atomic(run_dir / "plan.json", json.dumps({**plan_to_dict(choices), "timed_candidates": timed}, indent=1))
     log.info("plan (options not given, derived from the data; see plan.json):\n" + plan_text(choices).rstrip())
-    return user.with_values({choice.option: choice.value for choice in choices}, source="plan")
+    return user.with_values({choice.option: choice.value for choice in choices}, source="plan"), report

@@ -9,7 +9,8 @@ from typing import Any
 from masksmith.config import TrainConfig, UserConfig
 from masksmith.data.classes import find_class_file
 from masksmith.data.labels import LabelSpec, resolve_labels
-from masksmith.data.discover import Sample, discover, split_samples
+from masksmith.data.check import CheckReport
+from masksmith.data.discover import Discovery, Sample, discover_dataset, split_samples, usable_pairs
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels
 from masksmith.data.validate import validate_samples
@@ -20,6 +21,8 @@ from masksmith.runlog import RunLog
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 GRAY_MEAN, GRAY_STD = [0.5], [0.25]
+# A split decided outside the run (a cross-validation fold): train samples, validation samples, its record.
+FixedSplit = tuple[list[Sample], list[Sample], dict[str, Any]]
 
 
 @dataclass
@@ -59,9 +62,18 @@ def with_dataset_classes(user: UserConfig) -> UserConfig:
     return user
 
 
-def split_pairs(config: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
-    """Train and validation pairs: the dataset's split folders, or a seeded random split of the pool."""
-    splits = discover(config.data, mask_suffix=config.mask_suffix, skip_unpaired=config.skip_unpaired)
+def find_pairs(config: TrainConfig) -> Discovery:
+    """The run's one discovery of the data; unpaired files are a DataError naming them (a warning with
+    --skip-unpaired), as `discover` says. The plan's check and the split both read this."""
+    found = discover_dataset(config.data, mask_suffix=config.mask_suffix, skip_unpaired=config.skip_unpaired)
+    usable_pairs(found, skip_unpaired=config.skip_unpaired)
+    return found
+
+
+def split_pairs(config: TrainConfig,
+                splits: dict[str, list[Sample]]) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Train and validation pairs from the discovered `splits`: the dataset's split folders, or a seeded
+    random split of the pool."""
     if "train" in splits and "val" in splits:
         return splits["train"], splits["val"], {"kind": "folders"}
     pool = splits.get("train") or splits.get("all") or []
@@ -95,11 +107,28 @@ def decide_normalization(user: UserConfig, channels: int,
     return mean, std, source
 
 
-def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog) -> PreparedData:
-    """Split, decide classes, channels and normalization, then validate every pair (skipping bad ones
-    with --skip-invalid); DataError when no training or validation image is left."""
+def read_cleanly(checked: CheckReport | None, labels: LabelSpec) -> set[Sample]:
+    """The pairs the run's check already read and decoded exactly as training will (same encoding, classes
+    and ignore value) without an error: validation need not read them again."""
+    if checked is None or checked.labels is None:
+        return set()
+    same = (checked.labels.encoding, checked.labels.num_classes, checked.labels.ignore_index) == (
+        labels.encoding, labels.num_classes, labels.ignore_index)
+    return checked.pairs_read_cleanly() if same else set()
+
+
+def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
+                 fixed_split: FixedSplit | None = None, *, found: Discovery | None = None,
+                 checked: CheckReport | None = None) -> PreparedData:
+    """Split (or take `fixed_split`: train, val and its record, e.g. a cross-validation fold), decide classes,
+    channels and normalization, then validate every pair (skipping bad ones with --skip-invalid);
+    DataError when no training or validation image is left. `found`: the run's discovery (`find_pairs`, made
+    here when not given); `checked`: the plan's check of the data, whose cleanly read pairs are not read again."""
     config = user.config
-    train, val, split = split_pairs(config)
+    if fixed_split is not None:
+        train, val, split = list(fixed_split[0]), list(fixed_split[1]), dict(fixed_split[2])
+    else:
+        train, val, split = split_pairs(config, (found or find_pairs(config)).splits)
     labels = decide_labels(config, train)
     encoding, names = labels.encoding, list(labels.class_names)
     channels = config.channels or image_channels(train[0].image)
@@ -111,10 +140,10 @@ def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog)
         log.info(color_table_text(encoding, names=names).rstrip())
     if source != "config":
         log.info(f"normalization of {source}: mean {mean}, std {std}")
-    checked = dict(encoding=encoding, num_classes=len(names), ignore_index=labels.ignore_index,
-                   progress=not config.quiet, skip_invalid=config.skip_invalid)
-    train = validate_samples(train, **checked)
-    val = validate_samples(val, **checked)
+    rules = dict(encoding=encoding, num_classes=len(names), ignore_index=labels.ignore_index,
+                 progress=not config.quiet, skip_invalid=config.skip_invalid, read_cleanly=read_cleanly(checked, labels))
+    train = validate_samples(train, **rules)
+    val = validate_samples(val, **rules)
     if not train or not val:
         raise DataError(f"{config.data}: no usable {'training' if not train else 'validation'} images left")
     split["val"] = [s.name for s in val]  # the recorded split is what is used: skipped pairs leave it

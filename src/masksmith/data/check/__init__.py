@@ -46,6 +46,7 @@ from masksmith.data.check.pairs import pairs_and_problems
 from masksmith.data.check.report import CheckReport, Problem, display_path, print_report, safe_text
 from masksmith.data.check.summary import evenly, summarise_classes, summarise_images
 from masksmith.data.classes import find_class_file, read_class_names
+from masksmith.data.discover import Discovery
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
 
@@ -66,12 +67,14 @@ def check_dataset(
     progress: bool = True,
     palette: str | Path | None = None,
     ignore_color: tuple[int, int, int] | None = None,
+    discovery: Discovery | None = None,
 ) -> CheckReport:
     """Check every image and mask under `root` and report the problems found; only raises for bad arguments.
 
-    One pass: the data is discovered once and every file read once. The report carries what training needs
-    so it decides nothing again: `report.pairs` (the samples per split), `report.labels` (the LabelSpec from
-    resolve_labels; None when the masks could not be read) and `fingerprint(report)`.
+    One pass: the data is discovered once (or `discovery`, the caller's discovery of `root` with the same
+    mask_suffix, is used) and every file read once. The report carries what training needs so it decides
+    nothing again: `report.pairs` (the samples per split), `report.labels` (the LabelSpec from resolve_labels;
+    None when the masks could not be read), `report.pairs_read_cleanly()` and `fingerprint(report)`.
     """
     started = time.perf_counter()
     root = Path(root)
@@ -89,7 +92,7 @@ def check_dataset(
     report = CheckReport(root=root, ignore_index=ignore_index, classes_given=names is not None)
     if isinstance(classes, (str, os.PathLike)):
         report.classes_file = Path(classes)
-    splits, report.unpaired, report.problems = pairs_and_problems(root, mask_suffix)
+    splits, report.unpaired, report.problems = pairs_and_problems(root, mask_suffix, discovery)
     report.splits = {split: len(samples) for split, samples in splits.items()}
     report.pairs = splits
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from masksmith.data.discover import (
     MASK_SUFFIXES,
+    Discovery,
     Sample,
     discover_dataset,
     entry_problem,
@@ -26,15 +27,17 @@ def _broken_partner(stem: str, role: str, suffixes: tuple[str, ...], broken: dic
 
 
 def pairs_and_problems(
-    root: Path, mask_suffix: str | None
+    root: Path, mask_suffix: str | None, found: Discovery | None = None
 ) -> tuple[dict[str, list[Sample]], dict[str, dict[str, list[Path]]], list[Problem]]:
-    """The pairs discover_dataset found, and its unpaired and unreadable entries as problems, in folder order."""
-    try:
-        found = discover_dataset(root, mask_suffix=mask_suffix)
-    except DataError as exc:
-        if not root.is_dir():
-            raise
-        return {}, {}, [Problem("error", "layout", [root], str(exc))]
+    """The pairs discover_dataset found (or `found`, a discovery of `root` already made), and its unpaired and
+    unreadable entries as problems, in folder order."""
+    if found is None:
+        try:
+            found = discover_dataset(root, mask_suffix=mask_suffix)
+        except DataError as exc:
+            if not root.is_dir():
+                raise
+            return {}, {}, [Problem("error", "layout", [root], str(exc))]
     problems = [Problem("warning", "layout", [root], left_out_message(split, folder))
                 for split, folder in found.splits_left_out.items()]
     suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES

@@ -101,6 +101,15 @@ class CheckReport:
         """Problems of severity "warning"."""
         return [p for p in self.problems if p.severity == "warning"]
 
+    def pairs_read_cleanly(self) -> set[Sample]:
+        """The pairs whose image and mask were fully read and decoded (with `labels`) and no error names them;
+        empty when the labels could not be decided. Training keeps these without reading them again."""
+        if self.labels is None:
+            return set()
+        blamed = {path for problem in self.errors for path in problem.paths}
+        return {s for samples in self.pairs.values() for s in samples
+                if s.mask is not None and s.image not in blamed and s.mask not in blamed}
+
     def by_code(self, code: str) -> list[Problem]:
         """The problems with this code."""
         return [p for p in self.problems if p.code == code]

@@ -18,6 +18,7 @@ from masksmith.data.masks import binary_strays, decode_mask
 from masksmith.data.check.files import ClassCount, FileResult, count_classes, map_tasks
 from masksmith.data.check.report import LISTED, CheckReport, Problem, display_path, is_rare
 from masksmith.data.images import LOSSY_FORMATS
+from masksmith.data.validate import size_mismatch
 from masksmith.errors import DataError
 
 TINY_SIDE = 32  # a 4-level U-Net halves the input 4 times; below 32 px there is almost nothing left
@@ -124,12 +125,11 @@ def summarise_images(report: CheckReport, splits: dict[str, list[Sample]],
         for s in samples:
             image = results.get(("image", s.image))
             mask = results.get(("mask", s.mask)) if s.mask is not None else None
-            if image and mask and image.ok and mask.ok and image.size != mask.size:
+            if image and mask and image.ok and mask.ok:
                 assert image.size and mask.size
-                report.problems.append(Problem(
-                    "error", "size_mismatch", [s.mask, s.image],
-                    f"{s.mask}: mask is {mask.size[0]}x{mask.size[1]} but image {s.image.name} is "
-                    f"{image.size[0]}x{image.size[1]}"))
+                problem = size_mismatch(s, image.size, mask.size)
+                if problem is not None:
+                    report.problems.append(Problem("error", "size_mismatch", [s.mask, s.image], problem))
 
     # Duplicates by file bytes; the same content in two splits is leakage.
     groups: dict[str, dict[Path, set[str]]] = {}
