@@ -19,6 +19,9 @@ Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
                        at 512x512 and tiled prediction of the unlabelled test slices
     membrane-lite0     the same on the pretrained EfficientNet-Lite0 U-Net (frozen for 3 epochs)
     membrane-auto      the default command with the budget: `masksmith train DATA --foreground 0 --max-time 25`
+    membrane-cv        5-fold cross-validation of the `membrane` recipe on its 24 training slices (--minutes per
+                       fold, default 4), then the fold ensemble against each single fold model on the recipe's 6
+                       held-out validation slices (a test split here, never seen by any fold)
     labelme            labelme-examples: convert → check → train → predict (a smoke test of the path)
 
 Each writes OUT/NAME/{run,evaluate,predictions}, a summary.json, and prints one line with the wall time.
@@ -121,6 +124,54 @@ def train_evaluate_predict(name: str, folder: Path, minutes: float, train_args: 
             "foreground_iou": (metrics["per_class"][1]["iou"] if len(metrics["per_class"]) == 2 else None)}
 
 
+def held_out_layout(folder: Path) -> Path:
+    """FOLDER/data: train/ (24 slices) and test/ (the `membrane` recipe's 6 seeded validation slices), as links."""
+    from masksmith.data.discover import discover, split_samples
+
+    pool = discover(MEMBRANE / "train")["all"]
+    train, test = split_samples(pool, 0.2, 42)  # the split the `membrane` recipe validates on
+    for split, samples in (("train", train), ("test", test)):
+        for sample in samples:
+            for role, source in (("images", sample.image), ("masks", sample.mask)):
+                target = folder / "data" / split / role / source.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(source.resolve())
+    return folder / "data"
+
+
+def test_scores(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"foreground_dice": metrics["per_class"][1]["dice"], "foreground_iou": metrics["per_class"][1]["iou"],
+            "pixel_error": 1.0 - metrics["pixel_accuracy"], "miou": metrics["miou"]}
+
+
+def membrane_cross_validation(folder: Path, minutes: float, train_args: list[str]) -> dict:
+    """5-fold CV of the `membrane` recipe on 24 slices; the ensemble and each fold model on the 6 held out."""
+    shutil.rmtree(folder, ignore_errors=True)
+    data = held_out_layout(folder)
+    recipe = [arg for arg in RECIPES["membrane"]["args"] if arg not in ("--val-fraction", "0.2")]
+    masksmith("train", str(data), *recipe, "--folds", "5", "--max-time", str(minutes), "--quiet",
+              "--out", str(folder / "cv"), *train_args)
+    masksmith("evaluate", str(folder / "cv"), str(data), "--split", "test", "--out", str(folder / "test-ensemble"),
+              "--quiet")
+    singles = []
+    for fold in range(5):
+        masksmith("evaluate", str(folder / "cv" / f"fold_{fold}" / "model.msb"), str(data), "--split", "test",
+                  "--out", str(folder / f"test-fold_{fold}"), "--quiet")
+        singles.append(test_scores(folder / f"test-fold_{fold}"))
+    summary = json.loads((folder / "cv" / "cv_summary.json").read_text())
+    ensemble = test_scores(folder / "test-ensemble")
+    result = {"minutes_per_fold": minutes,
+              "cv_foreground_dice_mean": summary["per_class"][1]["dice"]["mean"],
+              "cv_foreground_dice_std": summary["per_class"][1]["dice"]["std"],
+              "cv_foreground_dice_pooled": summary["per_class"][1]["dice"]["pooled"],
+              **{f"ensemble_{key}": value for key, value in ensemble.items()},
+              **{f"fold0_{key}": value for key, value in singles[0].items()},
+              "single_foreground_dice_mean": float(np.mean([s["foreground_dice"] for s in singles]))}
+    (folder / "test_scores.json").write_text(json.dumps({"ensemble": ensemble, "folds": singles}, indent=1))
+    return result
+
+
 def labelme_path(folder: Path) -> dict:
     """convert → check → train → predict on the Labelme examples (3 images: the path, not accuracy)."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -138,7 +189,7 @@ def labelme_path(folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=[*RECIPES, "labelme"])
+    parser.add_argument("experiment", choices=[*RECIPES, "membrane-cv", "labelme"])
     parser.add_argument("--minutes", type=float, help="training time budget [default: the experiment's]")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--name", help="folder under --out and name in the RESULT line [default: EXPERIMENT]")
@@ -151,6 +202,8 @@ def main() -> None:
     start = time.perf_counter()
     if args.experiment == "labelme":
         result = labelme_path(args.out / name)
+    elif args.experiment == "membrane-cv":
+        result = membrane_cross_validation(args.out / name, args.minutes or 4, train_args)
     else:
         minutes = args.minutes or RECIPES[args.experiment]["minutes"]
         result = {"budget_minutes": minutes,

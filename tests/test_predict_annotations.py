@@ -19,6 +19,8 @@ from masksmith.cli import app
 from masksmith.data.convert import convert_coco, convert_labelme
 from masksmith.data.convert.labelme_raster import shape_to_mask
 from masksmith.errors import ConfigError
+from tests.conftest import SHARED_DATA
+from tests.trained_models import shapes_model
 
 CLASSES = ["background", "cell", "nucleus", "never"]
 
@@ -207,3 +209,78 @@ def test_cli_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> Non
         result = runner.invoke(app, ["predict", str(tmp_path / "missing.msb"), str(tmp_path), "--out",
                                      str(tmp_path / "out"), "--format", "labelme", *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+# --------------------------------------------------------------------------- real predictions, through the CLI
+
+
+def _hard_inputs(folder: Path, data: Path, count: int = 3) -> list[Path]:
+    """Copies of training images, noisy versions of them, and real photos the model never saw."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    written = []
+    for index in range(count):
+        image = np.asarray(Image.open(data / "images" / f"s{index:02d}.jpg")).astype(int)
+        noisy = np.clip(image + rng.normal(0, 60, image.shape), 0, 255).astype(np.uint8)
+        for name, array in ((f"clean{index}", image.astype(np.uint8)), (f"noisy{index}", noisy)):
+            Image.fromarray(array).save(folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+    photos = SHARED_DATA / "labelme-examples" / "semantic_segmentation" / "data_annotated"
+    for photo in sorted(photos.glob("*.jpg"))[:1]:  # 500x375: big fragmented predictions with holes
+        Image.open(photo).save(folder / f"{photo.stem}.png")
+        written.append(folder / f"{photo.stem}.png")
+    return written
+
+
+def test_real_predictions_round_trip_through_labelme_and_coco(tmp_path: Path) -> None:
+    bundle, data = shapes_model()
+    _hard_inputs(tmp_path / "images", data)
+    runner = CliRunner()
+    for fmt in ("labelme", "coco"):
+        result = runner.invoke(app, ["predict", str(bundle), str(tmp_path / "images"), "--out",
+                                     str(tmp_path / fmt), "--format", fmt, "-q"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["convert", "labelme", str(tmp_path / "labelme"), str(tmp_path / "from-labelme"),
+                                 "--labels", str(tmp_path / "labelme" / "labels.txt"), "--no-viz", "-q"])
+    assert result.exit_code == 0, result.output
+    coco = json.loads((tmp_path / "coco" / "coco.json").read_text())
+    result = runner.invoke(app, ["convert", "coco", str(tmp_path / "coco" / "coco.json"), coco["info"]["images_dir"],
+                                 str(tmp_path / "from-coco"), "--no-instances", "--no-viz", "-q"])
+    assert result.exit_code == 0, result.output
+    regions = 0
+    for predicted in sorted((tmp_path / "labelme").glob("*.png")):
+        mask = np.asarray(Image.open(predicted))
+        from_labelme = np.asarray(Image.open(tmp_path / "from-labelme" / "SegmentationClass" / predicted.name))
+        from_coco = np.asarray(Image.open(tmp_path / "from-coco" / "SegmentationClass" / predicted.name))
+        assert np.array_equal(from_coco, mask), predicted.name
+        for cls in np.unique(mask).tolist():
+            assert _iou(from_labelme, mask, cls) >= 0.98, (predicted.name, cls, _iou(from_labelme, mask, cls))
+        regions += len(json.loads(predicted.with_suffix(".json").read_text())["shapes"])
+    assert regions > 20  # the noisy images and the photo give many regions, holes among them
+    scores = [a["score"] for a in coco["annotations"]]
+    assert scores and all(0.0 < s <= 1.0 for s in scores)
+
+
+def test_predict_never_overwrites_a_human_annotation(tmp_path: Path) -> None:
+    bundle, data = shapes_model()
+    images, folder = tmp_path / "images", tmp_path / "annotated"
+    images.mkdir()
+    folder.mkdir()
+    Image.open(data / "images" / "s00.jpg").save(images / "s00.png")
+    human = json.dumps({"version": "5.0.1", "shapes": [], "imagePath": "s00.png", "imageData": None})
+    (folder / "s00.json").write_text(human)
+    runner = CliRunner()
+    args = ["predict", str(bundle), str(images / "s00.png"), "--format", "labelme", "-q", "--out"]
+    result = runner.invoke(app, [*args, str(folder)])
+    assert result.exit_code == 2 and "s00.json" in result.output and "already there" in result.output
+    assert (folder / "s00.json").read_text() == human and not (folder / "s00.png").exists()
+    # Our own unedited predictions are replaced on a rerun; once a person edits one, it is kept.
+    out = tmp_path / "out"
+    assert runner.invoke(app, [*args, str(out)]).exit_code == 0
+    assert runner.invoke(app, [*args, str(out)]).exit_code == 0
+    document = json.loads((out / "s00.json").read_text())
+    document["shapes"].append({"label": "red box", "points": [[1, 1], [5, 1], [5, 5]], "shape_type": "polygon"})
+    (out / "s00.json").write_text(json.dumps(document))
+    result = runner.invoke(app, [*args, str(out)])
+    assert result.exit_code == 2 and "edited" in result.output
+    assert len(json.loads((out / "s00.json").read_text())["shapes"]) == len(document["shapes"])

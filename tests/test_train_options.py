@@ -48,7 +48,7 @@ def test_every_config_field_is_an_option_and_appears_in_help_and_table():
         assert option.long_flag in help_text, option.field
         assert f"| `{option.field}` |" in table
     # The eight fields the hand-written command could not set.
-    for flag in ("--ignore-index", "--threshold", "--mean", "--std", "--channels", "--class-weights", "--amp",
+    for flag in ("--ignore-index", "--threshold", "--mean", "--std", "--channels", "--class-weights", "--precision",
                  "--channels-last"):
         assert flag in help_text
 
@@ -73,11 +73,11 @@ def test_only_typed_flags_are_passed_and_old_flag_names_work(captured):
 
 def test_list_and_name_valued_fields_parse(captured):
     call = captured("d", "--mean", "0.4,0.5,0.6", "--std", "0.2, 0.2, 0.2", "--class-weights", "1,2",
-                    "--ignore-color", "255,255,255", "--ignore-index", "0", "--threshold", "0.3", "--amp", "off",
+                    "--ignore-color", "255,255,255", "--ignore-index", "0", "--threshold", "0.3", "--precision", "32",
                     "--channels-last", "on", "--channels", "1", "--monitor", "val_miou")
     assert call["mean"] == [0.4, 0.5, 0.6] and call["std"] == [0.2, 0.2, 0.2] and call["class_weights"] == [1.0, 2.0]
     assert call["ignore_color"] == [255, 255, 255] and call["ignore_index"] == 0 and call["threshold"] == 0.3
-    assert (call["amp"], call["channels_last"], call["channels"], call["monitor"]) == ("off", "on", 1, "val_miou")
+    assert (call["precision"], call["channels_last"], call["channels"], call["monitor"]) == ("32", "on", 1, "val_miou")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -51,7 +51,10 @@ def _train(
     if data is None and config is None and resume is None:
         raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
     result = run_training(data, config=config, resume=resume, **parse_cli_values(flags))
-    typer.echo(f"model: {result.bundle}")
+    from masksmith.parallel import detect_launch
+
+    if detect_launch().leader:  # under torchrun or SLURM every process returns here; rank 0 wrote the model
+        typer.echo(f"model: {result.bundle}")
 
 
 def _train_signature() -> inspect.Signature:
@@ -107,31 +110,40 @@ def check(
 @app.command()
 @user_errors
 def evaluate(
-    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
-    data: Path = typer.Argument(..., help="labelled dataset folder"),
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb), or a cross-validation run folder (its folds' "
+                                  "ensemble)"),
+    rest: List[Path] = typer.Argument(..., metavar="[MODEL...] DATA", help="more models (an ensemble averages "
+                                      "their probabilities), then the labelled dataset folder"),
     split: str = typer.Option("val", help="val | test | train | all (val: the split recorded at training)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: next to the bundle]"),
     mask_suffix: Optional[str] = typer.Option(None),
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
+    html: bool = typer.Option(False, "--html", help="also write OUT/report.html: one self-contained page "
+                              "(metrics, per-class bars, confusion matrix, curves, sortable per-image table)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
     from masksmith.evaluation import evaluate as run_evaluation
     from masksmith.report import print_results
 
-    result = run_evaluation(bundle, data, split=split, out=out, mask_suffix=mask_suffix, threshold=threshold,
-                            progress=not quiet)
+    *more, data = rest  # evaluate MODEL [MODEL...] DATA: the last argument is the data
+    result = run_evaluation([bundle, *more] if more else bundle, data, split=split, out=out,
+                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html)
     if not quiet:
         print_results(result)
     typer.echo(f"report: {result['out']}")
+    if html:
+        typer.echo(f"html: {result['html']}")
     _exit_on_failures([(row["name"], row["reason"]) for row in result["failed"]], "evaluated")
 
 
 @app.command()
 @user_errors
 def predict(
-    bundle: Path = typer.Argument(..., help="model bundle (model.msb) or exported model (model.onnx)"),
-    inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    bundle: Path = typer.Argument(..., help="model bundle (model.msb), exported model (model.onnx) or a "
+                                  "cross-validation run folder"),
+    inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns; leading .msb/.onnx files "
+                                       "and CV run folders are more models (an ensemble of their probabilities)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder for <name>.png masks"),
     overlay: bool = typer.Option(False, "--overlay", help="also write blended overlays to OUT/overlays/"),
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
@@ -145,16 +157,56 @@ def predict(
     overlap: Optional[int] = typer.Option(None, help="tile overlap in pixels [default: tile/4]"),
     blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
     tta: bool = typer.Option(False, "--tta", help="average over flipped copies (4 forward passes per image)"),
+    annotation_format: str = typer.Option("png", "--format", help="png: the masks only; labelme: also "
+                                          "OUT/<name>.json per image (polygons to correct in Labelme) and "
+                                          "OUT/labels.txt; coco: also OUT/coco.json (RLE regions with scores)"),
+    polygon_tolerance: float = typer.Option(1.0, "--polygon-tolerance", help="labelme: how far (pixels) a "
+                                            "simplified polygon may stray from the mask's outline; 0: exact"),
+    rank: bool = typer.Option(False, "--rank", help="also write OUT/ranking.csv: images by uncertainty, most "
+                              "uncertain first (the ones to label next)"),
+    resume: bool = typer.Option(False, "--resume", help="skip images whose outputs are already in OUT"),
+    engine: str = typer.Option("local", help="local: this process; ray: a Ray Data pipeline with an actor pool "
+                               "(pip install 'masksmith[ray]')"),
+    address: Optional[str] = typer.Option(None, help="ray: the cluster to join (auto, or HOST:PORT) "
+                                          "[default: a local Ray instance]"),
+    actors: Optional[int] = typer.Option(None, help="ray: model replicas [default: the cluster's CPUs / --threads]"),
+    threads: int = typer.Option(1, help="ray: CPUs (and torch threads) per actor"),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="ray: GPUs per actor (with --device cuda)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Predict masks at each image's original size, as palette PNGs (and overlays)."""
-    from masksmith.predict import TTA_PASSES, Predictor, predict_files
+    """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
+    from masksmith.predict import TTA_PASSES, predict_files
 
-    predictor = Predictor.load(bundle, device=device, backend=backend, tile=tile, overlap=overlap,
-                               blend=blend, tta=tta)
-    report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
-                           batch_size=batch_size, mask_format=mask_format, progress=not quiet)
-    typer.echo(f"wrote {len(report.written)} masks to {out}")
+    from masksmith.ensemble import load_models, split_models
+
+    models, inputs = split_models(bundle, inputs)
+    if not inputs:
+        raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
+    from masksmith.annotations import annotation_sinks, check_annotation_options
+
+    check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
+    if engine not in ("local", "ray"):
+        raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
+    load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
+    if engine == "ray":
+        from masksmith.ray_engine import RayOptions, predict_with_ray
+
+        if annotation_format != "png" or rank:
+            raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
+                                 "use --engine local for them")
+        options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
+                             gpus_per_actor=gpus_per_actor, load_options=load_options)
+        report = predict_with_ray(models, inputs, out, options=options, overlay_images=overlay, threshold=threshold,
+                                  mask_format=mask_format, resume=resume, progress=not quiet)
+    else:
+        predictor = load_models(models, **load_options)
+        sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
+                                 tolerance=polygon_tolerance, rank=rank)
+        report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
+                               batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
+                               resume=resume)
+    typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
+                                                                 if report.skipped else ""))
     if tta and report.written:
         per_image = 1000 * report.seconds / len(report.written)
         typer.echo(f"tta: {TTA_PASSES} forward passes per image, ~{TTA_PASSES}x the inference time "
@@ -256,13 +308,15 @@ def convert_coco_command(
     annotations: Path = typer.Argument(..., help="COCO annotations JSON (polygons or RLE)"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
+                                   "(at most 254 instances an image)"),
     visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """COCO instances → index masks; category ids mapped to contiguous classes; iscrowd → ignore."""
     from masksmith.data.convert import convert_coco
 
-    report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet)
+    report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet, instances=instances)
     _finish_conversion(report, out)
 
 

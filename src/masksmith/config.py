@@ -9,16 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, Union
+from typing import Annotated, Any, Literal, Sequence, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError
 from masksmith.registry import did_you_mean
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
+Strategy = Literal["auto", "ddp", "ddp_spawn"]
+Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
 ResizeMode = Literal["resize", "random_crop", "center_crop"]
 MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused as damaged (bundle.py)
 Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
@@ -56,11 +59,15 @@ class TrainConfig(BaseModel):
     mask_suffix: str | None = Field(None, description="mask file suffix such as _mask (common ones are found anyway)")
     foreground: int | None = Field(
         None, description="binary masks: the pixel value that means foreground (ISBI membrane: 0); default: non-zero")
-    ignore_index: int = Field(255, ge=0, le=255, description="mask value that counts for no loss and no metric")
+    ignore_index: int = Field(DEFAULT_IGNORE_INDEX, ge=0, le=255, description="mask value that counts for no loss and no metric")
     palette: str | None = Field(
         None, description="RGB color masks: a palette file (CVAT labelmap.txt, name,r,g,b or r g b name); default: colors found")
     ignore_color: list[int] | None = Field(None, description="RGB color masks: the color that marks ignored pixels")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share when the data has no val folder")
+    folds: int | None = Field(
+        None, ge=2, le=100, description="k-fold cross-validation: one model per seeded fold of the train (+val) "
+                                        "images in RUN/fold_K/ (splits.json; test is left out), out-of-fold scores "
+                                        "in cv_summary.json; --max-time is per fold")
     skip_unpaired: bool = Field(False, description="skip (and list) images without masks instead of failing")
     skip_invalid: bool = Field(
         False, description="skip (and list) unreadable or inconsistent pairs instead of failing")
@@ -113,12 +120,17 @@ class TrainConfig(BaseModel):
         "val_dice", description="validation metric for early stopping and the best checkpoint: "
                                 + ", ".join(MONITORED_METRICS))
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
-    amp: Literal["auto", "on", "off"] = Field("auto", description="mixed precision: auto = on for CUDA only")
+    precision: Precision = Field(
+        "auto", description="numeric precision (Lightning's): 32, 16-mixed (CUDA), bf16-mixed; auto = 16-mixed on CUDA, else 32")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")
 
     # --- run --------------------------------------------------------------------------------
     seed: int = Field(42, description="random seed (split, initialisation, augmentation)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    devices: int = Field(1, ge=1, le=256, description="processes (GPUs, or CPU processes) per node; more than 1 trains with DDP")
+    num_nodes: int = Field(1, ge=1, le=4096, description="machines (torchrun or SLURM starts the processes on each)")
+    strategy: Strategy = Field(
+        "auto", description="Lightning strategy with several processes: auto (ddp), ddp, ddp_spawn (one command starts them all)")
     num_workers: int | None = Field(None, ge=0, description="data-loading worker processes; default: by CPU count",
                                     json_schema_extra=flags("--workers", "--num-workers"))
     out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...",
@@ -131,6 +143,19 @@ class TrainConfig(BaseModel):
         if value not in (None, 1, 3):
             raise ValueError("channels must be 1 or 3")
         return value
+
+    @field_validator("strategy", "precision", mode="before")
+    @classmethod
+    def _known_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's Literal check, whose message lists the names but suggests none.
+        valid = get_args(cls.model_fields[info.field_name].annotation)
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # YAML's 32
+        if isinstance(text, str) and text not in valid:
+            # Lightning's own short names (16, bf16) are close to ours but too short for difflib.
+            hint = did_you_mean(text, valid) or next(
+                (f" (did you mean {name!r}?)" for name in valid if name.startswith(f"{text}-")), "")
+            raise ValueError(f"unknown {info.field_name} {text!r}{hint}; valid: {', '.join(valid)}")
+        return text
 
     @field_validator("monitor")
     @classmethod
@@ -207,9 +232,35 @@ def refuse_unknown(names: Iterable[str], source: str) -> None:
         raise ConfigError(f"{source}: unknown option(s) {named}; valid: {valid}")
 
 
+def upgrade_legacy(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Options as they are named now: `amp` (auto|on|off, before `precision` replaced it) as the precision it
+    meant, so older config files and run folders keep loading; amp with a precision is a ConfigError."""
+    values = dict(values)
+    if "amp" not in values:
+        return values
+    amp = values.pop("amp")
+    amp = {True: "on", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp  # YAML reads on/off as booleans
+    if amp is None or amp == "auto":  # the default, which precision's auto keeps
+        return values
+    if values.get("precision") is not None:
+        raise ConfigError(f"{source}: amp was replaced by precision; give only precision")
+    if amp == "off":
+        values["precision"] = "32"
+    elif amp == "on":
+        import torch  # only for this old spelling: amp on meant fp16 on CUDA and bf16 on the CPU
+
+        device = values.get("device") or "auto"
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        values["precision"] = "16-mixed" if cuda else "bf16-mixed"
+    else:
+        raise ConfigError(f"{source}: amp {amp!r}: expected auto, on or off (amp is now precision: 32, 16-mixed, bf16-mixed)")
+    return values
+
+
 def resolve_user_config(config_file: str | Path | None = None, **overrides: Any) -> UserConfig:
     """A YAML file (optional) with overrides on top (None means 'not given'); given = the keys of both."""
-    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    values: dict[str, Any] = upgrade_legacy(load_yaml(config_file), str(config_file)) if config_file else {}
+    overrides = upgrade_legacy(overrides, "options")
     refuse_unknown(values, str(config_file))
     refuse_unknown(overrides, "options")
     given = {key: value for key, value in overrides.items() if value is not None}
@@ -220,6 +271,7 @@ def resolve_user_config(config_file: str | Path | None = None, **overrides: Any)
 
 def user_config_from(config: TrainConfig, **overrides: Any) -> UserConfig:
     """A TrainConfig built by the caller, with overrides; given = the fields its constructor received."""
+    overrides = upgrade_legacy(overrides, "options")
     refuse_unknown(overrides, "options")
     given = {key: value for key, value in overrides.items() if value is not None}
     # model_fields_set of the caller's own instance is what its constructor was passed (assignments add to it).

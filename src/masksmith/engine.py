@@ -28,9 +28,10 @@ from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.config import TrainConfig
 from masksmith.fileio import write_text_atomic
 from masksmith.losses import build_loss
-from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
+from masksmith.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
 from masksmith.models.base import batchnorm_eval, encoder_of, set_frozen
+from masksmith.parallel import Launch, accelerator, build_strategy, lightning_precision
 
 
 class SegmentationModule(L.LightningModule):
@@ -46,6 +47,7 @@ class SegmentationModule(L.LightningModule):
             class_weights=config.class_weights)
         self.confusion = ConfusionMatrix(num_classes, config.ignore_index)
         self._image_dice: list[float] = []
+        self._loss_sum, self._loss_images = 0.0, 0  # val_loss: the batch losses weighted by their images
         self.last_validation: dict[str, Any] = {}
         self._schedule_clock: tuple[int, float] | None = None  # (first epoch of this fit, its start time)
 
@@ -60,14 +62,16 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         logits = self(self._prepare(batch["image"]))
         loss = self.loss_fn(logits, batch["mask"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
+        # sync_dist: every process runs as many equal batches, so the mean of the processes' means is exact.
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True)
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         logits = self(self._prepare(batch["image"]))
         loss = self.loss_fn(logits, batch["mask"])
-        self.log("val_loss", loss, on_epoch=True, prog_bar=False, batch_size=len(logits))
+        self._loss_sum += float(loss) * len(logits)
+        self._loss_images += len(logits)
         predictions = logits_to_classes(logits.float(), self.config.threshold).cpu()
         targets = batch["mask"].cpu()
         self.confusion.update(predictions, targets)
@@ -78,21 +82,39 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.confusion.reset()
         self._image_dice = []
+        self._loss_sum, self._loss_images = 0.0, 0
 
     def on_validation_epoch_end(self) -> None:
-        result = self.confusion.compute()
+        # Every process saw its own share of the validation images: the counts are summed over all of them
+        # before any score is computed, so the scores are those of one process seeing every image.
+        dice = np.array(self._image_dice, dtype=np.float64)
+        dice = dice[~np.isnan(dice)]  # images with no counted pixel (all ignore) have no Dice: left out
+        k = self.num_classes
+        totals = self.sum_over_processes(np.concatenate([
+            self.confusion.matrix.ravel().astype(np.float64),
+            [dice.sum(), dice.size, self._loss_sum, self._loss_images]]))
+        result = ConfusionMatrix.from_counts(totals[:k * k].reshape(k, k), self.config.ignore_index).compute()
+        dice_sum, dice_count, loss_sum, loss_images = totals[k * k:]
         metrics = {
             "val_dice": result["mean_dice_no_background"],
             "val_miou": result["miou"],
             "val_iou": result["miou_no_background"],
             "val_pixel_accuracy": result["pixel_accuracy"],
-            # Images with no counted pixel (all ignore) have no Dice and are left out of the mean.
-            "val_image_dice": _or_nan(mean_image_score(self._image_dice)[0]),
+            "val_image_dice": dice_sum / dice_count if dice_count else None,
+            "val_loss": loss_sum / loss_images if loss_images else None,
         }
         metrics = {name: (float("nan") if value is None else float(value)) for name, value in metrics.items()}
         self.last_validation = result
         for name, value in metrics.items():
+            # The same values on every process already; Lightning's sync_dist would average them again.
             self.log(name, value, prog_bar=name == self.config.monitor or name == "val_dice")
+
+    def sum_over_processes(self, values: np.ndarray) -> np.ndarray:
+        """`values` (float64) summed over every process of the run; unchanged for one process."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return values
+        tensor = torch.as_tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum").cpu().numpy()
 
     def configure_optimizers(self) -> Any:
         config = self.config
@@ -133,7 +155,11 @@ class SegmentationModule(L.LightningModule):
             return self.config.epochs
         first_epoch, started = self._schedule_clock
         seconds_per_epoch = (time.monotonic() - started) / (epochs_done - first_epoch)
-        return epochs_within_budget(self.config.epochs, epochs_done, seconds_per_epoch, seconds_left)
+        length = epochs_within_budget(self.config.epochs, epochs_done, seconds_per_epoch, seconds_left)
+        if self._trainer.world_size > 1:
+            # Each process has its own clock; rank 0's estimate keeps every replica on the same learning rate.
+            length = int(self._trainer.strategy.broadcast(length, src=0))
+        return length
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the rest at `lr`, the encoder (when the model has one) at `encoder_lr`."""
@@ -197,10 +223,6 @@ class SegmentationModule(L.LightningModule):
             self.set_encoder_frozen(self.encoder_frozen)
 
 
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
-
-
 def epochs_within_budget(epochs: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
     """The epochs a run will complete: `epochs`, or fewer if the time left stops it first (at least 1)."""
     return max(1, min(epochs, epochs_done + math.floor(max(seconds_left, 0.0) / max(seconds_per_epoch, 1e-9))))
@@ -245,14 +267,16 @@ class EpochHistory(Callback):
                 row[name] = float(value)
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
-        self._write()
+        if trainer.is_global_zero:  # every process holds the same rows; one writes them
+            self._write()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # The epoch's mean training loss is only known here, after validation has run.
         if self.rows and "train_loss" in trainer.callback_metrics:
             if self.rows[-1]["epoch"] == trainer.current_epoch:
                 self.rows[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
-                self._write()
+                if trainer.is_global_zero:
+                    self._write()
 
     def _write(self) -> None:
         columns = ["epoch", "train_loss"] + sorted({k for r in self.rows for k in r} - {"epoch", "train_loss", "lr"}) + ["lr"]
@@ -293,6 +317,8 @@ class EpochLines(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # After validation: the epoch's train_loss and every val_ metric are known here.
+        if not trainer.is_global_zero:
+            return
         metrics = trainer.callback_metrics
         shown = ["train_loss"] + sorted(name for name in metrics if name.startswith("val_"))
         values = "  ".join(f"{name} {float(metrics[name]):.4f}" for name in shown if name in metrics)
@@ -318,9 +344,7 @@ def progress_callback(quiet: bool, interactive: bool | None = None) -> Callback 
 
 def pick_accelerator(device: str) -> str:
     """Map the config's device to a Lightning accelerator name."""
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device == "cuda" else "cpu"
+    return accelerator(device)
 
 
 def default_num_workers() -> int:
@@ -330,9 +354,10 @@ def default_num_workers() -> int:
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
-                  extra_callbacks: Sequence[Callback] = ()) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with best/last checkpoints, early stopping, the time budget and TensorBoard logs."""
-    accelerator = pick_accelerator(config.device)
+                  extra_callbacks: Sequence[Callback] = (), launch: Launch = Launch()) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with best/last checkpoints, early stopping, the time budget and TensorBoard logs, on the
+    configured devices, nodes, strategy and precision."""
+    device = pick_accelerator(config.device)
     checkpoint, last = checkpoint_callbacks(run_dir / "checkpoints", config.monitor, config.monitor_mode())
     callbacks: list[Callback] = [checkpoint, last, history, *extra_callbacks]
     progress = progress_callback(config.quiet)
@@ -342,18 +367,21 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
         callbacks.append(EarlyStopping(
             monitor=config.monitor, mode=config.monitor_mode(), patience=config.early_stopping,
             check_finite=False))
-    precision = "32-true"
-    if config.amp == "on" or (config.amp == "auto" and accelerator == "gpu"):
-        precision = "16-mixed" if accelerator == "gpu" else "bf16-mixed"
     trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
+        accelerator=device,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=build_strategy(config, launch),
+        # Each process's share of the images comes from SegmentationData's samplers, not Lightning's, whose
+        # validation sampler repeats images to even out the processes (and would count them twice).
+        use_distributed_sampler=False,
         max_epochs=config.epochs,
+        # Lightning's Timer broadcasts rank 0's decision, so every process stops after the same step.
         max_time={"minutes": config.max_time} if config.max_time else None,
-        precision=precision,
+        precision=lightning_precision(config),
         gradient_clip_val=config.grad_clip,
         # Bit-for-bit repeatable on CPU; some CUDA kernels have no deterministic version, so only warn there.
-        deterministic=True if accelerator == "cpu" else "warn",
+        deterministic=True if device == "cpu" else "warn",
         callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
         # Lightning adds its own bar unless told there is none; a caller's bar callback keeps it on.

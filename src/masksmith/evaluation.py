@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 from masksmith.data.discover import Sample, discover
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
+from masksmith.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.errors import DataError
-from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
+from masksmith.html_report import ThumbnailKeeper, write_html_report
+from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.predict import Predictor
 from masksmith.report import write_report
 
@@ -24,10 +26,11 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
     splits = discover(data, mask_suffix=mask_suffix)
     if split == "all":
         return sorted((s for samples in splits.values() for s in samples), key=lambda s: s.name)
-    if split in splits:
-        return splits[split]
     recorded = predictor.meta.split
-    if split == "val" and recorded.get("kind") == "random":
+    # A cross-validation fold's validation images come from the pooled train (+val) folders: its record decides.
+    if split in splits and not (split == "val" and recorded.get("kind") == "fold"):
+        return splits[split]
+    if split == "val" and recorded.get("kind") in ("random", "fold"):
         wanted = set(recorded.get("val", []))
         pool = [s for samples in splits.values() for s in samples]
         chosen = [s for s in pool if s.name in wanted]
@@ -39,10 +42,14 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
                     "use --split all to evaluate every image")
 
 
-def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
-             mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Score a model on a labelled split; writes metrics.json, per_class.csv, plots and a gallery to `out`."""
-    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle)
+def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
+             mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
+             html: bool = False) -> dict[str, Any]:
+    """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
+
+    Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged)."""
+    in_memory = not isinstance(bundle, (str, Path, list, tuple))
+    predictor = bundle if in_memory else load_models(bundle)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
     encoding = MaskEncoding.from_dict(meta.mask_encoding)
@@ -50,6 +57,8 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
     per_image: list[dict[str, Any]] = []
     scored: list[Sample] = []
     failed: list[dict[str, str]] = []
+    # Thumbnails are made as the images pass (never all full images in memory), only for the page.
+    keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
     for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
         try:
             image, truth = _read_pair(predictor, sample, encoding)
@@ -60,8 +69,11 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
         scored.append(sample)
         prediction = predictor.predict(image, threshold)
         confusion.update(prediction, truth)
-        dice = per_image_dice(prediction, truth, meta.num_classes, meta.ignore_index)
-        per_image.append({"name": sample.name, "dice": None if np.isnan(dice) else dice})
+        scores = per_image_scores(prediction, truth, meta.num_classes, meta.ignore_index)
+        per_image.append({"name": sample.name, **{key: None if np.isnan(value) else value
+                                                   for key, value in scores.items()}})
+        if keeper is not None:
+            keeper.add(len(per_image) - 1, per_image[-1]["dice"], image, truth, prediction)
     result = confusion.compute(class_names=meta.class_names)
     # Images whose every pixel is ignored have no Dice; counting them as 1.0 would inflate the mean.
     result["image_dice"], result["image_dice_left_out"] = mean_image_score([row["dice"] for row in per_image])
@@ -73,12 +85,24 @@ def evaluate(bundle: str | Path | Predictor, data: str | Path, *, split: str = "
     result["per_image"] = per_image
     result["confusion_matrix"] = confusion.matrix.tolist()
     if out is None:
-        out = (Path(".") if isinstance(bundle, Predictor) else Path(bundle).parent) / f"evaluate-{split}"
+        out = (Path(".") if in_memory else models_home(bundle)) / f"evaluate-{split}"  # type: ignore[arg-type]
     out_dir = Path(out)
     gallery = _gallery_rows(predictor, scored, per_image, encoding, threshold)
     write_report(out_dir, result, predictor, gallery)
     result["out"] = str(out_dir)
+    if keeper is not None:
+        model = "(a Predictor in memory)" if isinstance(bundle, Predictor) else str(bundle)
+        result["html"] = str(write_html_report(out_dir, result, colors=predictor.colors, thumbs=keeper.by_index(),
+                                               run_dir=run_folder(bundle), model=model, data=str(data)))
     return result
+
+
+def run_folder(bundle: str | Path | Predictor) -> Path | None:
+    """The training run folder a bundle sits in (its metrics.csv or curves.png beside it), else None."""
+    if not isinstance(bundle, (str, Path)):
+        return None  # a Predictor in memory, or several models
+    folder = Path(bundle).parent
+    return folder if (folder / "metrics.csv").is_file() or (folder / "curves.png").is_file() else None
 
 
 def _read_pair(predictor: Predictor, sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray]:

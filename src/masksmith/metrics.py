@@ -65,7 +65,7 @@ def _json_float(value: float) -> float | None:
 class ConfusionMatrix:
     """Accumulates a K x K pixel confusion matrix (rows = truth, columns = prediction)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = num_classes
@@ -88,6 +88,16 @@ class ConfusionMatrix:
     def reset(self) -> None:
         """Forget everything accumulated."""
         self._matrix[:] = 0
+
+    @classmethod
+    def from_counts(cls, counts: ArrayLike, ignore_index: int) -> ConfusionMatrix:
+        """An accumulator holding `counts` (a K x K matrix, e.g. summed over the processes of a run)."""
+        matrix = np.asarray(counts)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or (matrix < 0).any():
+            raise ValueError(f"counts must be a square matrix of non-negative counts, got shape {matrix.shape}")
+        accumulator = cls(int(matrix.shape[0]), ignore_index)
+        accumulator._matrix += np.rint(matrix).astype(np.int64)
+        return accumulator
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another accumulator's counts (e.g. from another worker) into this one; returns self."""
@@ -162,7 +172,7 @@ def per_image_dice(
     pred: ArrayLike,
     target: ArrayLike,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int,
     background_index: int | None = 0,
 ) -> float:
     """Mean Dice of one image over the non-background classes in its truth or prediction; NaN if nothing counted.
@@ -172,15 +182,32 @@ def per_image_dice(
     empty image is a perfect answer, not an undefined one. An image whose every pixel is ignored
     has no answer to judge: NaN, which `mean_image_score` leaves out (and counts).
     """
+    return per_image_scores(pred, target, num_classes, ignore_index, background_index)["dice"]
+
+
+def per_image_scores(
+    pred: ArrayLike,
+    target: ArrayLike,
+    num_classes: int,
+    ignore_index: int,
+    background_index: int | None = 0,
+) -> dict[str, float]:
+    """One image's mean Dice and mean IoU (rules of `per_image_dice`) and its pixel accuracy; NaN if nothing counted."""
     matrix = _counts(pred, target, num_classes, ignore_index).astype(np.float64)
     if not matrix.any():
-        return float("nan")
+        return {"dice": float("nan"), "iou": float("nan"), "pixel_accuracy": float("nan")}
     tp = np.diag(matrix)
-    dice = _ratio(2.0 * tp, matrix.sum(axis=1) + matrix.sum(axis=0))
-    if background_index is not None and 0 <= background_index < num_classes:
-        dice[background_index] = np.nan
-    mean = _mean(dice)
-    return 1.0 if mean is None else mean
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    scores = {"dice": _ratio(2.0 * tp, support + predicted), "iou": _ratio(tp, support + predicted - tp)}
+    out: dict[str, float] = {}
+    for key, values in scores.items():
+        if background_index is not None and 0 <= background_index < num_classes:
+            values[background_index] = np.nan
+        mean = _mean(values)
+        out[key] = 1.0 if mean is None else mean
+    # Accuracy counts background too: it is the share of the image's (non-ignored) pixels that are right.
+    out["pixel_accuracy"] = float(tp.sum() / matrix.sum())
+    return out
 
 
 def mean_image_score(scores: Sequence[float | None]) -> tuple[float | None, int]:

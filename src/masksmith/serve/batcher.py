@@ -151,9 +151,11 @@ class MicroBatcher(Generic[Item]):
                         job.future.set_exception(error)
                 else:
                     seconds = time.perf_counter() - started
-                    for job, result in zip(live, results):
-                        job.future.set_result(Done(result, started - job.enqueued, seconds, len(live)))
+                    # Counted before the requests are released: a client that reads /metrics right after
+                    # its answer sees its batch (counted after, the test of it failed now and then).
                     if self._on_batch is not None:
                         self._on_batch(len(live), seconds)
+                    for job, result in zip(live, results):
+                        job.future.set_result(Done(result, started - job.enqueued, seconds, len(live)))
             with self._changed:
                 self._running = 0

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from masksmith.augment import build_augmentation
 from masksmith.checkpoints import load_checkpoint
@@ -17,6 +19,7 @@ from masksmith.config import TrainConfig
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
 from masksmith.errors import ConfigError
+from masksmith.parallel import Launch, spawns
 from masksmith.training.prepare import PreparedData
 
 
@@ -29,43 +32,91 @@ class FitOutcome:
     epochs_run: int
 
 
+class SegmentationData(L.LightningDataModule):
+    """Shuffled, augmented training batches and plain validation batches, seeded. With several processes
+    each gets its share: training through a seeded DistributedSampler (padded so every process runs as many
+    steps, which DDP needs), validation through one that never repeats an image (the summed confusion
+    matrix then counts every pixel once)."""
+
+    def __init__(self, config: TrainConfig, data: PreparedData):
+        super().__init__()
+        common = dict(size=config.size, channels=data.channels, mean=data.mean, std=data.std,
+                      encoding=data.encoding, num_classes=data.num_classes, ignore_index=config.ignore_index)
+        self.config = config
+        self.train_set = SegmentationDataset(
+            data.train, resize=config.resize,
+            augment=build_augmentation(config.augment, ignore_index=config.ignore_index, channels=data.channels),
+            **common)
+        self.val_set = SegmentationDataset(data.val, resize="resize" if config.resize == "resize" else "center_crop",
+                                           augment=None, **common)
+        self.workers = default_num_workers() if config.num_workers is None else config.num_workers
+
+    def _share(self) -> tuple[int, int]:
+        # (processes, this one's rank); one process when no Trainer runs this (data_loaders).
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._share()
+        config, loader = self.config, dict(batch_size=self.config.batch_size, num_workers=self.workers,
+                                           persistent_workers=self.workers > 0)
+        if world == 1:
+            # drop_last avoids a 1-image final batch, which breaks BatchNorm statistics.
+            return DataLoader(self.train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+                              drop_last=len(self.train_set) > config.batch_size, **loader)
+        # Lightning calls set_epoch on it every epoch, so a resumed run draws the same batches as it would have.
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+        return DataLoader(self.train_set, sampler=sampler, drop_last=len(sampler) > config.batch_size, **loader)
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self._share()
+        sampler = None
+        if world > 1:
+            if len(self.val_set) < world:
+                raise ConfigError(f"{len(self.val_set)} validation image(s) for {world} processes: each process "
+                                  "needs at least one (raise val_fraction or use fewer devices)")
+            sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False, sampler=sampler,
+                          num_workers=self.workers, persistent_workers=self.workers > 0)
+
+
 def data_loaders(config: TrainConfig, data: PreparedData) -> tuple[DataLoader, DataLoader]:
-    """Shuffled, augmented training batches and plain validation batches, seeded."""
-    common = dict(size=config.size, channels=data.channels, mean=data.mean, std=data.std, encoding=data.encoding,
-                  num_classes=data.num_classes, ignore_index=config.ignore_index)
-    train_set = SegmentationDataset(
-        data.train, resize=config.resize,
-        augment=build_augmentation(config.augment, ignore_index=config.ignore_index, channels=data.channels),
-        **common)
-    val_set = SegmentationDataset(data.val, resize="resize" if config.resize == "resize" else "center_crop",
-                                  augment=None, **common)
-    workers = default_num_workers() if config.num_workers is None else config.num_workers
-    generator = torch.Generator().manual_seed(config.seed)
-    # drop_last avoids a 1-image final batch, which breaks BatchNorm statistics.
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, num_workers=workers,
-                              generator=generator, drop_last=len(train_set) > config.batch_size,
-                              persistent_workers=workers > 0)
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False, num_workers=workers,
-                            persistent_workers=workers > 0)
-    return train_loader, val_loader
+    """One process's training and validation loaders (SegmentationData's)."""
+    loaders = SegmentationData(config, data)
+    return loaders.train_dataloader(), loaders.val_dataloader()
 
 
 def fit(network: torch.nn.Module, config: TrainConfig, data: PreparedData, run_dir: Path, *, resume: bool,
-        callbacks: Sequence[Callback] = ()) -> FitOutcome:
-    """Train `network` in place; afterwards it holds the best checkpoint's weights (if one was saved)."""
+        callbacks: Sequence[Callback] = (), launch: Launch = Launch()) -> FitOutcome:
+    """Train `network` in place; afterwards rank 0's holds the best checkpoint's weights (if one was saved)."""
     module = SegmentationModule(network, config, data.num_classes)
-    train_loader, val_loader = data_loaders(config, data)
     history = EpochHistory(run_dir, monitor=config.monitor)
-    if resume:
+    if resume and launch.leader:
         history.load_existing()
-    trainer, checkpoint = build_trainer(config, run_dir, history, extra_callbacks=callbacks)
+    trainer, checkpoint = build_trainer(config, run_dir, history, extra_callbacks=callbacks, launch=launch)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"{last}: no checkpoint to resume from")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
-    if checkpoint.best_model_path:
+    trainer.fit(module, datamodule=SegmentationData(config, data), ckpt_path=str(last) if resume else None)
+    if not launch.leader:  # rank 0 writes the bundle; the run folder may not even be shared with this node
+        return FitOutcome(history.rows, None, trainer.current_epoch)
+    folder = run_dir / "checkpoints"
+    if spawns(config):
+        # The spawned processes trained; this one only learns the best checkpoint's path. The rest is in files.
+        history.load_existing()
+        best_path = checkpoint.best_model_path or (str(last) if last.is_file() else "")
+        saved = load_checkpoint(best_path, folder) if best_path else {}
+        scores = [s.get("best_model_score") for s in saved.get("callbacks", {}).values()
+                  if isinstance(s, dict) and s.get("monitor") == config.monitor]
+        best_score = float(scores[0]) if scores and scores[0] is not None else None
+        epochs_run = int(max(row["epoch"] for row in history.rows)) + 1 if history.rows else 0
+    else:
+        best_path = checkpoint.best_model_path
+        saved = load_checkpoint(best_path, folder) if best_path else {}
+        best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+        epochs_run = trainer.current_epoch
+    if saved:
         # Weights-only and inside checkpoints/: a resumed run folder may not be the user's own.
-        state = load_checkpoint(checkpoint.best_model_path, run_dir / "checkpoints")["state_dict"]
+        state = saved["state_dict"]
         network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    return FitOutcome(history.rows, best_score, trainer.current_epoch)
+    return FitOutcome(history.rows, best_score, epochs_run)

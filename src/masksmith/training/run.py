@@ -8,7 +8,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -21,22 +21,39 @@ from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
 from masksmith.runlog import RunLog
 from masksmith.training.fit import fit
 from masksmith.training.network import build_network, check_names, model_arguments
-from masksmith.training.outputs import TrainResult, write_bundle, write_results
-from masksmith.training.planning import apply_auto_plan
-from masksmith.training.prepare import PreparedData, prepare_data, with_dataset_classes
+from masksmith.parallel import Launch, check_launch, detect_launch, processes
+from masksmith.training.handoff import Decision, Leader, describe, follower_config, leading, receive
+from masksmith.training.outputs import TrainResult, train_result, write_bundle, write_results
+from masksmith.training.planning import check_and_plan
+from masksmith.training.prepare import FixedSplit, PreparedData, find_pairs, prepare_data, with_dataset_classes
+
+if TYPE_CHECKING:
+    from masksmith.training.cross_validation import CrossValidationResult
 
 
 def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
-          resume: str | Path | None = None, callbacks: Sequence[Callback] = (), **options: Any) -> TrainResult:
+          resume: str | Path | None = None, callbacks: Sequence[Callback] = (),
+          **options: Any) -> TrainResult | CrossValidationResult:
     """Train a model: `masksmith.train("data/", epochs=20, size=256)`; options are TrainConfig fields.
+    With `folds=K`: k-fold cross-validation, one model per fold (a CrossValidationResult).
 
     `config`: a YAML file or a TrainConfig (its constructor's fields count as given, as keyword options do).
     `callbacks`: extra Lightning callbacks (profiling, custom logging), added to masksmith's own.
     """
     user, run_dir = user_options(data, config, resume, options)
+    launch = detect_launch()
+    check_launch(user.config, launch)  # every process of a launch fails alike here, before reading data
+    if not launch.leader:
+        return follow(launch, user.config, callbacks)
+    from masksmith.training.cross_validation import is_fold_folder, train_folds  # it runs these stages
+
+    if user.config.folds is not None or (resume is not None and is_fold_folder(run_dir)):
+        # k-fold cross-validation: a layer above the stages, one run per fold (a fold resumes with its CV run).
+        return train_folds(user, run_dir, resume=resume is not None, callbacks=callbacks)
     # One training per run folder at a time: a second one fails here, before reading any data, instead of
     # mixing its checkpoints and logs into the first one's. The lock goes with the process, even on a crash.
-    with folder_lock(run_dir, kind="training"):
+    # Only rank 0 takes it: the other processes of the run (torchrun, SLURM) wait for its decision instead.
+    with leading(user.config, launch) as leader, folder_lock(run_dir, kind="training"):
         if resume is None and (run_dir / "checkpoints").exists():
             # Training again into a finished run would overwrite its model and mix its logs.
             raise ConfigError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
@@ -45,7 +62,16 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
         remove_stale_temps(run_dir, run_dir / "checkpoints")
         user = with_dataset_classes(user)
         with image_pixel_limit(user.config.max_image_pixels):  # every image read of the run obeys its limit
-            return run_stages(user, run_dir, resume=resume is not None, callbacks=callbacks)
+            return run_stages(user, run_dir, resume=resume is not None, callbacks=callbacks, leader=leader)
+
+
+def follow(launch: Launch, config: TrainConfig, callbacks: Sequence[Callback]) -> TrainResult:
+    """A process other than rank 0: rank 0's run folder and resolved config, then training alongside it,
+    writing nothing (rank 0 writes the checkpoints, logs, curves and the bundle)."""
+    decision = receive(config, launch)
+    user = follower_config(decision.user)
+    with image_pixel_limit(user.config.max_image_pixels):
+        return run_stages(user, decision.run_dir, resume=decision.resume, callbacks=callbacks, launch=launch)
 
 
 def user_options(data: str | Path | None, config: str | Path | TrainConfig | None, resume: str | Path | None,
@@ -83,6 +109,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # expected when resuming
+    # The validation scores are computed from counts summed over the processes, the same on each of them.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level.*")
 
 
 def record_run(user: UserConfig, data: PreparedData, run_dir: Path) -> None:
@@ -94,25 +122,42 @@ def record_run(user: UserConfig, data: PreparedData, run_dir: Path) -> None:
         {**data.split, "train": [s.name for s in data.train]}, indent=1))
 
 
-def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """The stages of a run, each reading the config the previous one left (the plan fills options)."""
+def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequence[Callback] = (),
+               fixed_split: FixedSplit | None = None, launch: Launch = Launch(),
+               leader: Leader | None = None) -> TrainResult:
+    """The stages of a run, each reading the config the previous one left (the plan fills options);
+    `fixed_split` replaces the split of the data (a cross-validation fold's). Rank 0 (`leader`) plans, writes
+    and hands its decision to the other processes; they (`launch.rank` > 0) train with it and write nothing."""
     started = time.perf_counter()
     quiet_lightning()
-    log = RunLog(run_dir / "train.log", quiet=user.config.quiet)
+    log = RunLog(run_dir / "train.log" if launch.leader else None, quiet=user.config.quiet)
     check_names(user.config)  # an unknown name fails now, not after the data has been read
     L.seed_everything(user.config.seed, workers=True, verbose=False)
-    if user.config.auto and not resume:
-        user = apply_auto_plan(user, run_dir, log)
+    planning = user.config.auto and not resume and launch.leader  # the others receive rank 0's plan in its config
+    # The data is discovered once in the run: the plan's check and the split read the same discovery, and
+    # validation does not read again the pairs the check read cleanly.
+    found = find_pairs(user.config) if planning or fixed_split is None else None
+    checked = None
+    if planning:
+        assert found is not None
+        user, checked = check_and_plan(user, run_dir, log, found)
     arguments = model_arguments(user.config)  # the plan may have chosen an encoder and its weights
-    data = prepare_data(user, arguments, log)
+    data = prepare_data(user, arguments, log, fixed_split, found=found, checked=checked)
     if data.normalization_from != "config":
         user = user.with_values({"mean": data.mean, "std": data.std})
     config = user.config
-    record_run(user, data, run_dir)
+    if launch.leader:
+        record_run(user, data, run_dir)
+        if leader is not None:
+            leader.publish(Decision(run_dir, resume, user))
     network = build_network(config, arguments, data.channels, data.num_classes, log)
     log.info(f"model {config.model} ({sum(p.numel() for p in network.parameters()) / 1e6:.2f} M parameters); "
              f"run folder {run_dir}")
-    outcome = fit(network, config, data, run_dir, resume=resume, callbacks=callbacks)
+    if processes(config) > 1:
+        log.info(f"training on {describe(launch, config)}; rank 0 writes the run folder")
+    outcome = fit(network, config, data, run_dir, resume=resume, callbacks=callbacks, launch=launch)
+    if not launch.leader:
+        return train_result(outcome, config, run_dir, run_dir / "model.msb", time.perf_counter() - started)
     bundle = write_bundle(network, config, arguments, data, run_dir)
     result = write_results(outcome, config, run_dir, bundle, time.perf_counter() - started)
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
