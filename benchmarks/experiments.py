@@ -22,7 +22,8 @@ Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
     membrane-cv        5-fold cross-validation of the `membrane` recipe on its 24 training slices (--minutes per
                        fold, default 4), then the fold ensemble against each single fold model on the recipe's 6
                        held-out validation slices (a test split here, never seen by any fold)
-    labelme            labelme-examples: convert → check → train → predict (a smoke test of the path)
+    labelme            labelme-examples: convert → check → train → predict, then the loop: predict as Labelme
+                       files → convert them back (round-trip IoU per class) → train on them (the path, not accuracy)
 
 Each writes OUT/NAME/{run,evaluate,predictions}, a summary.json, and prints one line with the wall time.
 """
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MASKSMITH_DATA", REPO.parent / "shared" / "data"))
@@ -184,7 +186,23 @@ def labelme_path(folder: Path) -> dict:
     masksmith("predict", str(folder / "run" / "model.msb"), str(folder / "voc" / "JPEGImages"),
               "--out", str(folder / "predictions"), "--overlay", "--quiet")
     written = sorted(p.name for p in (folder / "predictions").glob("*.png"))
-    return {"masks_written": len(written)}
+    # The loop: predictions as Labelme files (what a person would open and correct), read back, trained on.
+    masksmith("predict", str(folder / "run" / "model.msb"), str(folder / "voc" / "JPEGImages"),
+              "--out", str(folder / "pre-annotated"), "--format", "labelme", "--rank", "--quiet")
+    masksmith("convert", "labelme", str(folder / "pre-annotated"), str(folder / "voc-round2"),
+              "--labels", str(folder / "pre-annotated" / "labels.txt"), "--no-viz", "--quiet")
+    masksmith("train", str(folder / "voc-round2"), "--size", "128", "--epochs", "5", "--val-fraction", "0.34",
+              "--early-stopping", "0", "--quiet", "--out", str(folder / "run-round2"))
+    round_trip = []
+    for predicted in sorted((folder / "pre-annotated").glob("*.png")):
+        mask = np.asarray(Image.open(predicted))
+        back = np.asarray(Image.open(folder / "voc-round2" / "SegmentationClass" / predicted.name))
+        for cls in np.unique(mask).tolist():
+            union = np.logical_or(mask == cls, back == cls).sum()
+            round_trip.append(float(np.logical_and(mask == cls, back == cls).sum() / union))
+    return {"masks_written": len(written), "labelme_files": len(list((folder / "pre-annotated").glob("*.json"))),
+            "round_trip_min_class_iou": min(round_trip),
+            "retrained": (folder / "run-round2" / "model.msb").is_file()}
 
 
 def main() -> None:

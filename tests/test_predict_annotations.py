@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -284,3 +285,31 @@ def test_predict_never_overwrites_a_human_annotation(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, str(out)])
     assert result.exit_code == 2 and "edited" in result.output
     assert len(json.loads((out / "s00.json").read_text())["shapes"]) == len(document["shapes"])
+
+
+def test_rank_puts_noisy_and_occluded_images_above_clean_ones(tmp_path: Path) -> None:
+    bundle, data = shapes_model()
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(4):
+        clean = np.asarray(Image.open(data / "images" / f"s{index:02d}.jpg")).astype(int)
+        noisy = np.clip(clean + rng.normal(0, 70, clean.shape), 0, 255)
+        occluded = clean.copy()
+        h, w = clean.shape[:2]
+        # An object the model never saw over the middle: purple, halfway between the red and the blue boxes.
+        occluded[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = (130, 40, 130)
+        for name, array in (("clean", clean), ("noisy", noisy), ("occluded", occluded)):
+            Image.fromarray(array.astype(np.uint8)).save(images / f"{name}{index}.png")
+    result = CliRunner().invoke(app, ["predict", str(bundle), str(images), "--out", str(tmp_path / "out"),
+                                      "--rank", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "out" / "ranking.csv").open()))
+    assert [int(row["rank"]) for row in rows] == list(range(1, 13))
+    entropy = [float(row["mean_entropy"]) for row in rows]
+    assert entropy == sorted(entropy, reverse=True)  # most uncertain first
+    rank = {Path(row["image"]).stem: int(row["rank"]) for row in rows}
+    for index in range(4):
+        assert rank[f"noisy{index}"] < rank[f"clean{index}"] and rank[f"occluded{index}"] < rank[f"clean{index}"]
+    assert max(rank[f"clean{index}"] for index in range(4)) == 12 and min(
+        rank[f"clean{index}"] for index in range(4)) > 8  # the clean images are the four most certain
