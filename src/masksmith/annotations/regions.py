@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -23,7 +23,8 @@ import numpy as np
 from masksmith.data.convert.labelme_raster import shape_to_mask
 from masksmith.errors import ConfigError
 
-__all__ = ["MIN_OUTLINE_IOU", "Outline", "Region", "check_tolerance", "fill_order", "regions"]
+__all__ = ["MIN_OUTLINE_IOU", "Outline", "Region", "check_tolerance", "fill_order", "paint", "regions",
+           "worst_class_iou"]
 
 # Small regions are mostly boundary: cutting the corners of a 3x3 blob loses half of it. An outline is
 # simplified only as far as it still paints its region with this IoU, so small regions keep their corners.
@@ -153,7 +154,8 @@ def fill_order(mask: np.ndarray, tolerance: float = 0.0, min_iou: float = MIN_OU
     """Outlines that, painted in list order (later over earlier) on background 0, give back `mask`.
 
     Exact with tolerance 0. A tolerance > 0 (pixels) simplifies each outline with Douglas-Peucker, as
-    far as the outline still paints what it encloses with an IoU of at least `min_iou`.
+    far as the outline still paints what it encloses with an IoU of at least `min_iou`, and every class of
+    the painted mask keeps an IoU of at least `min_iou` with its class in `mask`.
     """
     mask = _check_mask(mask)
     tolerance = check_tolerance(tolerance)
@@ -173,4 +175,31 @@ def fill_order(mask: np.ndarray, tolerance: float = 0.0, min_iou: float = MIN_OU
                 traced.append((cv2.contourArea(contour), region.area, region, contour))
     # A region inside another's hole has a strictly smaller outline area, so it is painted later.
     traced.sort(key=lambda item: (-item[0], -item[1]))
-    return [_outline(region, contour, tolerance, min_iou) for _, _, region, contour in traced]
+    outlines = [_outline(region, contour, tolerance, min_iou) for _, _, region, contour in traced]
+    # Each outline keeps its own IoU, but what a large region loses goes to its neighbours: a small class
+    # beside large ones (often the unlabelled background) could lose more than min_iou. Whole classes are
+    # checked too, the tolerance halved until every class paints back with IoU >= min_iou (else exact).
+    while tolerance > 0 and worst_class_iou(paint(mask.shape, outlines), mask) < min_iou:
+        tolerance = tolerance / 2 if tolerance >= 1.0 else 0.0
+        outlines = [_outline(region, contour, tolerance, min_iou) for _, _, region, contour in traced]
+    return outlines
+
+
+def paint(shape: tuple[int, int], outlines: Sequence[Outline]) -> np.ndarray:
+    """What `outlines` paint in list order, later over earlier, on background 0, as `convert labelme` does."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for outline in outlines:
+        out[shape_to_mask(shape, outline.shape_type, outline.points)] = outline.class_index
+    return out
+
+
+def worst_class_iou(painted: np.ndarray, mask: np.ndarray) -> float:
+    """The lowest IoU between `painted` and `mask` over the classes in either (1.0 when they agree)."""
+    different = painted != mask
+    if not different.any():
+        return 1.0
+    worst = 1.0
+    for cls in np.unique(np.concatenate([painted[different], mask[different]])).tolist():
+        a, b = painted == cls, mask == cls
+        worst = min(worst, float(np.logical_and(a, b).sum() / np.logical_or(a, b).sum()))
+    return worst
