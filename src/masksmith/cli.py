@@ -120,6 +120,8 @@ def evaluate(
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     html: bool = typer.Option(False, "--html", help="also write OUT/report.html: one self-contained page "
                               "(metrics, per-class bars, confusion matrix, curves, sortable per-image table)"),
+    tta: bool = typer.Option(False, "--tta", help="average each prediction over flipped copies (4 passes), "
+                             "as predict --tta"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
@@ -128,7 +130,7 @@ def evaluate(
 
     *more, data = rest  # evaluate MODEL [MODEL...] DATA: the last argument is the data
     result = run_evaluation([bundle, *more] if more else bundle, data, split=split, out=out,
-                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html)
+                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html, tta=tta)
     if not quiet:
         print_results(result)
     typer.echo(f"report: {result['out']}")

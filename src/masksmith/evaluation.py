@@ -12,7 +12,7 @@ from masksmith.data.discover import Sample, discover
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.ensemble import EnsemblePredictor, load_models, models_home
-from masksmith.errors import DataError
+from masksmith.errors import DataError, MasksmithError
 from masksmith.html_report import ThumbnailKeeper, write_html_report
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.predict import Predictor
@@ -44,12 +44,15 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
 
 def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
              mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
-             html: bool = False) -> dict[str, Any]:
+             html: bool = False, tta: bool = False) -> dict[str, Any]:
     """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
 
-    Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged)."""
+    Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
+    `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only)."""
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
-    predictor = bundle if in_memory else load_models(bundle)  # type: ignore[arg-type]
+    if in_memory and tta:
+        raise MasksmithError("tta is an option of a model loaded from a file; give Predictor(..., tta=True) instead")
+    predictor = bundle if in_memory else load_models(bundle, tta=tta)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
     encoding = MaskEncoding.from_dict(meta.mask_encoding)
@@ -80,6 +83,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     if not scored:
         raise DataError(f"{data}: none of the {len(samples)} {split} pairs could be read; first: {failed[0]['reason']}")
     result["split"] = split
+    result["tta"] = bool(predictor.tta)
     result["images"] = len(scored)
     result["failed"] = failed
     result["per_image"] = per_image
