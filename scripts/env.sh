@@ -3,12 +3,17 @@
 extra="${1:-}"
 venv="${MASKSMITH_VENV:-.venv}"
 stamp="$venv/.installed${extra:+-$extra}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-# Reinstall only when the project's dependencies changed since the last install.
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
-  touch "$stamp"
-fi
+# Two commands started at once (two benchmarks, say) would both create or update the environment and break
+# each other's pip install: one at a time, and the second finds the first one's work done.
+(
+  flock 9
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  # Reinstall only when the project's dependencies changed since the last install.
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
+    touch "$stamp"
+  fi
+) 9>"$venv.lock"
 source "$venv/bin/activate"
