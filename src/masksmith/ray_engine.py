@@ -2,14 +2,14 @@
 
 The driver plans the work exactly as the local engine does (masksmith.predict_io: which images, under which
 output names, which are already done) and streams the (path, output name) rows through Ray Data into an
-actor pool. Each actor loads the model once and, for each batch, decodes the images, runs them through the
-model as one batch and encodes and writes each mask with the local engine's own functions, so both engines
-write the same bytes. The rows that come back are only the outcome of each image (written, or why not), so
+actor pool. Each actor loads the model once and, for each call (ROWS_PER_CALL rows), decodes the images,
+runs them through the model --batch-size at a time and encodes and writes each mask with the local engine's
+own functions, so both engines write the same bytes. The rows that come back are only the outcome of each image (written, or why not), so
 the driver's memory does not grow with the images' size, and Ray's streaming executor bounds what is in flight.
 
 Decoding and writing run inside the actor, next to the model, rather than in stages of their own: a decoded
-image then never travels through Ray's object store (a copy per stage), which on a CPU is most of the
-difference between Ray and a plain loop. On a GPU cluster, give each actor CPUs for that work (--threads).
+image then never travels through Ray's object store (a copy per stage). On a GPU cluster, give each actor
+CPUs for that work (--threads).
 
 On a cluster, the bundle, the inputs and OUT must be at the same paths on every node (a shared file system).
 """
