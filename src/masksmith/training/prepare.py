@@ -129,7 +129,9 @@ def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
         train, val, split = list(fixed_split[0]), list(fixed_split[1]), dict(fixed_split[2])
     else:
         train, val, split = split_pairs(config, (found or find_pairs(config)).splits)
-    labels = decide_labels(config, train)
+    # The run's check decided the labels from a full scan of every mask with these same options: taken as
+    # they are, so detection does not sample the masks again (and the classes cover values seen anywhere).
+    labels = checked.labels if checked is not None and checked.labels is not None else decide_labels(config, train)
     encoding, names = labels.encoding, list(labels.class_names)
     channels = config.channels or image_channels(train[0].image)
     mean, std, source = decide_normalization(user, channels, model_arguments)
