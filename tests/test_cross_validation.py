@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import masksmith
 from masksmith.cli import app
+from masksmith.data.discover import discover
 from masksmith.ensemble import EnsemblePredictor, load_models
 from masksmith.errors import BundleError, ConfigError, DataError
 from masksmith.metrics import ConfusionMatrix
@@ -185,7 +186,7 @@ def test_duplicate_names_across_train_and_val_folders_are_refused(tmp_path):
     for split in ("train", "val"):
         make_shapes_dataset(tmp_path / "data" / split, count=2, size=(24, 24))
     with pytest.raises(DataError, match="share the name 's00'"):
-        cv_pool(str(tmp_path / "data"), None, False)
+        cv_pool(str(tmp_path / "data"), discover(tmp_path / "data"))
 
 
 def test_a_corrupt_fold_bundle_is_named(cv_run, tmp_path):

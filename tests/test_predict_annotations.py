@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 from masksmith.annotations import CocoWriter, LabelmeWriter, check_annotation_options, fill_order
 from masksmith.annotations.coco_out import coco_region_annotations
 from masksmith.annotations.labelme_out import labelme_document, labelme_label_names
-from masksmith.annotations.regions import worst_class_iou
+from masksmith.annotations.regions import paint, worst_class_iou
 from masksmith.cli import app
 from masksmith.data.convert import convert_coco, convert_labelme
-from masksmith.data.convert.labelme_raster import shape_to_mask
 from masksmith.errors import ConfigError
 from tests.conftest import SHARED_DATA
 from tests.trained_models import shapes_model
@@ -27,12 +26,6 @@ from tests.trained_models import shapes_model
 CLASSES = ["background", "cell", "nucleus", "never"]
 
 
-def _paint(shape: tuple[int, int], outlines) -> np.ndarray:
-    """Paint outlines as the Labelme converter does: in order, later over earlier (its own rasterizer)."""
-    out = np.zeros(shape, dtype=np.uint8)
-    for outline in outlines:
-        out[shape_to_mask(shape, outline.shape_type, outline.points)] = outline.class_index
-    return out
 
 
 def test_a_thin_background_between_large_simplified_regions_keeps_its_iou() -> None:
@@ -45,7 +38,7 @@ def test_a_thin_background_between_large_simplified_regions_keeps_its_iou() -> N
     mask = np.array([1, 0, 2], dtype=np.uint8)[bands]  # background: a thin band between two large classes
     for tolerance in (1.0, 3.0):
         outlines = fill_order(mask, tolerance)
-        painted = _paint(mask.shape, outlines)
+        painted = paint(mask.shape, outlines)
         for cls in (0, 1, 2):
             assert _iou(painted, mask, cls) >= 0.99, (tolerance, cls, _iou(painted, mask, cls))
         assert worst_class_iou(painted, mask) >= 0.99
@@ -106,7 +99,7 @@ def _nested() -> np.ndarray:
 
 def test_fill_order_gives_back_random_masks_exactly() -> None:
     for mask in _random_masks(30, seed=3):
-        assert np.array_equal(_paint(mask.shape, fill_order(mask, 0.0)), mask)
+        assert np.array_equal(paint(mask.shape, fill_order(mask, 0.0)), mask)
 
 
 def test_labelme_round_trip_is_exact_and_keeps_holes_and_nesting(tmp_path: Path) -> None:

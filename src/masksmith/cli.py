@@ -177,15 +177,13 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
-    from masksmith.predict import TTA_PASSES, predict_files
-
+    from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.ensemble import load_models, split_models
+    from masksmith.predict import TTA_PASSES, predict_files
 
     models, inputs = split_models(bundle, inputs)
     if not inputs:
         raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
-    from masksmith.annotations import annotation_sinks, check_annotation_options
-
     check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
     if engine not in ("local", "ray"):
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")

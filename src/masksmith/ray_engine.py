@@ -4,8 +4,9 @@ The driver plans the work exactly as the local engine does (masksmith.predict_io
 output names, which are already done) and streams the (path, output name) rows through Ray Data into an
 actor pool. Each actor loads the model once and, for each call (ROWS_PER_CALL rows), decodes the images,
 runs them through the model --batch-size at a time and encodes and writes each mask with the local engine's
-own functions, so both engines write the same bytes. The rows that come back are only the outcome of each image (written, or why not), so
-the driver's memory does not grow with the images' size, and Ray's streaming executor bounds what is in flight.
+own functions, so both engines write the same bytes. The rows that come back are only the outcome of each
+image (written, or why not), so the driver's memory does not grow with the images' size, and Ray's
+streaming executor bounds what is in flight.
 
 Decoding and writing run inside the actor, next to the model, rather than in stages of their own: a decoded
 image then never travels through Ray's object store (a copy per stage). On a GPU cluster, give each actor
@@ -105,7 +106,7 @@ class Segmenter:
         for start in range(0, len(items), self.batch_size):
             outcome.update(self._predict_batch(items[start:start + self.batch_size]))
         paths = [str(item.path) for item in items]
-        return {"path": np.array(paths, dtype=object),
+        return {"index": rows["index"],
                 "mask": np.array([outcome[path][0] for path in paths], dtype=object),
                 "reason": np.array([outcome[path][1] for path in paths], dtype=object)}
 
@@ -139,10 +140,11 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _rows(items: Sequence[InputImage]) -> Iterator[dict[str, str]]:
+def _rows(items: Sequence[InputImage]) -> Iterator[dict[str, Any]]:
     # Absolute paths: an actor's working folder is not the driver's (on another node it may not exist).
-    for item in items:
-        yield {"path": os.path.abspath(item.path), "relative": str(item.relative)}
+    # The index names the item in the outcome, so reports show each path as the user gave it.
+    for index, item in enumerate(items):
+        yield {"index": index, "path": os.path.abspath(item.path), "relative": str(item.relative)}
 
 
 def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path, *,
@@ -163,11 +165,11 @@ def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path],
         started_here = _connect(ray, options.address)
         try:
             started = time.perf_counter()
-            given = {os.path.abspath(item.path): item.path for item in plan.items}  # reported as the user named them
-            for path, mask, reason in _run_pipeline(ray, models, plan.items, out_dir, options, overlay_images=overlay_images,
-                                              threshold=threshold, mask_format=mask_format, progress=progress):
+            for index, mask, reason in _run_pipeline(ray, models, plan.items, out_dir, options,
+                                                     overlay_images=overlay_images, threshold=threshold,
+                                                     mask_format=mask_format, progress=progress):
                 if reason:
-                    report.failed.append((given.get(path, Path(path)), reason))
+                    report.failed.append((plan.items[index].path, reason))
                 else:
                     report.written.append(Path(mask))
             report.seconds = time.perf_counter() - started
@@ -180,8 +182,8 @@ def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path],
 
 def _run_pipeline(ray: Any, models: Sequence[str | Path], items: Sequence[InputImage], out_dir: Path,
                   options: RayOptions, *, overlay_images: bool, threshold: float | None, mask_format: str,
-                  progress: bool) -> Iterator[tuple[str, str, str]]:
-    """(path, mask written or "", reason or "") for every item, as the actors finish them."""
+                  progress: bool) -> Iterator[tuple[int, str, str]]:
+    """(index in `items`, mask written or "", reason or "") for every item, as the actors finish them."""
     from tqdm import tqdm
 
     context = ray.data.DataContext.get_current()
@@ -202,4 +204,4 @@ def _run_pipeline(ray: Any, models: Sequence[str | Path], items: Sequence[InputI
     with tqdm(total=len(items), desc=f"predicting (ray, {actors} actors)", unit="img", disable=not progress) as bar:
         for row in results.iter_rows():
             bar.update(1)
-            yield str(row["path"]), str(row["mask"]), str(row["reason"])
+            yield int(row["index"]), str(row["mask"]), str(row["reason"])

@@ -14,15 +14,15 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import Callback
 
 from masksmith.config import UserConfig, config_to_yaml, resolve_user_config
-from masksmith.data.discover import Sample, discover
+from masksmith.data.discover import Sample
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
 from masksmith.runlog import RunLog
 from masksmith.training.cv_scores import score_folds, summary_table
 from masksmith.training.network import check_names
-from masksmith.training.planning import apply_auto_plan
-from masksmith.training.prepare import with_dataset_classes
+from masksmith.training.planning import check_and_plan
+from masksmith.training.prepare import find_pairs, with_dataset_classes
 from masksmith.training.run import quiet_lightning, run_stages
 
 SPLITS_FILE = "splits.json"
@@ -62,11 +62,9 @@ def is_fold_folder(folder: Path) -> bool:
     return isinstance(record, dict) and record.get("kind") == "fold"
 
 
-def cv_pool(data: str, mask_suffix: str | None,
-            skip_unpaired: bool) -> tuple[list[Sample], list[str], dict[str, int]]:
-    """The pairs the folds are drawn from (train and val folders pooled, or all), the splits pooled, and the
-    image count of each split left out (test)."""
-    splits = discover(data, mask_suffix=mask_suffix, skip_unpaired=skip_unpaired)
+def cv_pool(data: str, splits: dict[str, list[Sample]]) -> tuple[list[Sample], list[str], dict[str, int]]:
+    """The pairs the folds are drawn from (train and val folders of the discovered `splits` pooled, or all), the
+    splits pooled, and the image count of each split left out (test)."""
     pool = sorted((s for name in POOLED_SPLITS for s in splits.get(name, [])), key=lambda s: s.name)
     left_out = {name: len(samples) for name, samples in splits.items() if name not in POOLED_SPLITS}
     if not pool:
@@ -157,7 +155,8 @@ def _run_folds(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
     config = user.config
     log = RunLog(run_dir / "train.log", quiet=config.quiet)
     check_names(config)
-    pool, pooled, left_out = cv_pool(config.data, config.mask_suffix, config.skip_unpaired)
+    found = find_pairs(config)  # the run's one discovery: the folds and the plan's check both read it
+    pool, pooled, left_out = cv_pool(config.data, found.splits)
     if resume:
         val_folds = read_splits(run_dir / SPLITS_FILE, [s.name for s in pool])
     else:
@@ -165,7 +164,7 @@ def _run_folds(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
         val_folds = make_folds([s.name for s in pool], config.folds, config.seed)
         if config.auto:
             # Planned once, from all the data: every fold trains the same network on the same inputs.
-            user = apply_auto_plan(user, run_dir, log)
+            user, _ = check_and_plan(user, run_dir, log, found)
         header = (f"masksmith cross-validation config (resolved). Continue it with:\n"
                   f"  masksmith train --resume {run_dir}")
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(user.with_values({"auto": False}).config, header))

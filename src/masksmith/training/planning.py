@@ -15,7 +15,6 @@ from masksmith.engine import pick_accelerator
 from masksmith.fileio import write_text_atomic
 from masksmith.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
-from masksmith.training.prepare import find_pairs
 
 
 def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
@@ -31,14 +30,10 @@ def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
     return network + rest, timed
 
 
-def apply_auto_plan(user: UserConfig, run_dir: Path, log: RunLog) -> UserConfig:
-    """Check the data, fingerprint it (fingerprint.json), plan the options not given (plan.json) and apply them."""
-    return check_and_plan(user, run_dir, log, find_pairs(user.config))[0]
-
-
 def check_and_plan(user: UserConfig, run_dir: Path, log: RunLog, found: Discovery) -> tuple[UserConfig, CheckReport]:
-    """`apply_auto_plan` on the run's discovery (`find_pairs`, which has raised for layout and pairing errors
-    in their own words); also returns the check's report, whose cleanly read pairs are not read again."""
+    """Check the data of the run's discovery (`prepare.find_pairs`, which has raised for layout and pairing errors
+    in their own words), fingerprint it (fingerprint.json), plan the options not given (plan.json) and apply
+    them; also returns the check's report (its labels and cleanly read pairs are not decided or read again)."""
     config = user.config
     report = check_dataset(config.data, classes=config.classes, foreground=config.foreground,
                            mask_suffix=config.mask_suffix, ignore_index=config.ignore_index,

@@ -107,16 +107,6 @@ def decide_normalization(user: UserConfig, channels: int,
     return mean, std, source
 
 
-def read_cleanly(checked: CheckReport | None, labels: LabelSpec) -> set[Sample]:
-    """The pairs the run's check already read and decoded exactly as training will (same encoding, classes
-    and ignore value) without an error: validation need not read them again."""
-    if checked is None or checked.labels is None:
-        return set()
-    same = (checked.labels.encoding, checked.labels.num_classes, checked.labels.ignore_index) == (
-        labels.encoding, labels.num_classes, labels.ignore_index)
-    return checked.pairs_read_cleanly() if same else set()
-
-
 def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
                  fixed_split: FixedSplit | None = None, *, found: Discovery | None = None,
                  checked: CheckReport | None = None) -> PreparedData:
@@ -132,6 +122,8 @@ def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
     # The run's check decided the labels from a full scan of every mask with these same options: taken as
     # they are, so detection does not sample the masks again (and the classes cover values seen anywhere).
     labels = checked.labels if checked is not None and checked.labels is not None else decide_labels(config, train)
+    # The pairs that check read and decoded with these very labels without an error: not read again.
+    read_cleanly = checked.pairs_read_cleanly() if checked is not None else set()
     encoding, names = labels.encoding, list(labels.class_names)
     channels = config.channels or image_channels(train[0].image)
     mean, std, source = decide_normalization(user, channels, model_arguments)
@@ -143,7 +135,7 @@ def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
     if source != "config":
         log.info(f"normalization of {source}: mean {mean}, std {std}")
     rules = dict(encoding=encoding, num_classes=len(names), ignore_index=labels.ignore_index,
-                 progress=not config.quiet, skip_invalid=config.skip_invalid, read_cleanly=read_cleanly(checked, labels))
+                 progress=not config.quiet, skip_invalid=config.skip_invalid, read_cleanly=read_cleanly)
     train = validate_samples(train, **rules)
     val = validate_samples(val, **rules)
     if not train or not val:
