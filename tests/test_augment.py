@@ -72,8 +72,8 @@ def test_every_preset_keeps_image_and_mask_aligned(preset, channels):
         predicted = _classify_back(aug_image, aug_mask != IGNORE)
         agreement = (predicted[interior] == aug_mask[interior]).mean()
         assert agreement >= 0.97, f"{preset} seed {seed}: image and mask agree on only {agreement:.1%}"
-        changed += not np.array_equal(aug_mask, mask)
-    assert changed > len(SEEDS) // 2  # the preset really transforms
+        changed += not (np.array_equal(aug_mask, mask) and np.array_equal(aug_image, image))
+    assert changed > len(SEEDS) // 2  # the preset really transforms (geometry, colour or both)
 
 
 def test_default_preset_rotation_fills_mask_with_ignore():
@@ -100,6 +100,31 @@ def test_upright_preset_never_turns_an_image_upside_down():
         out = pipeline(image=image, mask=mask)
         top, bottom = out["mask"][:20], out["mask"][44:]
         assert (top == 0).mean() < 0.2 and (bottom == 1).mean() < 0.2, f"seed {seed} turned the image"
+
+
+def test_oriented_preset_keeps_an_offset_between_image_and_label_in_its_direction():
+    # A label drawn one pixel below the line it traces: after `oriented`, the label is still below the line
+    # (small rotations, no flips or turns); `default` flips it above the line in some samples.
+    image = np.full((64, 64, 1), 255, np.uint8)
+    image[30:32] = 0  # a dark horizontal line, rows 30-31
+    mask = np.zeros((64, 64), np.uint8)
+    mask[31:33] = 1  # its label, one row lower
+
+    def label_below_line(pipeline, seed):
+        seed_augmentation(pipeline, seed)
+        out = pipeline(image=image, mask=mask)
+        dark_rows = np.nonzero((out["image"][:, 28:36, 0] < 128).mean(axis=1) > 0.5)[0]
+        label_rows = np.nonzero((out["mask"][:, 28:36] == 1).mean(axis=1) > 0.5)[0]
+        if len(dark_rows) == 0 or len(label_rows) == 0:  # turned to a vertical line by a 90° rotation
+            return False
+        return label_rows.mean() > dark_rows.mean()
+
+    oriented = build_augmentation("oriented", ignore_index=IGNORE, channels=1)
+    default = build_augmentation("default", ignore_index=IGNORE, channels=1)
+    assert all(label_below_line(oriented, seed) for seed in range(40))
+    assert not all(label_below_line(default, seed) for seed in range(40))
+    kinds = {type(t).__name__ for t in oriented}
+    assert not kinds & {"HorizontalFlip", "VerticalFlip", "RandomRotate90"} and "Affine" in kinds
 
 
 def test_default_preset_has_no_hue_shift_for_one_channel():
@@ -147,7 +172,7 @@ def test_custom_nested_spec():
         ([{"name": "Affine", "mask_interpolation": cv2.INTER_LINEAR}], "nearest"),
         ([{"p": 0.5}], "mapping with a 'name'"),
         (["HorizontalFlip"], "mapping with a 'name'"),
-        ("heavy", "unknown augmentation 'heavy'; valid names: default, light, none, upright"),
+        ("heavy", "unknown augmentation 'heavy'; valid names: default, light, none, oriented, upright"),
         ({"name": "HorizontalFlip"}, "preset name or a list"),
     ],
 )

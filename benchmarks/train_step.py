@@ -1,0 +1,106 @@
+"""Milliseconds per image of one training step at a recipe's input: float32 against bfloat16 autocast.
+
+    python benchmarks/train_step.py [--size 288x192] [--classes 59] [--batch 8] [--rounds 5]
+                                    [--models unet:efficientnet_lite0 unet:efficientnet_lite0:16 unet:16@128x128:16]
+
+What a recipe buys in epochs before it is run: the step of speed.py's plain loop (Adam, cross-entropy, random
+tensors in memory, no data pipeline) for each model, with the encoder fine-tuned and frozen (as
+--freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision
+bf16-mixed` runs on a CPU). A model is `unet[:ENCODER][:BASE_CHANNELS][@HxW[:BATCH]]`; `unet:16` is the classic
+U-Net with 16 base channels. All rows are timed interleaved (one step of each in turn, the order reversed every
+round), so other load on the machine slows them alike; each number is the median step. bfloat16 pays where
+the CPU has AMX or AVX-512 BF16 (`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import training_step  # noqa: E402  (the plain loop's step, shared with speed.py)
+
+from masksmith.models.registry import build_model  # noqa: E402
+from masksmith.models.encoders import ENCODERS  # noqa: E402
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width or height)
+
+
+def parse_model(spec: str, size: tuple[int, int], batch: int) -> tuple[dict, tuple[int, int], int]:
+    """`unet[:ENCODER][:BASE_CHANNELS][@HxW[:BATCH]]` as (builder options, input size, batch)."""
+    name_part, _, input_part = spec.partition("@")
+    name, *options = name_part.split(":")
+    built: dict = {}
+    for option in options:
+        if option.isdigit():
+            built["base_channels"] = int(option)
+        elif option in ENCODERS:
+            built["encoder"] = option
+        else:
+            raise SystemExit(f"{spec}: {option!r} is neither a number of base channels nor an encoder "
+                             f"({', '.join(ENCODERS)})")
+    if name != "unet":
+        raise SystemExit(f"{spec}: only unet models (classic or over an encoder) are timed here")
+    if input_part:
+        size_text, _, batch_text = input_part.partition(":")
+        size, batch = parse_size(size_text), int(batch_text or batch)
+    return built, size, batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="288x192", help="HxW input of the models without their own @HxW")
+    parser.add_argument("--classes", type=int, default=59)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="timed steps per row")
+    parser.add_argument("--models", nargs="+",
+                        default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:16@128x128:16"])
+    args = parser.parse_args()
+
+    rows = []
+    for spec in args.models:
+        options, size, batch = parse_model(spec, parse_size(args.size), args.batch)
+        for frozen in ((False, True) if "encoder" in options else (False,)):
+            model = build_model("unet", 3, args.classes, **options)
+            images = torch.randn(batch, 3, *size)
+            masks = torch.randint(0, args.classes, (batch, *size))
+            step = training_step(model, images, masks, frozen=frozen)
+            for precision in ("fp32", "bf16"):
+                encoder = ("frozen" if frozen else "fine-tuned") if "encoder" in options else "-"
+                rows.append(dict(model=spec, size=f"{size[0]}x{size[1]}", batch=batch, encoder=encoder,
+                                 precision=precision, step=step, times=[]))
+
+    def run(row: dict) -> float:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if row["precision"] == "bf16" else nullcontext()
+        start = time.perf_counter()
+        with context:
+            row["step"]()
+        return time.perf_counter() - start
+
+    for row in rows:  # warm-up: first calls pick oneDNN kernels
+        run(row)
+    for round_index in range(args.rounds):
+        for row in (rows if round_index % 2 == 0 else rows[::-1]):
+            row["times"].append(run(row))
+
+    print(f"threads: {torch.get_num_threads()}, classes: {args.classes}")
+    print("| model | input, batch | encoder | fp32 ms/img | bf16 ms/img | bf16 speed-up |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for fp32, bf16 in zip(rows[0::2], rows[1::2]):
+        fp32_ms = 1000 * statistics.median(fp32["times"]) / fp32["batch"]
+        bf16_ms = 1000 * statistics.median(bf16["times"]) / bf16["batch"]
+        print(f"| {fp32['model']} | {fp32['size']}, {fp32['batch']} | {fp32['encoder']} | {fp32_ms:.0f} | {bf16_ms:.0f} | "
+              f"{fp32_ms / bf16_ms:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
