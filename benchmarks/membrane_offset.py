@@ -24,19 +24,22 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiments import MEMBRANE  # noqa: E402
 
 from masksmith.data.discover import discover, split_samples  # noqa: E402
+from masksmith.data.encoding import MaskEncoding  # noqa: E402
+from masksmith.data.images import read_image  # noqa: E402
+from masksmith.data.masks import read_mask  # noqa: E402
 
 MOVES = {"as predicted": (0, 0), "1 px up": (-1, 0), "1 px down": (1, 0), "1 px left": (0, -1), "1 px right": (0, 1)}
 
 
 def read_pair(sample) -> tuple[np.ndarray, np.ndarray]:
-    """The slice (uint8) and its membrane label (True where the mask is 0, the ISBI convention)."""
-    return np.asarray(Image.open(sample.image).convert("L")), np.asarray(Image.open(sample.mask)) == 0
+    """The slice (H x W uint8) and its membrane label (the recipes' `--foreground 0`: mask value 0 is membrane)."""
+    membrane = read_mask(sample.mask, MaskEncoding("binary", 0), 2) == 1
+    return read_image(sample.image, channels=1)[:, :, 0], membrane
 
 
 def parabola_peak(left: float, centre: float, right: float) -> float:

@@ -26,8 +26,6 @@ from tests.trained_models import shapes_model
 CLASSES = ["background", "cell", "nucleus", "never"]
 
 
-
-
 def test_a_thin_background_between_large_simplified_regions_keeps_its_iou() -> None:
     # Background is what no outline paints: large regions whose simplified outlines each keep IoU >= 0.99
     # still hand up to 1% of their area to it, which for a thin background gap was 10% of its pixels
