@@ -1,13 +1,14 @@
 """Milliseconds per image of one training step at a recipe's input: float32 against bfloat16 autocast.
 
     python benchmarks/train_step.py [--size 288x192] [--classes 59] [--batch 8] [--rounds 5]
-                                    [--models unet:efficientnet_lite0 unet:efficientnet_lite0:16 unet:16@128x128:16]
+                                    [--models unet:efficientnet_lite0 unet:efficientnet_lite0:16
+                                              unet:efficientnet_lite0:s4 unet:16@128x128:16]
 
 What a recipe buys in epochs before it is run: the step of speed.py's plain loop (Adam, cross-entropy, random
 tensors in memory, no data pipeline) for each model, with the encoder fine-tuned and frozen (as
 --freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision
-bf16-mixed` runs on a CPU). A model is `unet[:ENCODER][:BASE_CHANNELS][@HxW[:BATCH]]`; `unet:16` is the classic
-U-Net with 16 base channels. All rows are timed interleaved (one step of each in turn, the order reversed every
+bf16-mixed` runs on a CPU). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the
+classic U-Net with 16 base channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4). All rows are timed interleaved (one step of each in turn, the order reversed every
 round), so other load on the machine slows them alike; each number is the median step. bfloat16 pays where
 the CPU has AMX or AVX-512 BF16 (`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be slower.
 """
@@ -38,7 +39,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_model(spec: str, size: tuple[int, int], batch: int) -> tuple[dict, tuple[int, int], int]:
-    """`unet[:ENCODER][:BASE_CHANNELS][@HxW[:BATCH]]` as (builder options, input size, batch)."""
+    """`unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]` as (builder options, input size, batch)."""
     name_part, _, input_part = spec.partition("@")
     name, *options = name_part.split(":")
     built: dict = {}
@@ -47,9 +48,11 @@ def parse_model(spec: str, size: tuple[int, int], batch: int) -> tuple[dict, tup
             built["base_channels"] = int(option)
         elif option in ENCODERS:
             built["encoder"] = option
+        elif option[:1] == "s" and option[1:].isdigit():
+            built["decoder_stride"] = int(option[1:])
         else:
-            raise SystemExit(f"{spec}: {option!r} is neither a number of base channels nor an encoder "
-                             f"({', '.join(ENCODERS)})")
+            raise SystemExit(f"{spec}: {option!r} is neither a number of base channels, an encoder "
+                             f"({', '.join(ENCODERS)}) nor a decoder stride (s2, s4)")
     if name != "unet":
         raise SystemExit(f"{spec}: only unet models (classic or over an encoder) are timed here")
     if input_part:
@@ -65,7 +68,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per row")
     parser.add_argument("--models", nargs="+",
-                        default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:16@128x128:16"])
+                        default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:efficientnet_lite0:s4",
+                                 "unet:16@128x128:16"])
     args = parser.parse_args()
 
     rows = []

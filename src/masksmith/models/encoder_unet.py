@@ -4,6 +4,10 @@ The decoder follows smp's U-Net: from the stride-32 features, five times upsampl
 feature map of that stride, two conv-BN-ReLU; the last step (stride 1) has no skip. Upsampling interpolates
 (nearest, or bilinear) instead of transposed convolutions: nothing to learn, no checkerboard, and every
 layer left has an int8 kernel in onnxruntime.
+
+`decoder_stride` 2 or 4 stops the decoder early and upsamples its logits bilinearly to the input size, as
+FPN, DeepLabV3+ and SegFormer predict at stride 4: the last blocks run at the largest maps, so at 288x192
+they cost more than the whole EfficientNet-Lite0 encoder (docs/results.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from masksmith.models.unet import DoubleConv, check_architecture_options, init_w
 
 # The classic U-Net's depth default; with an encoder the depth is the encoder's (5 downsamplings).
 CLASSIC_DEPTH = 4
+# The strides the decoder may stop at: full resolution (smp's U-Net), or 2 or 4 with the logits upsampled.
+DECODER_STRIDES = (1, 2, 4)
 # The decoder's upsampling modes. "transpose" is accepted too: it is the `unet` builder's default (the classic
 # U-Net's), which this decoder, having no transposed convolutions, runs as "nearest".
 UPSAMPLING_MODES = ("nearest", "bilinear")
@@ -48,13 +54,15 @@ class EncoderUNet(nn.Module):
     """Encoder (feature maps at strides 2 ... 32) + U-Net decoder + 1x1 classifier, for any input size."""
 
     def __init__(self, encoder: Encoder, out_channels: int, base_channels: int = 32, upsampling: str = "nearest",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, decoder_stride: int = 1):
         super().__init__()
         self.encoder = encoder
         self.upsampling = upsampling
+        self.decoder_stride = decoder_stride
         self.multiple = encoder_stride(encoder)  # inputs are padded to it, then cropped back
-        widths = decoder_widths(base_channels)
-        skips = [*encoder.out_channels[-2::-1], 0]  # strides 16, 8, 4, 2, then none at full resolution
+        blocks = len(decoder_widths(base_channels)) - DECODER_STRIDES.index(decoder_stride)
+        widths = decoder_widths(base_channels)[:blocks]
+        skips = [*encoder.out_channels[-2::-1], 0][:blocks]  # strides 16, 8, 4, 2, then none at full resolution
         inputs = [encoder.out_channels[-1], *widths[:-1]]
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.decoder = nn.ModuleList(DecoderBlock(i, s, o, upsampling) for i, s, o in zip(inputs, skips, widths))
@@ -75,7 +83,11 @@ class EncoderUNet(nn.Module):
         skips: list[Tensor | None] = [*features[-2::-1], None]
         for block, skip in zip(self.decoder, skips):
             x = block(x, skip)
-        return self.head(x)[..., :height, :width]
+        logits = self.head(x)
+        if self.decoder_stride > 1:
+            logits = F.interpolate(logits, scale_factor=float(self.decoder_stride), mode="bilinear",
+                                   align_corners=False)
+        return logits[..., :height, :width]
 
     def adapt_state_dict(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
         """A published encoder checkpoint keyed for this model ('encoder.' + own names); other files unchanged.
@@ -88,18 +100,27 @@ class EncoderUNet(nn.Module):
         return {f"encoder.{key}": value for key, value in own.items()}, dropped
 
 
+def check_decoder_stride(decoder_stride: object) -> None:
+    """Raise ConfigError unless `decoder_stride` is one of DECODER_STRIDES."""
+    if isinstance(decoder_stride, bool) or decoder_stride not in DECODER_STRIDES:
+        raise ConfigError(f"model 'unet': decoder_stride must be one of {', '.join(map(str, DECODER_STRIDES))}, "
+                          f"got {decoder_stride!r}")
+
+
 def build_encoder_unet(in_channels: int, out_channels: int, encoder: str, weights: str | None, depth: int,
-                       base_channels: int, upsampling: str, dropout: float) -> EncoderUNet:
+                       base_channels: int, upsampling: str, dropout: float, decoder_stride: int = 1) -> EncoderUNet:
     """The `unet` builder's path when an encoder is named: validate, build, load the initial weights."""
     check_architecture_options("unet", depth, base_channels, upsampling, dropout,
                                upsampling_modes=(*UPSAMPLING_MODES, "transpose"))
+    check_decoder_stride(decoder_stride)
     encoder_info(encoder)  # an unknown name fails with the list of encoders
     if depth != CLASSIC_DEPTH:
         raise ConfigError(f"model 'unet' with encoder {encoder!r}: depth is set by the encoder (5 downsamplings, "
                           f"stride 32); leave the depth option out (got {depth})")
     # Transposed convolutions are the classic U-Net's default; this decoder interpolates (see the module doc).
     mode = "nearest" if upsampling == "transpose" else upsampling
-    model = EncoderUNet(build_encoder(encoder, in_channels), out_channels, base_channels, mode, dropout)
+    model = EncoderUNet(build_encoder(encoder, in_channels), out_channels, base_channels, mode, dropout,
+                        decoder_stride)
     if weights:
         from masksmith.models.smp import is_weights_file, load_weights
 

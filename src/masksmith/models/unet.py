@@ -133,16 +133,21 @@ class UNet(nn.Module):
 
 @MODELS.register("unet")
 def unet(in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 32, upsampling: str = "transpose",
-         dropout: float = 0.0, encoder: str | None = None, weights: str | None = None) -> nn.Module:
+         dropout: float = 0.0, encoder: str | None = None, weights: str | None = None,
+         decoder_stride: int = 1) -> nn.Module:
     """The classic from-scratch U-Net, or with `encoder` a U-Net decoder over a pretrained ImageNet encoder.
 
     `weights`: 'imagenet' (the encoder's installed checkpoint) or a local file (whole model or encoder).
+    `decoder_stride` (with an encoder): 1, or 2 or 4 to stop the decoder there and upsample its logits.
     """
     if encoder is not None:
         from masksmith.models.encoder_unet import build_encoder_unet
 
         return build_encoder_unet(in_channels, out_channels, encoder, weights, depth, base_channels, upsampling,
-                                  dropout)
+                                  dropout, decoder_stride)
+    if decoder_stride != 1:
+        raise ConfigError(f"model 'unet': decoder_stride={decoder_stride!r} needs a pretrained encoder "
+                          "(--encoder); the classic U-Net decodes to full resolution")
     model = UNet(in_channels, out_channels, depth, base_channels, upsampling, dropout)
     if weights:
         from masksmith.models.smp import is_weights_file, load_weights
