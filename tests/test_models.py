@@ -40,6 +40,7 @@ def test_unet_options_and_defaults() -> None:
         "dropout": 0.0,
         "encoder": None,
         "weights": None,
+        "decoder_stride": 1,
     }
 
 

@@ -15,7 +15,7 @@ from masksmith.training.network import bundle_options, model_arguments, output_c
     ({"model": "unte"}, "unknown model 'unte'; valid names: fcn-lite, "),
     ({"model": "unte"}, "(did you mean 'unet'?)"),
     ({"loss": "dcie+ce"}, "unknown loss 'dcie' in 'dcie+ce'; valid losses: bce, ce, dice, focal (did you mean 'dice'?)"),
-    ({"augment": "uprigth"}, "unknown augmentation 'uprigth'; valid names: default, light, none, oriented, upright "
+    ({"augment": "uprigth"}, "unknown augmentation 'uprigth'; valid names: default, elastic, light, none, oriented, upright "
                              "(did you mean 'upright'?)"),
     ({"encoder": "mobilenet_v3"}, "(did you mean 'mobilenet_v2'?)"),
     ({"monitor": "val_dcie"}, "unknown metric 'val_dcie' (did you mean 'val_dice'?)"),

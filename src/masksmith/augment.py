@@ -68,10 +68,11 @@ class SmoothElastic(A.DualTransform):
     """Elastic deformation as the U-Net paper made it for EM slices: random displacements on a coarse grid.
 
     Each of the grid's points moves by a Gaussian vector (per axis, `std` times the image's shorter side: the
-    same stretch at every image size), bicubic interpolation spreads that to every pixel, and image (bilinear) and mask (nearest) are resampled along it, mirrored at
-    the borders. Not albumentations' ElasticTransform: it blurs per-pixel noise with replicated borders, so
-    its displacements near the edges come out several times larger than inside (32 px at the 99th
-    percentile of a 256 crop against a median of 4, measured with alpha 1000, sigma 25).
+    same stretch at every image size), bicubic interpolation spreads that to every pixel, and image (bilinear)
+    and mask (nearest) are resampled along it, mirrored at the borders. Not albumentations' ElasticTransform:
+    it blurs per-pixel noise with replicated borders, so its displacements near the edges come out several
+    times larger than inside (32 px at the 99th percentile of a 256 crop against a median of 4, measured
+    with alpha 1000, sigma 25).
     """
 
     def __init__(self, grid: int = 3, std: float = 0.025, p: float = 0.5):
@@ -105,8 +106,8 @@ def _remap(array: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, interpolatio
 @AUGMENTATIONS.register("elastic")
 def _elastic(*, ignore_index: int, channels: int) -> list:
     """`default` plus smooth elastic deformations (SmoothElastic): the U-Net paper's augmentation for cells and
-    EM tissue: a 3x3 grid of displacements, 2.5% of the shorter side each (the paper's 10 px at 512x512;
-    6.4 px on a 256 crop)."""
+    EM tissue: a 3x3 grid of displacements, 2.5% of the shorter side each (6.4 px on a 256 crop; the paper
+    moved its 512x512 slices by 10 px, 2%)."""
     return _default(ignore_index=ignore_index, channels=channels) + [SmoothElastic(grid=3, std=0.025, p=0.5)]
 
 
