@@ -60,8 +60,9 @@ class EncoderUNet(nn.Module):
         self.upsampling = upsampling
         self.decoder_stride = decoder_stride
         self.multiple = encoder_stride(encoder)  # inputs are padded to it, then cropped back
-        blocks = len(decoder_widths(base_channels)) - DECODER_STRIDES.index(decoder_stride)
-        widths = decoder_widths(base_channels)[:blocks]
+        widths = decoder_widths(base_channels)
+        blocks = len(widths) - DECODER_STRIDES.index(decoder_stride)  # stride 1: all five, 4: the first three
+        widths = widths[:blocks]
         skips = [*encoder.out_channels[-2::-1], 0][:blocks]  # strides 16, 8, 4, 2, then none at full resolution
         inputs = [encoder.out_channels[-1], *widths[:-1]]
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
