@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from masksmith.augment import AUGMENTATIONS, SmoothElastic, build_augmentation, seed_augmentation
+from masksmith.augment import AUGMENTATIONS, SmoothElastic, build_augmentation, seed_augmentation, trained_flips
 from masksmith.errors import ConfigError
 
 IGNORE = 255
@@ -231,3 +231,15 @@ def test_seeding_is_repeatable_and_transforms_stay_independent():
     # Flip and rotation combinations cover the 8 symmetries of the square only if the transforms
     # draw independently (Compose(seed=...) in albumentations 2.0 makes them fire together).
     assert len(set(first)) == 8
+
+
+@pytest.mark.parametrize("spec, flips", [
+    ("default", ["horizontal", "vertical"]), ("light", ["horizontal", "vertical"]),
+    ("elastic", ["horizontal", "vertical"]), ("upright", ["horizontal"]), ("oriented", []), ("none", []),
+    ([{"name": "VerticalFlip"}], ["vertical"]),
+    ([{"name": "RandomRotate90"}], []),  # 90° turns alone hold no single flip
+    ([{"name": "RandomRotate90"}, {"name": "HorizontalFlip"}], ["horizontal", "vertical"]),
+    ([{"name": "OneOf", "transforms": [{"name": "Transpose"}, {"name": "Blur"}]}], ["horizontal", "vertical"]),
+])
+def test_trained_flips_are_the_flips_a_pipeline_makes(spec, flips):
+    assert trained_flips(build_augmentation(spec, ignore_index=IGNORE, channels=3)) == flips

@@ -99,3 +99,17 @@ def test_onnx_header_is_checked_by_the_bundles_own_rules() -> None:
         parse_onnx_header(json.dumps({**broken, "format_version": 99}), "m.onnx")
     with pytest.raises(BundleError, match="not one exported by masksmith"):
         parse_onnx_header(None, "m.onnx")
+
+
+def test_tta_flips_default_to_both_for_older_bundles_and_are_checked(tmp_path):
+    older = make_meta().model_dump()
+    del older["tta_flips"]  # a bundle written before the field: TTA kept its 4 views
+    path = tmp_path / "older.msb"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"masksmith": json.dumps(
+        {"format": "masksmith-bundle", "format_version": 1, "meta": older})})
+    assert read_meta(path).tta_flips == ["horizontal", "vertical"]
+    upright = save_bundle(tmp_path / "upright.msb", {"w": torch.zeros(1)}, make_meta(tta_flips=["horizontal"]))
+    assert read_meta(upright).tta_flips == ["horizontal"]
+    for flips in (["horizontal", "horizontal"], ["diagonal"], "horizontal"):
+        with pytest.raises(ValueError, match="tta_flips"):
+            make_meta(tta_flips=flips)

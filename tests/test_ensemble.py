@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.cli import app
 from masksmith.ensemble import EnsemblePredictor, expand_models, load_models, split_models
-from masksmith.errors import BundleError, ConfigError
+from masksmith.errors import BundleError, ConfigError, DataError
 from masksmith.evaluation import evaluate
 from masksmith.metrics import ConfusionMatrix
 from masksmith.models import build_model
@@ -26,14 +26,15 @@ COLORS = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
 
 
 def make_bundle(path: Path, seed: int, *, channels: int = 3, names: list[str] = NAMES, size: int = 32,
-                resize: str = "resize", head: int | None = None) -> Path:
+                resize: str = "resize", head: int | None = None, split: dict | None = None) -> Path:
     """An untrained U-Net bundle (different seeds: different weights, so members disagree)."""
     torch.manual_seed(seed)
     out = head or len(names)
     network = build_model("unet", channels, out, base_channels=4, depth=2)
     meta = BundleMeta(model="unet", model_options={"base_channels": 4, "depth": 2}, in_channels=channels,
                       out_channels=out, class_names=names, colors=COLORS[:len(names)], size=size, resize=resize,
-                      mean=[0.5] * channels, std=[0.25] * channels, mask_encoding={"kind": "index"})
+                      mean=[0.5] * channels, std=[0.25] * channels, mask_encoding={"kind": "index"},
+                      split=split or {})
     return save_bundle(path, network.state_dict(), meta)
 
 
@@ -140,3 +141,25 @@ def test_predict_and_evaluate_cli_take_several_models(tmp_path, members):
         confusion.update(three.predict(path), np.asarray(Image.open(data / "masks" / f"{path.stem}.png")))
     assert metrics["confusion_matrix"] == confusion.matrix.tolist()
     assert evaluate(members[:2], data, split="all", out=tmp_path / "ev2", progress=False)["images"] == 3
+
+
+def test_members_trained_on_one_recorded_split_are_evaluated_on_its_validation_images(tmp_path):
+    # Two models trained side by side on one seeded split: their ensemble scores the images neither trained on.
+    data = make_shapes_dataset(tmp_path / "shapes", count=5, size=(32, 40))
+    names = sorted(path.stem for path in (data / "images").iterdir())
+    split = {"kind": "random", "seed": 42, "val_fraction": 0.4, "val": names[:2], "train": names[2:]}
+    shared = [make_bundle(tmp_path / "a.msb", 0, split=split), make_bundle(tmp_path / "b.msb", 1, split=split)]
+    result = evaluate(shared, data, split="val", out=tmp_path / "ev", progress=False)
+    assert result["images"] == 2
+    assert sorted(row["name"] for row in result["per_image"]) == names[:2]
+    trained = evaluate(shared, data, split="train", out=tmp_path / "ev-train", progress=False)
+    assert sorted(row["name"] for row in trained["per_image"]) == names[2:]  # the rest of the recorded pool
+    # A model trained on other images: without its validation images here, its training images are unknown.
+    stranger = make_bundle(tmp_path / "d.msb", 3, split={**split, "val": ["elsewhere"]})
+    with pytest.raises(DataError, match="validation images are here"):
+        evaluate(stranger, data, split="train", out=tmp_path / "ev-other", progress=False)
+    # Another seed's split: no split is the ensemble's own, and val is refused with the way out.
+    other = make_bundle(tmp_path / "c.msb", 2, split={**split, "val": names[2:4], "train": names[:2] + names[4:]})
+    assert load_models([shared[0], other]).meta.split["kind"] == "ensemble"
+    with pytest.raises(DataError, match="--split all"):
+        evaluate([shared[0], other], data, split="val", out=tmp_path / "ev2", progress=False)

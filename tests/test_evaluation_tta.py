@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import masksmith
+from masksmith.bundle import load_bundle, save_bundle
 from masksmith.cli import app
 from masksmith.data.discover import discover
 from masksmith.data.encoding import MaskEncoding
@@ -28,10 +29,14 @@ def _confusion(predictor: Predictor, data) -> np.ndarray:
 
 
 def test_tta_scores_are_the_flip_averaged_predictions(tmp_path):
-    bundle, data = shapes_model()
+    trained, data = shapes_model()
+    # As if trained with flips (the shared model's augmentation has none): TTA averages 4 views.
+    meta, weights = load_bundle(trained)
+    bundle = save_bundle(tmp_path / "flipped.msb", weights, meta.model_copy(update={"tta_flips": ["horizontal",
+                                                                                                 "vertical"]}))
     plain = masksmith.evaluate(bundle, data, split="all", out=tmp_path / "plain", progress=False)
     flipped = masksmith.evaluate(bundle, data, split="all", out=tmp_path / "tta", progress=False, tta=True)
-    assert (plain["tta"], flipped["tta"]) == (False, True)
+    assert (plain["tta"], flipped["tta"], plain["tta_passes"], flipped["tta_passes"]) == (False, True, 1, 4)
     assert np.array_equal(flipped["confusion_matrix"], _confusion(Predictor.load(bundle, tta=True), data))
     assert np.array_equal(plain["confusion_matrix"], _confusion(Predictor.load(bundle), data))
     result = CliRunner().invoke(app, ["evaluate", str(bundle), str(data), "--split", "all", "--tta", "-q",
@@ -44,3 +49,13 @@ def test_tta_with_a_predictor_in_memory_is_refused(tmp_path):
     bundle, data = shapes_model()
     with pytest.raises(MasksmithError, match="tta"):
         masksmith.evaluate(Predictor.load(bundle), data, split="all", out=tmp_path, tta=True, progress=False)
+
+
+def test_tta_of_a_model_trained_without_flips_is_its_plain_prediction(tmp_path):
+    bundle, data = shapes_model()
+    assert Predictor.load(bundle).meta.tta_flips == []  # trained with --augment none
+    plain = masksmith.evaluate(bundle, data, split="all", out=tmp_path / "plain", progress=False)
+    with pytest.warns(UserWarning, match="trained without flips"):
+        flipped = masksmith.evaluate(bundle, data, split="all", out=tmp_path / "tta", progress=False, tta=True)
+    assert flipped["tta_passes"] == 1
+    assert np.array_equal(flipped["confusion_matrix"], plain["confusion_matrix"])

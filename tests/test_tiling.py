@@ -9,7 +9,7 @@ import torch
 from masksmith.bundle import BundleMeta
 from masksmith.models import build_model
 from masksmith.backends import TorchBackend
-from masksmith.predict import Predictor, tiled_logits
+from masksmith.predict import Predictor, tiled_logits, tta_views
 
 
 def _network(name: str, depth: int, seed: int = 0) -> torch.nn.Module:
@@ -23,10 +23,10 @@ def _network(name: str, depth: int, seed: int = 0) -> torch.nn.Module:
     return network
 
 
-def _meta(resize: str = "random_crop", size: int = 64) -> BundleMeta:
+def _meta(resize: str = "random_crop", size: int = 64, **changes) -> BundleMeta:
     return BundleMeta(model="unet", model_options={"depth": 1, "base_channels": 8}, in_channels=3, out_channels=3,
                       class_names=["bg", "a", "b"], colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=size,
-                      resize=resize, mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
+                      resize=resize, mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"}, **changes)
 
 
 @pytest.mark.parametrize("name", ["unet", "fcn-lite"])
@@ -106,3 +106,30 @@ def test_flip_tta_is_off_by_default_and_averages_four_passes():
     probabilities = with_tta.probabilities([image])[0]
     assert len(calls) == 4 and probabilities.shape == (3, 40, 52)
     assert torch.allclose(probabilities.sum(0), torch.ones(40, 52), atol=1e-5)
+
+
+def test_tta_averages_only_the_flips_the_model_was_trained_with():
+    network = _network("unet", depth=1)
+    backend = TorchBackend(network)
+    seen: list[torch.Tensor] = []
+
+    def recording(batch):
+        seen.append(batch.clone())
+        return backend(batch)
+
+    recording.name = "torch"  # type: ignore[attr-defined]
+    image = np.random.default_rng(2).integers(0, 256, (40, 52, 3), np.uint8)
+    # An `upright` model (left-right flips only): the image and its mirror, never upside down.
+    upright = Predictor(recording, _meta(tta_flips=["horizontal"]), multiple=2, tta=True)  # type: ignore[arg-type]
+    logits = upright.logits(image)
+    assert upright.tta_passes == 2 and len(seen) == 2
+    assert torch.equal(seen[1], seen[0].flip(3))
+    expected = (backend(seen[0]) + backend(seen[0].flip(3)).flip(3)) / 2
+    assert torch.allclose(logits, expected, atol=1e-6)
+    # A model trained without flips: --tta would show it views it never saw; it warns and predicts plainly.
+    seen.clear()
+    with pytest.warns(UserWarning, match="without flips"):
+        unflipped = Predictor(recording, _meta(tta_flips=[]), multiple=2, tta=True)  # type: ignore[arg-type]
+    assert torch.equal(unflipped.logits(image), backend(seen[0])) and len(seen) == 1
+    assert unflipped.tta_passes == 1
+    assert tta_views(["horizontal", "vertical"]) == [(), (3,), (2,), (2, 3)]

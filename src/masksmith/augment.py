@@ -10,6 +10,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from masksmith.bundle import FLIP_AXES, FlipAxis
 from masksmith.errors import ConfigError
 from masksmith.registry import Registry
 
@@ -196,6 +197,35 @@ def build_augmentation(
     if not transforms:
         return None
     return A.Compose(transforms)
+
+
+def trained_flips(pipeline: A.Compose | None) -> list[FlipAxis]:
+    """The flips a pipeline makes (in FLIP_AXES order): what test-time augmentation may average over.
+
+    HorizontalFlip and VerticalFlip give their axis; Transpose, D4 and SquareSymmetry give both (their group
+    holds both flips), and so does RandomRotate90 beside either flip (a 90° turn and one flip make the other).
+    RandomRotate90 alone holds no single flip. Nested OneOf/SomeOf/Sequential are searched.
+    """
+    found: set[str] = set()
+    rotates = False
+
+    def visit(transforms: Any) -> None:
+        nonlocal rotates
+        for transform in transforms:
+            if isinstance(transform, A.HorizontalFlip):
+                found.add("horizontal")
+            elif isinstance(transform, A.VerticalFlip):
+                found.add("vertical")
+            elif isinstance(transform, (A.Transpose, A.D4, A.SquareSymmetry)):
+                found.update(FLIP_AXES)
+            elif isinstance(transform, A.RandomRotate90):
+                rotates = True
+            visit(getattr(transform, "transforms", ()))
+
+    visit(pipeline.transforms if pipeline is not None else ())
+    if rotates and found:
+        found.update(FLIP_AXES)
+    return [axis for axis in FLIP_AXES if axis in found]
 
 
 def seed_augmentation(pipeline: A.Compose, seed: int) -> None:

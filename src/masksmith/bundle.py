@@ -26,6 +26,9 @@ from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
 
+FlipAxis = Literal["horizontal", "vertical"]
+FLIP_AXES: tuple[FlipAxis, ...] = ("horizontal", "vertical")
+
 FORMAT_NAME = "masksmith-bundle"
 FORMAT_VERSION = 1
 ONNX_FORMAT_NAME = "masksmith-onnx"
@@ -94,6 +97,9 @@ class BundleMeta(BaseModel):
     mask_encoding: dict[str, Any]
     ignore_index: Annotated[Count, Field(ge=0, le=255)] = DEFAULT_IGNORE_INDEX  # bundles from before the field
     split: dict[str, Any] = {}
+    # The flips the training augmentation made, the only ones `--tta` may average over (nnU-Net mirrors along
+    # the axes it trained with). Bundles from before the field get both, as TTA always did then.
+    tta_flips: list[FlipAxis] = list(FLIP_AXES)
     masksmith_version: str = __version__
 
     @field_validator("model_options")
@@ -103,6 +109,13 @@ class BundleMeta(BaseModel):
         for key, value in options.items():
             _check_option(value, key)
         return options
+
+    @field_validator("tta_flips")
+    @classmethod
+    def _distinct_flips(cls, flips: list[str]) -> list[str]:
+        if len(set(flips)) != len(flips):
+            raise ValueError(f"repeated flip in {flips}")
+        return flips
 
     @field_validator("mask_encoding")
     @classmethod

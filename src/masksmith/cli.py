@@ -114,14 +114,14 @@ def evaluate(
                                   "ensemble)"),
     rest: List[Path] = typer.Argument(..., metavar="[MODEL...] DATA", help="more models (an ensemble averages "
                                       "their probabilities), then the labelled dataset folder"),
-    split: str = typer.Option("val", help="val | test | train | all (val: the split recorded at training)"),
+    split: str = typer.Option("val", help="val | test | train | all (val, train: the split recorded at training "
+                              "when DATA has no such folder)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: next to the bundle]"),
     mask_suffix: Optional[str] = typer.Option(None),
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     html: bool = typer.Option(False, "--html", help="also write OUT/report.html: one self-contained page "
                               "(metrics, per-class bars, confusion matrix, curves, sortable per-image table)"),
-    tta: bool = typer.Option(False, "--tta", help="average each prediction over flipped copies (4 passes), "
-                             "as predict --tta"),
+    tta: bool = typer.Option(False, "--tta", help="average each prediction over flipped copies, as predict --tta"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
@@ -158,7 +158,8 @@ def predict(
                                        "crop-trained models on images over 2x the training size]"),
     overlap: Optional[int] = typer.Option(None, help="tile overlap in pixels [default: tile/4]"),
     blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
-    tta: bool = typer.Option(False, "--tta", help="average over flipped copies (4 forward passes per image)"),
+    tta: bool = typer.Option(False, "--tta", help="average over flipped copies: the flips the model was trained "
+                             "with (default/light/elastic: 4 forward passes per image, upright: 2)"),
     annotation_format: str = typer.Option("png", "--format", help="png: the masks only; labelme: also "
                                           "OUT/<name>.json per image (polygons to correct in Labelme) and "
                                           "OUT/labels.txt; coco: also OUT/coco.json (RLE regions with scores)"),
@@ -179,7 +180,7 @@ def predict(
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.ensemble import load_models, split_models
-    from masksmith.predict import TTA_PASSES, predict_files
+    from masksmith.predict import predict_files
 
     models, inputs = split_models(bundle, inputs)
     if not inputs:
@@ -188,6 +189,7 @@ def predict(
     if engine not in ("local", "ray"):
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
+    passes: int | None = None  # forward passes per image, known here for the local engine
     if engine == "ray":
         from masksmith.ray_engine import RayOptions, predict_with_ray
 
@@ -200,6 +202,7 @@ def predict(
                                   mask_format=mask_format, resume=resume, progress=not quiet)
     else:
         predictor = load_models(models, **load_options)
+        passes = predictor.tta_passes
         sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
                                  tolerance=polygon_tolerance, rank=rank)
         report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
@@ -209,8 +212,8 @@ def predict(
                                                                  if report.skipped else ""))
     if tta and report.written:
         per_image = 1000 * report.seconds / len(report.written)
-        typer.echo(f"tta: {TTA_PASSES} forward passes per image, ~{TTA_PASSES}x the inference time "
-                   f"({per_image:.0f} ms per image with TTA)")
+        cost = f"{passes} forward passes per image, ~{passes}x the inference time, " if passes else ""
+        typer.echo(f"tta: {cost}{per_image:.0f} ms per image with TTA")
     _exit_on_failures(report.failed, "read")
 
 

@@ -90,6 +90,16 @@ def check_members(metas: Sequence[BundleMeta], names: Sequence[str]) -> None:
                                   f"({getattr(first, field)}); an ensemble averages models of the same classes")
 
 
+def shared_split(members: Sequence[Predictor], names: Sequence[str]) -> dict[str, Any]:
+    """The ensemble's recorded split: the members' random validation split when they all recorded the same one
+    (models trained side by side on one seeded split), so that `evaluate --split val` scores the images none of
+    them trained on; otherwise no split of its own (a fold ensemble's members each held out other images)."""
+    splits = [member.meta.split for member in members]
+    if splits[0].get("kind") == "random" and all(split == splits[0] for split in splits[1:]):
+        return dict(splits[0])
+    return {"kind": "ensemble", "members": list(names)}
+
+
 class EnsemblePredictor:
     """Several Predictors as one: the Predictor API (to_array, probabilities, decide, predict, meta, colors)
     with each image's class probabilities averaged over the members."""
@@ -103,12 +113,16 @@ class EnsemblePredictor:
         check_members([member.meta for member in members], self.names)
         self.members = list(members)
         first = self.members[0]
-        # The first member's metadata, without its validation split: no one split is the ensemble's own.
-        self.meta: BundleMeta = first.meta.model_copy(update={"split": {"kind": "ensemble", "members": self.names}})
+        self.meta: BundleMeta = first.meta.model_copy(update={"split": shared_split(members, self.names)})
         self.colors = first.colors
         self.device = first.device
         self.network = None
         self.tta = first.tta
+
+    @property
+    def tta_passes(self) -> int:
+        """Forward passes per image over all members (each with its own TTA views)."""
+        return sum(member.tta_passes for member in self.members)
 
     def __len__(self) -> int:
         return len(self.members)

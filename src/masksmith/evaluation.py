@@ -22,7 +22,8 @@ GALLERY_EACH = 3
 
 
 def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix: str | None = None) -> list[Sample]:
-    """The samples of `split`: a split folder, the bundle's recorded random validation split, or all."""
+    """The samples of `split`: a split folder, the bundle's recorded random split (val, or train: the rest of its
+    pool), or all."""
     splits = discover(data, mask_suffix=mask_suffix)
     if split == "all":
         return sorted((s for samples in splits.values() for s in samples), key=lambda s: s.name)
@@ -38,6 +39,14 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
             raise DataError(f"{data}: none of the model's {len(wanted)} validation images are here; "
                             "use --split all to evaluate every image")
         return chosen
+    if split == "train" and recorded.get("kind") == "random":
+        # The training images of a recorded random split: the pool it was drawn from, less its validation images.
+        wanted = set(recorded.get("val", []))
+        pool = splits.get("train") or splits.get("all") or []
+        if not wanted & {s.name for s in pool}:
+            raise DataError(f"{data}: none of the model's {len(wanted)} validation images are here, so its training "
+                            "images cannot be told apart; use --split all to evaluate every image")
+        return [s for s in pool if s.name not in wanted]
     raise DataError(f"{data}: no '{split}' split here (found: {', '.join(sorted(splits))}); "
                     "use --split all to evaluate every image")
 
@@ -84,6 +93,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
         raise DataError(f"{data}: none of the {len(samples)} {split} pairs could be read; first: {failed[0]['reason']}")
     result["split"] = split
     result["tta"] = bool(predictor.tta)
+    result["tta_passes"] = predictor.tta_passes  # 1 without TTA, else the trained flips' views (summed in ensembles)
     result["images"] = len(scored)
     result["failed"] = failed
     result["per_image"] = per_image

@@ -8,6 +8,7 @@ images of crop-trained models are predicted tile by tile, tiles aligned to the b
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
@@ -20,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from masksmith.backends import Backend, TorchBackend, open_backend
-from masksmith.bundle import BundleMeta
+from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
 from masksmith.errors import MasksmithError
@@ -113,22 +114,31 @@ def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.T
     return (total / weights)[:, :, :height, :width]
 
 
-def flip_tta(backend: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a backend so it averages logits over the identity, horizontal, vertical and both flips."""
+FLIP_DIMS = {"horizontal": 3, "vertical": 2}  # NCHW: width, height
+
+
+def tta_views(flips: Sequence[str]) -> list[tuple[int, ...]]:
+    """The flipped views TTA averages: every combination of the given flips, the identity first."""
+    dims = [FLIP_DIMS[axis] for axis in flips]
+    return [tuple(sorted(d for i, d in enumerate(dims) if mask >> i & 1)) for mask in range(2 ** len(dims))]
+
+
+def flip_tta(backend: Callable[[torch.Tensor], torch.Tensor],
+             flips: Sequence[str] = FLIP_AXES) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a backend so it averages logits over the views of `flips` (both: identity, horizontal, vertical,
+    both flips)."""
+    views = tta_views(flips)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         total = None
-        for dims in ((), (3,), (2,), (2, 3)):
+        for dims in views:
             flipped = batch.flip(dims) if dims else batch
             logits = backend(flipped)
             logits = logits.flip(dims) if dims else logits
             total = logits if total is None else total + logits
-        return total / 4.0
+        return total / len(views)
 
     return run
-
-
-TTA_PASSES = 4
 
 
 class Predictor:
@@ -159,6 +169,9 @@ class Predictor:
         self.blend: Blend = blend
         self.tile_batch = tile_batch
         self.tta = tta
+        if tta and not meta.tta_flips:
+            warnings.warn("--tta: this model was trained without flips (its augmentation had none), so flipped "
+                          "views would be images it never saw; it predicts without them", stacklevel=2)
         self.auto_tile_factor = auto_tile_factor
 
     @classmethod
@@ -201,7 +214,12 @@ class Predictor:
         return tile, min(overlap, tile - 1)
 
     def _runner(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return flip_tta(self.backend) if self.tta else self.backend
+        return flip_tta(self.backend, self.meta.tta_flips) if self.tta else self.backend
+
+    @property
+    def tta_passes(self) -> int:
+        """Forward passes per image: 1, or with TTA one per view of the flips the model was trained with."""
+        return len(tta_views(self.meta.tta_flips)) if self.tta else 1
 
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Raw logits (1 x K x h x w) of one HxWxC uint8 image at the network's input size (tiled when due)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from masksmith.augment import build_augmentation, trained_flips
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.config import TrainConfig
 from masksmith.fileio import write_text_atomic
@@ -49,7 +50,9 @@ def write_bundle(network: torch.nn.Module, config: TrainConfig, arguments: dict[
         out_channels=output_channels(config, data.num_classes), class_names=data.class_names,
         colors=[list(color) for color in data.labels.colors], size=config.size, resize=config.resize,
         mean=data.mean, std=data.std, threshold=config.threshold, mask_encoding=data.encoding.to_dict(),
-        ignore_index=data.labels.ignore_index, split=data.split)
+        ignore_index=data.labels.ignore_index, split=data.split,
+        tta_flips=trained_flips(build_augmentation(config.augment, ignore_index=config.ignore_index,
+                                                   channels=data.channels)))
     return save_bundle(run_dir / "model.msb", network.state_dict(), meta)
 
 
