@@ -116,7 +116,9 @@ def _elastic(*, ignore_index: int, channels: int) -> list:
 def _upright(*, ignore_index: int, channels: int) -> list:
     """For photos where up is up (people, streets): left-right flips, small rotation/scale/shift, color.
 
-    No vertical flips or 90° turns: an upside-down person is not a training example, it is noise.
+    No vertical flips or 90° turns: an upside-down person is not a training example, it is noise. Also for labels
+    drawn with a vertical offset (the ISBI membranes' sit 0.6 px high): the offset is never reversed, and with
+    `--tta` the model averages only the image and its mirror (docs/results.md: the best membrane recipe).
     """
     transforms = [
         A.HorizontalFlip(p=0.5),

@@ -93,7 +93,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
         raise DataError(f"{data}: none of the {len(samples)} {split} pairs could be read; first: {failed[0]['reason']}")
     result["split"] = split
     result["tta"] = bool(predictor.tta)
-    result["tta_passes"] = predictor.tta_passes  # 1 without TTA, else the trained flips' views (summed in ensembles)
+    result["tta_passes"] = predictor.tta_passes  # forward passes per image: per model 1, or its trained flips' views
     result["images"] = len(scored)
     result["failed"] = failed
     result["per_image"] = per_image
