@@ -17,14 +17,16 @@ import sys
 import numpy as np
 from PIL import Image
 
-from masksmith.data.discover import discover, split_samples
+from masksmith.config import TrainConfig
+from masksmith.data.discover import discover
 from masksmith.plan import class_weights
+from masksmith.training.prepare import split_pairs
 
 
 def training_pixel_counts(data: str, classes: int, val_fraction: float, seed: int) -> np.ndarray:
     """Pixels per class over the training masks of the seeded split (values >= classes are not counted)."""
-    splits = discover(data)
-    train = splits["train"] if "train" in splits else split_samples(splits["all"], val_fraction, seed)[0]
+    # The split `masksmith train` makes: its split folders, or the seeded random split of its pool.
+    train = split_pairs(TrainConfig(data=data, val_fraction=val_fraction, seed=seed), discover(data))[0]
     counts = np.zeros(classes, dtype=np.int64)
     for sample in train:
         with Image.open(sample.mask) as mask:

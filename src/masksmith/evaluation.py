@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from masksmith.data.discover import Sample, discover
+from masksmith.data.discover import Sample, discover, random_split_pool
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.ensemble import EnsemblePredictor, load_models, models_home
@@ -42,7 +42,7 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
     if split == "train" and recorded.get("kind") == "random":
         # The training images of a recorded random split: the pool it was drawn from, less its validation images.
         wanted = set(recorded.get("val", []))
-        pool = splits.get("train") or splits.get("all") or []
+        pool = random_split_pool(splits)
         if not wanted & {s.name for s in pool}:
             raise DataError(f"{data}: none of the model's {len(wanted)} validation images are here, so its training "
                             "images cannot be told apart; use --split all to evaluate every image")

@@ -423,6 +423,11 @@ def usable_pairs(found: Discovery, *, skip_unpaired: bool = False) -> dict[str, 
     return found.splits
 
 
+def random_split_pool(splits: dict[str, list[Sample]]) -> list[Sample]:
+    """The pairs a seeded random train/val split is drawn from: the train folder, else every pair found."""
+    return splits.get("train") or splits.get("all") or []
+
+
 def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split into (train, val) by a seeded shuffle; the same inputs and seed always give the same split."""
     if not 0.0 < val_fraction < 1.0:

@@ -10,7 +10,7 @@ from masksmith.config import TrainConfig, UserConfig
 from masksmith.data.classes import find_class_file
 from masksmith.data.labels import LabelSpec, resolve_labels
 from masksmith.data.check import CheckReport
-from masksmith.data.discover import Discovery, Sample, discover_dataset, split_samples, usable_pairs
+from masksmith.data.discover import Discovery, Sample, discover_dataset, random_split_pool, split_samples, usable_pairs
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels
 from masksmith.data.validate import validate_samples
@@ -76,8 +76,7 @@ def split_pairs(config: TrainConfig,
     random split of the pool."""
     if "train" in splits and "val" in splits:
         return splits["train"], splits["val"], {"kind": "folders"}
-    pool = splits.get("train") or splits.get("all") or []
-    train, val = split_samples(pool, config.val_fraction, config.seed)
+    train, val = split_samples(random_split_pool(splits), config.val_fraction, config.seed)
     return train, val, {"kind": "random", "seed": config.seed, "val_fraction": config.val_fraction}
 
 
