@@ -95,6 +95,33 @@ def test_a_moved_run_folder_resumes_with_its_best_score(shapes, tmp_path, monkey
         assert torch.equal(tensor, best["state_dict"][f"network.{name}"]), name
 
 
+class _RecordWeights(Callback):
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append({k: v.detach().clone() for k, v in module.network.state_dict().items()})
+
+
+def test_a_resumed_run_continues_its_weight_average(shapes, tmp_path):
+    decay, recorder = 0.5, _RecordWeights()
+    first = tiny_train(shapes, tmp_path / "run", epochs=1, ema_decay=decay, lr=0.05)
+    saved = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    # The checkpoint holds the average as its weights and the raw ones beside them, for the resumed steps.
+    assert any(not torch.equal(saved["state_dict"][k], saved["current_model_state"][k]) for k in saved["state_dict"])
+    average = {k.removeprefix("network."): v for k, v in saved["state_dict"].items() if k.startswith("network.")}
+    masksmith.train(resume=first.run_dir, epochs=2, callbacks=[recorder])
+    assert recorder.steps
+    # Restored, the average goes on from the saved one (no fresh copy); BatchNorm statistics are not averaged.
+    parameters = [k for k in average if k.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")]
+    for step in recorder.steps:
+        average = {k: decay * average[k] + (1 - decay) * step[k] for k in parameters}
+    resumed = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1
+    for key, value in average.items():
+        torch.testing.assert_close(resumed["state_dict"][f"network.{key}"], value, rtol=1e-4, atol=1e-6)
+
+
 def test_the_payload_runs_code_when_unpickled(tmp_path):
     """The test payload is live: a full unpickle creates its marker file (so its absence below means something)."""
     marker = tmp_path / "ran"

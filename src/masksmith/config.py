@@ -120,6 +120,10 @@ class TrainConfig(BaseModel):
         "val_dice", description="validation metric for early stopping and the best checkpoint: "
                                 + ", ".join(MONITORED_METRICS))
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights (this decay per step, "
+                                      "e.g. 0.999; Lightning's EMAWeightAveraging): validation, the best checkpoint "
+                                      "and the model bundle use the averaged weights")
     precision: Precision = Field(
         "auto", description="numeric precision (Lightning's): 32, 16-mixed (CUDA), bf16-mixed; auto = 16-mixed on CUDA, else 32")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")

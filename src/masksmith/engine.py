@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     ModelCheckpoint,
     Timer,
     TQDMProgressBar,
@@ -363,6 +364,12 @@ def build_trainer(config: TrainConfig, run_dir: Path, history: EpochHistory,
     progress = progress_callback(config.quiet)
     if progress is not None:
         callbacks.append(progress)
+    if config.ema_decay is not None:
+        # Validation swaps the averaged weights in, and checkpoints hold them as their state_dict (the raw
+        # weights go to current_model_state, for --resume), so the best checkpoint is the best average.
+        # BatchNorm statistics are the live model's, not averaged: averaged running means lag the weights
+        # (measured on the membranes' Lite0 U-Net at batch 2: pixel error 0.093 with them, 0.078 without).
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay, use_buffers=False))
     if config.early_stopping:
         callbacks.append(EarlyStopping(
             monitor=config.monitor, mode=config.monitor_mode(), patience=config.early_stopping,
