@@ -1,11 +1,15 @@
-"""Small synthetic datasets built by the tests themselves."""
+"""Small synthetic datasets built by the tests themselves, and a recorder of the weights a training step leaves."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
+
+BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def make_shapes_dataset(root: Path, count: int = 12, size: tuple[int, int] = (40, 56), seed: int = 0) -> Path:
@@ -45,3 +49,22 @@ def make_void_dataset(root: Path, void: int = 3, count: int = 12) -> Path:
         mask[grown & ~inside] = void
         Image.fromarray(mask).save(path)
     return root
+
+
+class RecordWeights(Callback):
+    """The network's state (weights and BatchNorm statistics) after every optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append({k: v.detach().clone() for k, v in module.network.state_dict().items()})
+
+
+def moving_average(start: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]],
+                   decay: float) -> dict[str, torch.Tensor]:
+    """The exponential moving average of the parameters (BatchNorm statistics left out) from `start` over `steps`."""
+    average = {k: v for k, v in start.items() if k.rsplit(".", 1)[-1] not in BATCHNORM_STATISTICS}
+    for step in steps:
+        average = {k: decay * v + (1 - decay) * step[k] for k, v in average.items()}
+    return average

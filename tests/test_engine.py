@@ -13,7 +13,7 @@ from masksmith.config import TrainConfig
 from masksmith.engine import SegmentationModule, epochs_within_budget
 from masksmith.errors import ConfigError
 from masksmith.models import build_model
-from tests.helpers import make_shapes_dataset
+from tests.helpers import RecordWeights, make_shapes_dataset, moving_average
 
 TINY_UNET = {"base_channels": 8, "depth": 3}
 
@@ -160,41 +160,25 @@ def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(tmp_path, capsys)
     assert set(MONITORED_METRICS) <= set(header)
 
 
-BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-class _RecordWeights(Callback):
-    """The network's weights after every optimizer step."""
-
-    def __init__(self):
-        self.steps: list[dict[str, torch.Tensor]] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.steps.append({k: v.detach().clone() for k, v in module.network.state_dict().items()})
-
-
 def test_ema_decay_puts_the_moving_average_of_the_weights_in_the_bundle(tmp_path):
     from masksmith.bundle import load_bundle
 
     data = make_shapes_dataset(tmp_path / "shapes", count=8)
-    recorder, decay = _RecordWeights(), 0.5
+    recorder, decay = RecordWeights(), 0.5
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2, lr=0.05,
                              ema_decay=decay, early_stopping=0, model_options=TINY_UNET, callbacks=[recorder],
                              out=str(tmp_path / "run"), quiet=True)
     assert len(recorder.steps) >= 3
     # AveragedModel's first update copies the weights; each later one moves the average by (1 - decay).
-    parameters = {name for name in recorder.steps[0] if name.rsplit(".", 1)[-1] not in BATCHNORM_BUFFERS}
-    expected = dict(recorder.steps[0])
-    for step in recorder.steps[1:]:
-        expected = {k: decay * expected[k] + (1 - decay) * v if k in parameters else v for k, v in step.items()}
+    expected = moving_average(recorder.steps[0], recorder.steps[1:], decay)
     _, saved = load_bundle(result.bundle)
-    for key in parameters:
-        torch.testing.assert_close(saved[key], expected[key], rtol=1e-4, atol=1e-6)
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-6)
     # ...not the weights of the last step, which a run without the average would have kept; and the
     # BatchNorm statistics are the last step's (averaged ones lag the weights).
     last = recorder.steps[-1]
-    assert max((saved[k] - last[k]).abs().max().item() for k in parameters) > 1e-3
-    buffers = [k for k in last if k not in parameters]
-    assert any("running_mean" in k for k in buffers)
-    assert all(torch.equal(saved[k], last[k]) for k in buffers)
+    assert max((saved[k] - last[k]).abs().max().item() for k in expected) > 1e-3
+    statistics = [k for k in last if k not in expected]
+    assert any(k.endswith("running_mean") for k in statistics)
+    assert all(torch.equal(saved[k], last[k]) for k in statistics)
     assert "ema_decay: 0.5" in (result.run_dir / "config.yaml").read_text()

@@ -22,7 +22,7 @@ from masksmith.checkpoints import AtomicCheckpointIO, load_checkpoint
 from masksmith.errors import ConfigError
 from masksmith.fileio import folder_lock, write_text_atomic
 from masksmith.metrics import ConfusionMatrix
-from tests.helpers import make_shapes_dataset
+from tests.helpers import RecordWeights, make_shapes_dataset, moving_average
 
 TINY = {"base_channels": 4, "depth": 2}
 
@@ -95,16 +95,8 @@ def test_a_moved_run_folder_resumes_with_its_best_score(shapes, tmp_path, monkey
         assert torch.equal(tensor, best["state_dict"][f"network.{name}"]), name
 
 
-class _RecordWeights(Callback):
-    def __init__(self):
-        self.steps: list[dict[str, torch.Tensor]] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.steps.append({k: v.detach().clone() for k, v in module.network.state_dict().items()})
-
-
 def test_a_resumed_run_continues_its_weight_average(shapes, tmp_path):
-    decay, recorder = 0.5, _RecordWeights()
+    decay, recorder = 0.5, RecordWeights()
     first = tiny_train(shapes, tmp_path / "run", epochs=1, ema_decay=decay, lr=0.05)
     saved = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # The checkpoint holds the average as its weights and the raw ones beside them, for the resumed steps.
@@ -112,13 +104,11 @@ def test_a_resumed_run_continues_its_weight_average(shapes, tmp_path):
     average = {k.removeprefix("network."): v for k, v in saved["state_dict"].items() if k.startswith("network.")}
     masksmith.train(resume=first.run_dir, epochs=2, callbacks=[recorder])
     assert recorder.steps
-    # Restored, the average goes on from the saved one (no fresh copy); BatchNorm statistics are not averaged.
-    parameters = [k for k in average if k.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")]
-    for step in recorder.steps:
-        average = {k: decay * average[k] + (1 - decay) * step[k] for k in parameters}
+    # Restored, the average goes on from the saved one (a fresh start would copy the first resumed step).
+    expected = moving_average(average, recorder.steps, decay)
     resumed = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1
-    for key, value in average.items():
+    for key, value in expected.items():
         torch.testing.assert_close(resumed["state_dict"][f"network.{key}"], value, rtol=1e-4, atol=1e-6)
 
 

@@ -1,0 +1,56 @@
+"""What a run trained with `--ema-decay` scores with its averaged and its live weights and BatchNorm statistics.
+
+    python benchmarks/ema_statistics.py RUN DATA [--split val]
+
+RUN/checkpoints/last.ckpt of an `--ema-decay` run holds the averaged weights as its state_dict and the live
+(raw) ones as current_model_state. Each row writes a bundle (RUN/model.msb's metadata) with one combination:
+the averaged or the raw parameters, each with the averaged or the raw BatchNorm running statistics, and scores
+it with `masksmith.evaluate` on the run's recorded split. Runs from before BatchNorm statistics were left
+unaveraged (session 10) show the difference the statistics make; newer runs hold the live statistics in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+import masksmith
+from masksmith.bundle import load_bundle, save_bundle
+from masksmith.checkpoints import load_checkpoint
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--split", default="val")
+    args = parser.parse_args()
+    meta, _ = load_bundle(args.run / "model.msb")
+    saved = load_checkpoint(args.run / "checkpoints" / "last.ckpt", args.run / "checkpoints")
+    if "current_model_state" not in saved:
+        raise SystemExit(f"{args.run}: last.ckpt holds no averaged weights (not an --ema-decay run)")
+    averaged, raw = network_state(saved["state_dict"]), network_state(saved["current_model_state"])
+    is_statistic = {k: k.rsplit(".", 1)[-1] in STATISTICS for k in raw}
+    print(f"{args.run}, last checkpoint (epoch {saved['epoch']}), {args.split} split of {args.data}\n")
+    print("| parameters | BatchNorm statistics | pixel error | mIoU |\n| --- | --- | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as folder:
+        for weights_name, weights in (("averaged", averaged), ("raw", raw)):
+            for stats_name, stats in (("averaged", averaged), ("raw", raw)):
+                state = {k: (stats[k] if is_statistic[k] else weights[k]) for k in raw}
+                bundle = save_bundle(Path(folder) / "model.msb", state, meta)
+                scores = masksmith.evaluate(bundle, args.data, split=args.split, out=Path(folder) / "evaluate",
+                                            progress=False)
+                print(f"| {weights_name} | {stats_name} | {1 - scores['pixel_accuracy']:.4f} | {scores['miou']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
