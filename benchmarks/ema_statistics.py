@@ -15,17 +15,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
 import masksmith
 from masksmith.bundle import load_bundle, save_bundle
-from masksmith.checkpoints import load_checkpoint
+from masksmith.checkpoints import load_checkpoint, network_weights
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
 
 
 def main() -> None:
@@ -38,7 +32,7 @@ def main() -> None:
     saved = load_checkpoint(args.run / "checkpoints" / "last.ckpt", args.run / "checkpoints")
     if "current_model_state" not in saved:
         raise SystemExit(f"{args.run}: last.ckpt holds no averaged weights (not an --ema-decay run)")
-    averaged, raw = network_state(saved["state_dict"]), network_state(saved["current_model_state"])
+    averaged, raw = network_weights(saved["state_dict"]), network_weights(saved["current_model_state"])
     is_statistic = {k: k.rsplit(".", 1)[-1] in STATISTICS for k in raw}
     print(f"{args.run}, last checkpoint (epoch {saved['epoch']}), {args.split} split of {args.data}\n")
     print("| parameters | BatchNorm statistics | pixel error | mIoU |\n| --- | --- | ---: | ---: |")

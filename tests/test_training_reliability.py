@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 import masksmith
 from masksmith.bundle import BundleMeta, load_bundle, save_bundle
-from masksmith.checkpoints import AtomicCheckpointIO, load_checkpoint
+from masksmith.checkpoints import AtomicCheckpointIO, load_checkpoint, network_weights
 from masksmith.errors import ConfigError
 from masksmith.fileio import folder_lock, write_text_atomic
 from masksmith.metrics import ConfusionMatrix
@@ -101,7 +101,7 @@ def test_a_resumed_run_continues_its_weight_average(shapes, tmp_path):
     saved = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # The checkpoint holds the average as its weights and the raw ones beside them, for the resumed steps.
     assert any(not torch.equal(saved["state_dict"][k], saved["current_model_state"][k]) for k in saved["state_dict"])
-    average = {k.removeprefix("network."): v for k, v in saved["state_dict"].items() if k.startswith("network.")}
+    average = network_weights(saved["state_dict"])
     masksmith.train(resume=first.run_dir, epochs=2, callbacks=[recorder])
     assert recorder.steps
     # Restored, the average goes on from the saved one (a fresh start would copy the first resumed step).

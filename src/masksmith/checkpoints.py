@@ -43,6 +43,11 @@ def load_checkpoint(path: str | Path, folder: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def network_weights(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The segmentation network's weights in a checkpoint's state_dict (the module holds it as `network`)."""
+    return {k.removeprefix("network."): v for k, v in state_dict.items() if k.startswith("network.")}
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temp file and renamed (a kill never leaves half a file), read
     weights-only from the run's checkpoint folder (Trainer.fit(ckpt_path=...) loads through here)."""

@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
 from masksmith.augment import build_augmentation
-from masksmith.checkpoints import load_checkpoint
+from masksmith.checkpoints import load_checkpoint, network_weights
 from masksmith.config import TrainConfig
 from masksmith.data.dataset import SegmentationDataset
 from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
@@ -117,6 +117,5 @@ def fit(network: torch.nn.Module, config: TrainConfig, data: PreparedData, run_d
         epochs_run = trainer.current_epoch
     if saved:
         # Weights-only and inside checkpoints/: a resumed run folder may not be the user's own.
-        state = saved["state_dict"]
-        network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
+        network.load_state_dict(network_weights(saved["state_dict"]))
     return FitOutcome(history.rows, best_score, epochs_run)
