@@ -182,3 +182,11 @@ def test_ema_decay_puts_the_moving_average_of_the_weights_in_the_bundle(tmp_path
     assert any(k.endswith("running_mean") for k in statistics)
     assert all(torch.equal(saved[k], last[k]) for k in statistics)
     assert "ema_decay: 0.5" in (result.run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])
+def test_ema_decay_outside_zero_to_one_is_refused(decay):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ema_decay"):
+        TrainConfig(data="d", ema_decay=decay)
