@@ -1,13 +1,15 @@
 """Milliseconds per image of one training step at a recipe's input: float32 against bfloat16 autocast.
 
     python benchmarks/train_step.py [--size 288x192] [--classes 59] [--batch 8] [--rounds 5]
+                                    [--formats contiguous channels_last]
                                     [--models unet:efficientnet_lite0 unet:efficientnet_lite0:16
                                               unet:efficientnet_lite0:s4 unet:16@128x128:16]
 
 What a recipe buys in epochs before it is run: the step of speed.py's plain loop (Adam, cross-entropy, random
 tensors in memory, no data pipeline) for each model, with the encoder fine-tuned and frozen (as
 --freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision
-bf16-mixed` runs on a CPU). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the
+bf16-mixed` runs on a CPU), and in each memory format of --formats (channels_last: what `--channels-last on`
+trains with; the default, contiguous, is what a CPU run uses). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the
 classic U-Net with 16 base channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4). All rows are
 timed interleaved (one step of each in turn, the order reversed every round), so other load on the machine
 slows them alike; each number is the median step. bfloat16 pays where the CPU has AMX or AVX-512 BF16
@@ -62,12 +64,17 @@ def parse_model(spec: str, size: tuple[int, int], batch: int) -> tuple[dict, tup
     return built, size, batch
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="288x192", help="HxW input of the models without their own @HxW")
     parser.add_argument("--classes", type=int, default=59)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per row")
+    parser.add_argument("--formats", nargs="+", default=["contiguous"], choices=list(MEMORY_FORMATS),
+                        help="memory formats of model and batch, each timed as its own row")
     parser.add_argument("--models", nargs="+",
                         default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:efficientnet_lite0:s4",
                                  "unet:16@128x128:16"])
@@ -77,14 +84,15 @@ def main() -> None:
     for spec in args.models:
         options, size, batch = parse_model(spec, parse_size(args.size), args.batch)
         for frozen in ((False, True) if "encoder" in options else (False,)):
-            model = build_model("unet", 3, args.classes, **options)
-            images = torch.randn(batch, 3, *size)
-            masks = torch.randint(0, args.classes, (batch, *size))
-            step = training_step(model, images, masks, frozen=frozen)
-            for precision in ("fp32", "bf16"):
-                encoder = ("frozen" if frozen else "fine-tuned") if "encoder" in options else "-"
-                rows.append(dict(model=spec, size=f"{size[0]}x{size[1]}", batch=batch, encoder=encoder,
-                                 precision=precision, step=step, times=[]))
+            for memory in args.formats:
+                model = build_model("unet", 3, args.classes, **options).to(memory_format=MEMORY_FORMATS[memory])
+                images = torch.randn(batch, 3, *size).contiguous(memory_format=MEMORY_FORMATS[memory])
+                masks = torch.randint(0, args.classes, (batch, *size))
+                step = training_step(model, images, masks, frozen=frozen)
+                for precision in ("fp32", "bf16"):
+                    encoder = ("frozen" if frozen else "fine-tuned") if "encoder" in options else "-"
+                    rows.append(dict(model=spec, size=f"{size[0]}x{size[1]}", batch=batch, encoder=encoder,
+                                     memory=memory, precision=precision, step=step, times=[]))
 
     def run(row: dict) -> float:
         context = torch.autocast("cpu", dtype=torch.bfloat16) if row["precision"] == "bf16" else nullcontext()
@@ -100,13 +108,13 @@ def main() -> None:
             row["times"].append(run(row))
 
     print(f"threads: {torch.get_num_threads()}, classes: {args.classes}")
-    print("| model | input, batch | encoder | fp32 ms/img | bf16 ms/img | bf16 speed-up |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("| model | input, batch | encoder | memory format | fp32 ms/img | bf16 ms/img | bf16 speed-up |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
     for fp32, bf16 in zip(rows[0::2], rows[1::2]):
         fp32_ms = 1000 * statistics.median(fp32["times"]) / fp32["batch"]
         bf16_ms = 1000 * statistics.median(bf16["times"]) / bf16["batch"]
-        print(f"| {fp32['model']} | {fp32['size']}, {fp32['batch']} | {fp32['encoder']} | {fp32_ms:.0f} | {bf16_ms:.0f} | "
-              f"{fp32_ms / bf16_ms:.2f}x |")
+        print(f"| {fp32['model']} | {fp32['size']}, {fp32['batch']} | {fp32['encoder']} | {fp32['memory']} | "
+              f"{fp32_ms:.0f} | {bf16_ms:.0f} | {fp32_ms / bf16_ms:.2f}x |")
 
 
 if __name__ == "__main__":
