@@ -7,12 +7,12 @@
 
 What a recipe buys in epochs before it is run: the step of speed.py's plain loop (Adam, cross-entropy, random
 tensors in memory, no data pipeline) for each model, with the encoder fine-tuned and frozen (as
---freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision
-bf16-mixed` runs on a CPU), and in each memory format of --formats (channels_last: what `--channels-last on`
-trains with; the default, contiguous, is what a CPU run uses). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the
-classic U-Net with 16 base channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4). All rows are
-timed interleaved (one step of each in turn, the order reversed every round), so other load on the machine
-slows them alike; each number is the median step. bfloat16 pays where the CPU has AMX or AVX-512 BF16
+--freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision bf16-mixed`
+runs on a CPU), and in each memory format of --formats (channels_last: what `--channels-last on` trains with; the
+default, contiguous, is what a CPU run uses). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`;
+`unet:16` is the classic U-Net with 16 base channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4).
+All rows are timed interleaved (one step of each in turn, the order reversed every round), so other load on the
+machine slows them alike; each number is the median step. bfloat16 pays where the CPU has AMX or AVX-512 BF16
 (`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be slower.
 """
 
