@@ -12,12 +12,16 @@ unaveraged (session 10) show the difference the statistics make; newer runs hold
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import masksmith
 from masksmith.bundle import load_bundle, save_bundle
-from masksmith.checkpoints import load_checkpoint, network_weights
+from masksmith.checkpoints import network_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from last_checkpoint import error_and_miou, run_checkpoint  # noqa: E402  (a sibling benchmark's helpers)
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -29,7 +33,7 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
     meta, _ = load_bundle(args.run / "model.msb")
-    saved = load_checkpoint(args.run / "checkpoints" / "last.ckpt", args.run / "checkpoints")
+    saved = run_checkpoint(args.run, "last")
     if "current_model_state" not in saved:
         raise SystemExit(f"{args.run}: last.ckpt holds no averaged weights (not an --ema-decay run)")
     averaged, raw = network_weights(saved["state_dict"]), network_weights(saved["current_model_state"])
@@ -43,7 +47,7 @@ def main() -> None:
                 bundle = save_bundle(Path(folder) / "model.msb", state, meta)
                 scores = masksmith.evaluate(bundle, args.data, split=args.split, out=Path(folder) / "evaluate",
                                             progress=False)
-                print(f"| {weights_name} | {stats_name} | {1 - scores['pixel_accuracy']:.4f} | {scores['miou']:.4f} |")
+                print(f"| {weights_name} | {stats_name} | {error_and_miou(scores)} |")
 
 
 if __name__ == "__main__":

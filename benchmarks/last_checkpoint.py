@@ -20,17 +20,27 @@ from masksmith.bundle import load_bundle, save_bundle
 from masksmith.checkpoints import load_checkpoint, network_weights
 
 
+def run_checkpoint(run: Path, name: str) -> dict:
+    """RUN/checkpoints/NAME.ckpt (best or last), read weights-only from inside the run's checkpoint folder."""
+    return load_checkpoint(run / "checkpoints" / f"{name}.ckpt", run / "checkpoints")
+
+
+def error_and_miou(scores: dict) -> str:
+    """Pixel error and mIoU of `masksmith.evaluate`'s scores, as two table cells."""
+    return f"{1 - scores['pixel_accuracy']:.4f} | {scores['miou']:.4f}"
+
+
 def last_checkpoint_bundle(run: Path, folder: Path) -> tuple[Path, int]:
     """RUN/checkpoints/last.ckpt's network weights as a bundle in `folder`, with the epoch it ended."""
     meta, _ = load_bundle(run / "model.msb")
-    saved = load_checkpoint(run / "checkpoints" / "last.ckpt", run / "checkpoints")
+    saved = run_checkpoint(run, "last")
     folder.mkdir(parents=True)
     return save_bundle(folder / "model.msb", network_weights(saved["state_dict"]), meta), saved["epoch"]
 
 
 def best_epoch(run: Path) -> int:
     """The epoch best.ckpt (the bundle's weights) was written at."""
-    return load_checkpoint(run / "checkpoints" / "best.ckpt", run / "checkpoints")["epoch"]
+    return run_checkpoint(run, "best")["epoch"]
 
 
 def main() -> None:
@@ -42,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
 
     def score(bundles: list[Path], out: Path) -> str:
-        scores = masksmith.evaluate(bundles, args.data, split=args.split, out=out, progress=False, tta=args.tta)
-        return f"{1 - scores['pixel_accuracy']:.4f} | {scores['miou']:.4f}"
+        return error_and_miou(masksmith.evaluate(bundles, args.data, split=args.split, out=out, progress=False,
+                                                 tta=args.tta))
 
     print(f"{args.split} split of {args.data}, tta: {args.tta}\n")
     print("| run | kept epoch | kept: pixel error | kept: mIoU | last epoch | last: pixel error | last: mIoU |")
