@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from masksmith import budget
-from masksmith.budget import MIN_EPOCHS, MIN_STEPS, aspect_sizes, plan_for_budget, time_training_step
+from masksmith.models import build_model
+from masksmith.budget import (BF16_MIN_SPEEDUP, BFLOAT16, FLOAT32, MIN_EPOCHS, MIN_STEPS, aspect_sizes,
+                              plan_for_budget, time_training_step)
 
 
 def test_aspect_sizes_keep_the_ratio_with_sides_multiples_of_32() -> None:
@@ -22,12 +25,14 @@ def test_aspect_sizes_cap_panoramas_and_small_images() -> None:
     assert aspect_sizes(100, 100, cap=256) == [(96, 96)]  # small images are never upscaled
 
 
-def _linear_timer(per_megapixel: dict[str | None, float]):
+def _linear_timer(per_megapixel: dict[str | None, float], bf16_speedup: float = 1.0):
+    """A step timer linear in pixels; bfloat16 steps `bf16_speedup` times faster. Records each call."""
     calls = []
 
-    def timer(encoder, size, batch, channels, num_classes):
-        calls.append((encoder, size))
-        return per_megapixel[encoder] * batch * size[0] * size[1] / 1e6
+    def timer(encoder, size, batch, channels, num_classes, precision):
+        calls.append((encoder, size, precision))
+        seconds = per_megapixel[encoder] * batch * size[0] * size[1] / 1e6
+        return seconds / bf16_speedup if precision == BFLOAT16 else seconds
 
     return timer, calls
 
@@ -38,7 +43,7 @@ def test_the_largest_input_that_fits_the_budget_wins() -> None:
     best, fits = plan_for_budget(["small", "big"], sizes, budget_seconds=15 * 60, train_images=367, batch=8,
                                  channels=3, num_classes=11, timer=timer)
     # Each encoder is timed at two sizes only; the others are interpolated.
-    assert len(calls) == 4 and {size for _, size in calls} == {sizes[0], sizes[-1]}
+    assert len(calls) == 4 and {size for _, size, _ in calls} == {sizes[0], sizes[-1]}
     assert best.fits and best.steps >= MIN_STEPS and best.epochs >= MIN_EPOCHS
     larger = [f for f in fits if f.candidate.size[0] * f.candidate.size[1] >
               best.candidate.size[0] * best.candidate.size[1]]
@@ -65,9 +70,20 @@ def test_nothing_fits_gives_the_cheapest_candidate() -> None:
     assert "nothing fits" in budget.budget_reason(best, fits, 60, 8)
 
 
-def test_a_real_step_is_timed() -> None:
-    seconds = time_training_step(None, (32, 64), 2, 1, 2)
-    assert 0 < seconds < 60
+def test_a_real_step_is_timed_in_the_precision_asked_for(monkeypatch) -> None:
+    built = []
+
+    def recording_model(*args, **kwargs):
+        network = build_model(*args, **kwargs)
+        first_convolution = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+        first_convolution.register_forward_hook(lambda module, inputs, output: built.append(output.dtype))
+        return network
+
+    monkeypatch.setattr(budget, "build_model", recording_model)
+    for precision, dtype in ((FLOAT32, torch.float32), (BFLOAT16, torch.bfloat16)):
+        built.clear()
+        assert time_training_step(None, (32, 64), 2, 1, 2, precision) > 0
+        assert built and set(built) == {dtype}  # every timed forward pass ran in that precision
 
 
 def _fingerprint(width: int = 480, height: int = 360, images: int = 367, channels: int = 3) -> dict:
@@ -101,13 +117,61 @@ def test_model_unet_alone_keeps_the_classic_unet_and_other_models_plan_nothing()
                                device="cpu", max_time=15, epochs=50, timer=timer) == ([], [])
 
 
+@pytest.mark.parametrize("bf16_speedup, planned", [(1.6, BFLOAT16), (BF16_MIN_SPEEDUP - 0.05, FLOAT32),
+                                                    (0.4, FLOAT32)])
+def test_the_budget_plan_times_bfloat16_and_takes_it_only_when_clearly_faster(bf16_speedup, planned) -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0, "efficientnet_lite2": 4.0}, bf16_speedup)
+    choices, timed = budget.plan_network(_fingerprint(), given=set(), known={}, device="cpu", max_time=15,
+                                         epochs=50, timer=timer, encoders=["efficientnet_lite0", "efficientnet_lite2"])
+    chosen = {c.option: c for c in choices}
+    assert chosen["precision"].value == planned
+    # The probe: the cheapest candidate at the smallest input, once in each precision, before anything else.
+    smallest = aspect_sizes(480, 360, 256)[-1]
+    assert calls[:2] == [("efficientnet_lite0", smallest, FLOAT32), ("efficientnet_lite0", smallest, BFLOAT16)]
+    # Then every candidate is timed in the planned precision, and plan.json's rows say which.
+    assert {precision for _, _, precision in calls[2:]} == {planned}
+    assert {row["precision"] for row in timed} == {planned}
+    reason = chosen["precision"].reason
+    assert f"({bf16_speedup:.2f}x)" in reason and "float32" in reason and "bfloat16" in reason
+    assert ("in bfloat16" in chosen["size"].reason) == (planned == BFLOAT16)
+
+
+def test_a_faster_precision_buys_a_larger_input() -> None:
+    sizes = {}
+    for speedup in (1.0, 2.0):
+        timer, _ = _linear_timer({"efficientnet_lite0": 2.0}, speedup)
+        choices, _ = budget.plan_network(_fingerprint(), given=set(), known={}, device="cpu", max_time=15,
+                                         epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+        height, width = {c.option: c.value for c in choices}["size"]
+        sizes[speedup] = height * width
+    assert sizes[2.0] > sizes[1.0]
+
+
+@pytest.mark.parametrize("given", ["32", "bf16-mixed"])
+def test_a_given_precision_is_not_probed_and_the_candidates_are_timed_in_it(given) -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0}, bf16_speedup=1.6)
+    choices, _ = budget.plan_network(_fingerprint(), given={"precision"}, known={"precision": given}, device="cpu",
+                                     max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert "precision" not in {c.option for c in choices}
+    assert len(calls) == 2 and {precision for _, _, precision in calls} == {given}
+
+
+def test_no_precision_is_planned_on_cuda() -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0}, bf16_speedup=1.6)
+    choices, _ = budget.plan_network(_fingerprint(), given=set(), known={}, device="cuda", max_time=15, epochs=50,
+                                     timer=timer, encoders=["efficientnet_lite0"])
+    assert "precision" not in {c.option for c in choices}  # auto: 16-bit mixed on CUDA
+    assert BFLOAT16 not in {precision for _, _, precision in calls}
+
+
 def test_without_a_budget_nothing_is_timed() -> None:
     def refuse(*args):
         raise AssertionError("timed without a budget")
 
     choices, timed = budget.plan_network(_fingerprint(550, 825, 803), given=set(), known={}, device="cpu",
                                          max_time=None, epochs=50, timer=refuse, encoders=["efficientnet_lite0"])
-    assert timed == [] and {c.option: c.value for c in choices}["size"] == [384, 256]
+    chosen = {c.option: c.value for c in choices}
+    assert timed == [] and chosen["size"] == [384, 256] and "precision" not in chosen
 
 
 def test_a_non_square_input_trains_and_predicts_at_the_original_size(tmp_path, make_image_mask_pairs) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import masksmith
@@ -71,6 +72,10 @@ def test_the_default_command_with_a_budget_gets_a_pretrained_budget_fitted_plan(
     chosen = plan["config"]
     assert chosen["encoder"].startswith("efficientnet_lite") and chosen["weights"] == "imagenet"
     assert chosen["freeze_encoder_epochs"] >= 1
+    # The precision was measured (float32 against bfloat16 on this CPU), planned and trained with.
+    assert chosen["precision"] in ("32", "bf16-mixed")
+    assert {row["precision"] for row in plan["timed_candidates"]} == {chosen["precision"]}
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["precision"] == chosen["precision"]
     assert plan["timed_candidates"] and all(row["seconds_per_step"] > 0 for row in plan["timed_candidates"])
     meta = read_meta(run.bundle)
     assert meta.model_options["encoder"] == chosen["encoder"] and meta.model_options["weights"] is None

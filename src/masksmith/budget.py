@@ -16,6 +16,11 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   the pixels), then the larger encoder. When nothing fits, the cheapest candidate at the smallest input.
 - Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
   lowered for datasets too small to fill two batches.
+- Precision (CPU, when not given): one step of the cheapest candidate at the smallest input is timed in
+  float32 and under bfloat16 autocast (Lightning's bf16-mixed); bf16-mixed is planned when it is at least
+  BF16_MIN_SPEEDUP times faster, and the candidates are then timed in it. CPUs with AMX or AVX512-BF16
+  run it 1.4-1.6x faster (measured: benchmarks/train_step.py); others emulate it and run it slower, so
+  the choice is measured, not read from the CPU's flags.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ MIN_EPOCHS = 8
 BATCH = 8
 VALIDATION_SHARE = 0.15  # of each epoch's time, for the validation pass (forward only, a fifth of the data)
 TIMED_STEPS = 2
+BF16_MIN_SPEEDUP = 1.2  # less is not worth bfloat16's coarser rounding
+FLOAT32, BFLOAT16 = "32", "bf16-mixed"
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,34 @@ class Fit:
         return self.steps >= MIN_STEPS and self.epochs >= MIN_EPOCHS
 
 
-StepTimer = Callable[[str | None, tuple[int, int], int, int, int], float]
+@dataclass(frozen=True)
+class PrecisionProbe:
+    """One candidate's step timed in float32 and in bfloat16 autocast, and the precision that wins."""
+
+    candidate: Candidate
+    float32_seconds: float
+    bfloat16_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster the bfloat16 step is."""
+        return self.float32_seconds / self.bfloat16_seconds if self.bfloat16_seconds > 0 else 0.0
+
+    @property
+    def precision(self) -> str:
+        """bf16-mixed when it is at least BF16_MIN_SPEEDUP times faster, else 32."""
+        return BFLOAT16 if self.speedup >= BF16_MIN_SPEEDUP else FLOAT32
+
+    def reason(self, batch: int) -> str:
+        """One line: both measured times, and the rule."""
+        size = f"{self.candidate.size[0]}x{self.candidate.size[1]}"
+        return (f"precision {self.precision}: a step of {batch} of the {self.candidate.name} at {size} took "
+                f"{self.bfloat16_seconds:.2f} s in bfloat16, {self.float32_seconds:.2f} s in float32 "
+                f"({self.speedup:.2f}x) on this CPU; bfloat16 autocast is planned when ≥ {BF16_MIN_SPEEDUP}x faster")
+
+
+# encoder, size, batch, channels, classes, precision -> seconds per optimizer step
+StepTimer = Callable[[str | None, tuple[int, int], int, int, int, str], float]
 
 
 def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tuple[int, int]]:
@@ -86,8 +120,9 @@ def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tu
 
 
 def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, channels: int,
-                       num_classes: int) -> float:
-    """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data, best of a few."""
+                       num_classes: int, precision: str = FLOAT32) -> float:
+    """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data, best of a few;
+    precision bf16-mixed runs the forward pass and loss under CPU bfloat16 autocast, as Lightning does."""
     network = build_model("unet", channels, num_classes, **({"encoder": encoder} if encoder else {}))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     images = torch.randn(batch, channels, *size)
@@ -96,7 +131,8 @@ def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, c
     best = math.inf
     for attempt in range(TIMED_STEPS + 1):  # the first step warms up allocators and kernels
         started = time.perf_counter()
-        loss = F.cross_entropy(network(images), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == BFLOAT16):
+            loss = F.cross_entropy(network(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -105,15 +141,24 @@ def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, c
     return best
 
 
+def probe_precision(candidate: Candidate, *, batch: int, channels: int, num_classes: int,
+                    timer: StepTimer = time_training_step) -> PrecisionProbe:
+    """Time the candidate's step in float32 and in bfloat16 autocast (module doc: the precision rule)."""
+    return PrecisionProbe(candidate,
+                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, FLOAT32),
+                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, BFLOAT16))
+
+
 def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *, budget_seconds: float,
                     train_images: int, batch: int, channels: int, num_classes: int,
-                    timer: StepTimer = time_training_step) -> tuple[Fit, list[Fit]]:
-    """Time each encoder at the smallest and largest size, estimate the rest, and pick by the module's rule."""
+                    timer: StepTimer = time_training_step, precision: str = FLOAT32) -> tuple[Fit, list[Fit]]:
+    """Time each encoder at the smallest and largest size (in `precision`), estimate the rest, and pick by
+    the module's rule."""
     started = time.perf_counter()
     measured: dict[tuple[str | None, tuple[int, int]], float] = {}
     for encoder in encoders:
         for size in {sizes[0], sizes[-1]}:
-            measured[encoder, size] = timer(encoder, size, batch, channels, num_classes)
+            measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision)
     left = max(0.0, budget_seconds - (time.perf_counter() - started)) * (1 - VALIDATION_SHARE)
     steps_per_epoch = max(1, train_images // batch)
     fits = []
@@ -142,21 +187,22 @@ def _interpolate(measured: dict[tuple[str | None, tuple[int, int]], float], enco
     return low + share * (high - low)
 
 
-def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int) -> str:
+def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int, precision: str = FLOAT32) -> str:
     """One line saying what was measured and why this candidate won."""
     candidate = best.candidate
     measured = sorted({fit.candidate.encoder for fit in fits}, key=lambda e: e or "")
+    in_bf16 = " in bfloat16" if precision == BFLOAT16 else ""
     rule = (f"the largest input fitting ≥ {MIN_STEPS} steps and ≥ {MIN_EPOCHS} epochs in "
             f"{budget_seconds / 60:.0f} min" if best.fits else
             f"nothing fits {MIN_STEPS} steps and {MIN_EPOCHS} epochs in {budget_seconds / 60:.0f} min: the cheapest")
     return (f"{candidate.name} at {candidate.size[0]}x{candidate.size[1]} (aspect kept): "
-            f"{best.seconds_per_step:.2f} s a step of {batch} (measured), ~{best.steps} steps, "
+            f"{best.seconds_per_step:.2f} s a step of {batch} (measured{in_bf16}), ~{best.steps} steps, "
             f"~{best.epochs:.0f} epochs; {rule} (timed: {', '.join(e or 'classic' for e in measured)})")
 
 
-def describe_fits(fits: list[Fit]) -> list[dict[str, Any]]:
-    """The candidates as JSON-ready rows for plan.json."""
-    return [{"encoder": fit.candidate.encoder, "size": list(fit.candidate.size),
+def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, Any]]:
+    """The candidates as JSON-ready rows for plan.json (timed in `precision`)."""
+    return [{"encoder": fit.candidate.encoder, "size": list(fit.candidate.size), "precision": precision,
              "seconds_per_step": round(fit.seconds_per_step, 4), "steps": fit.steps,
              "epochs": round(fit.epochs, 1), "fits": fit.fits} for fit in fits]
 
@@ -212,17 +258,24 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
     fits: list[Fit] = []
     if not sizes:
         return [], []
+    choices: list[PlanChoice] = []
+    precision = known.get("precision", FLOAT32)
+    if max_time is not None and device == "cpu" and "precision" not in given:
+        probe = probe_precision(Candidate(candidates[0], sizes[-1]), batch=batch, channels=channels,
+                                num_classes=num_classes, timer=timer)
+        precision = probe.precision
+        choices.append(PlanChoice("precision", precision, probe.reason(batch)))
     if max_time is not None:
         best, fits = plan_for_budget(candidates, sizes, budget_seconds=60 * max_time, train_images=train_images,
-                                     batch=batch, channels=channels, num_classes=num_classes, timer=timer)
+                                     batch=batch, channels=channels, num_classes=num_classes, timer=timer,
+                                     precision=precision)
         encoder, size = best.candidate.encoder, best.candidate.size
-        reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch), best.epochs
+        reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision), best.epochs
     else:
         encoder, size = candidates[0], sizes[0]
         reason = (f"{Candidate(encoder, size).name}, aspect kept, short side capped at {SIZE_CAP[device]} on "
                   f"{device}; no --max-time, so not fitted to a time budget")
         expected_epochs = float(epochs)
-    choices: list[PlanChoice] = []
     if pretrained and encoder is not None:
         few = " are few to learn features from scratch" if train_images < 2000 else ""
         kind = "RGB photos" if channels == 3 else "grayscale images (first convolution summed from RGB)"
@@ -246,7 +299,7 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         few_images = f"; {train_images} training images" if batch < BATCH else ""
         choices.append(PlanChoice("batch_size", batch, f"batch {batch}: on {device} a larger batch costs about the "
                                                       f"same per image and gives fewer optimizer steps{few_images}"))
-    return choices, describe_fits(fits)
+    return choices, describe_fits(fits, precision)
 
 
 def _training_images(fp: dict[str, Any], known: dict[str, Any]) -> int:
