@@ -76,6 +76,14 @@ def test_small_images_are_resized_to_a_multiple_of_32():
     assert tiny["size"].value == 32 and "minimum 32" in tiny["size"].reason
 
 
+@pytest.mark.parametrize("side, resize", [(512, "random_crop"), (480, "resize")])
+def test_images_twice_the_input_side_train_on_crops(side, resize):
+    # ISBI membranes: 512² slices at a 256 input; resizing would halve their 2-4 px membranes.
+    plan = _plan(_fp(side, side, channels=1), given={"size": 256})
+    assert plan["resize"].value == resize
+    assert ("≥ 2x" if resize == "random_crop" else "< 2x") in plan["resize"].reason
+
+
 def test_random_crop_needs_every_image_at_least_the_size():
     plan = _plan(_fp(800, 800, min_side=200))
     assert plan["size"].value == 256 and plan["resize"].value == "resize"
