@@ -119,6 +119,10 @@ class TrainConfig(BaseModel):
     monitor: str = Field(
         "val_dice", description="validation metric for early stopping and the best checkpoint: "
                                 + ", ".join(MONITORED_METRICS))
+    keep: Literal["best", "last"] = Field(
+        "best", description="the epoch whose weights model.msb gets: best (by --monitor) or last (the end of the "
+                            "schedule, as nnU-Net's final checkpoint; for a small validation set, with "
+                            "--early-stopping 0)")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the weights (this decay per step, "

@@ -33,7 +33,10 @@ class TrainResult:
 
 
 def best_epoch(rows: list[dict[str, float]], config: TrainConfig) -> int | None:
-    """The index of the row with the best finite `monitor` value, or None when no epoch scored."""
+    """The index of the kept epoch's row: the last one with keep "last", else the one with the best finite
+    `monitor` value; None when no epoch scored."""
+    if config.keep == "last":
+        return len(rows) - 1 if rows else None
     scored = [(i, r[config.monitor]) for i, r in enumerate(rows)
               if config.monitor in r and r[config.monitor] == r[config.monitor]]
     if not scored:
@@ -69,7 +72,7 @@ def write_results(outcome: FitOutcome, config: TrainConfig, run_dir: Path, bundl
     result = train_result(outcome, config, run_dir, bundle, seconds)
     best = result.best_epoch
     write_text_atomic(run_dir / "results.json", json.dumps(
-        {"best_epoch": best, "monitor": config.monitor, "best_score": outcome.best_score,
+        {"best_epoch": best, "kept": config.keep, "monitor": config.monitor, "best_score": outcome.best_score,
          "epochs_run": result.epochs_run, "seconds": round(seconds, 1),
          "best_epoch_metrics": result.validation}, indent=1))
     return result

@@ -161,7 +161,8 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
     bundle = write_bundle(network, config, arguments, data, run_dir)
     result = write_results(outcome, config, run_dir, bundle, time.perf_counter() - started)
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-    log.info(f"done in {result.seconds / 60:.1f} min: best {config.monitor} {score} at epoch {result.best_epoch}; "
-             f"model bundle {bundle}")
+    kept = (f"kept the last epoch, {result.best_epoch} ({config.monitor} {score})" if config.keep == "last"
+            else f"best {config.monitor} {score} at epoch {result.best_epoch}")
+    log.info(f"done in {result.seconds / 60:.1f} min: {kept}; model bundle {bundle}")
     log.info(f"predict with: masksmith predict {bundle} IMAGES... --out predictions")
     return result
