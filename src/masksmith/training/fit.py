@@ -106,20 +106,20 @@ def fit(network: torch.nn.Module, config: TrainConfig, data: PreparedData, run_d
         # The spawned processes trained; this one only learns the best checkpoint's path. The rest is in files.
         history.load_existing()
         best_path = checkpoint.best_model_path or (str(last) if last.is_file() else "")
-        kept_path = str(last) if config.keep == "last" and last.is_file() else best_path
-        saved = load_checkpoint(kept_path, folder) if kept_path else {}
-        # last.ckpt is written after best.ckpt each epoch, so it holds the best score too.
+        epochs_run = int(max(row["epoch"] for row in history.rows)) + 1 if history.rows else 0
+    else:
+        best_path = checkpoint.best_model_path
+        epochs_run = trainer.current_epoch
+    kept_path = str(last) if config.keep == "last" and last.is_file() else best_path
+    saved = load_checkpoint(kept_path, folder) if kept_path else {}
+    if config.keep == "last":
+        best_score = history.rows[-1].get(config.monitor) if history.rows else None  # the kept epoch's score
+    elif spawns(config):
         scores = [s.get("best_model_score") for s in saved.get("callbacks", {}).values()
                   if isinstance(s, dict) and s.get("monitor") == config.monitor]
         best_score = float(scores[0]) if scores and scores[0] is not None else None
-        epochs_run = int(max(row["epoch"] for row in history.rows)) + 1 if history.rows else 0
     else:
-        kept_path = str(last) if config.keep == "last" and last.is_file() else checkpoint.best_model_path
-        saved = load_checkpoint(kept_path, folder) if kept_path else {}
         best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-        epochs_run = trainer.current_epoch
-    if config.keep == "last" and history.rows:
-        best_score = history.rows[-1].get(config.monitor)  # the kept (last) epoch's score
     if saved:
         # Weights-only and inside checkpoints/: a resumed run folder may not be the user's own.
         network.load_state_dict(network_weights(saved["state_dict"]))
