@@ -164,6 +164,24 @@ def test_no_precision_is_planned_on_cuda() -> None:
     assert BFLOAT16 not in {precision for _, _, precision in calls}
 
 
+def test_a_budget_raises_the_epochs_cap_so_that_the_budget_ends_training() -> None:
+    timer, _ = _linear_timer({"efficientnet_lite0": 0.2})  # small data, fast steps: hundreds of epochs fit
+    small = _fingerprint(512, 512, images=24, channels=1)
+    choices, timed = budget.plan_network(small, given=set(), known={}, device="cpu", max_time=25, epochs=50,
+                                         timer=timer, encoders=["efficientnet_lite0"])
+    chosen = {c.option: c for c in choices}
+    best = max(row["epochs"] for row in timed if row["fits"] and row["size"] == [256, 256])
+    assert chosen["epochs"].value >= budget.EPOCH_HEADROOM * best > 50
+    assert "default 50" in chosen["epochs"].reason
+    given, _ = budget.plan_network(small, given={"epochs"}, known={"epochs": 50}, device="cpu", max_time=25,
+                                   epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert "epochs" not in {c.option for c in given}  # the user's cap stays
+    slow, _ = _linear_timer({"efficientnet_lite0": 20.0})
+    short, _ = budget.plan_network(small, given=set(), known={}, device="cpu", max_time=1, epochs=50,
+                                   timer=slow, encoders=["efficientnet_lite0"])
+    assert "epochs" not in {c.option for c in short}  # fewer than 50 fit: the default cap is not the limit
+
+
 def test_without_a_budget_nothing_is_timed() -> None:
     def refuse(*args):
         raise AssertionError("timed without a budget")

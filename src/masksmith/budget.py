@@ -211,6 +211,7 @@ def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, A
 
 NETWORK_OPTIONS = ("model", "model_options", "encoder", "weights")
 FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
+EPOCH_HEADROOM = 2  # the epochs cap, over the estimate: the budget, not the cap, should end a budgeted run
 
 
 def installed_encoders() -> list[str]:
@@ -271,6 +272,11 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
                                      precision=precision)
         encoder, size = best.candidate.encoder, best.candidate.size
         reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision), best.epochs
+        capped = math.ceil(EPOCH_HEADROOM * expected_epochs)
+        if "epochs" not in given and capped > epochs:
+            choices.append(PlanChoice("epochs", capped, (
+                f"epochs {capped}: ~{expected_epochs:.0f} fit in {max_time:g} min (measured), so the budget ends "
+                f"training, not the default {epochs}; the schedule is fitted to the epochs that fit")))
     else:
         encoder, size = candidates[0], sizes[0]
         reason = (f"{Candidate(encoder, size).name}, aspect kept, short side capped at {SIZE_CAP[device]} on "

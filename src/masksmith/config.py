@@ -111,7 +111,7 @@ class TrainConfig(BaseModel):
     encoder_lr: float | None = Field(
         None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, else lr")
     scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
-    epochs: int = Field(50, ge=1, description="maximum number of epochs")
+    epochs: int = planned(50, ge=1, description="maximum number of epochs")
     batch_size: int = planned(8, ge=1, description="images per training step", json_schema_extra=flags("-b"))
     max_time: float | None = Field(
         None, gt=0, description="stop cleanly after this many minutes and keep the best model")
@@ -128,7 +128,7 @@ class TrainConfig(BaseModel):
         None, gt=0, lt=1, description="keep an exponential moving average of the weights (this decay per step, "
                                       "e.g. 0.999; Lightning's EMAWeightAveraging): validation, the best checkpoint "
                                       "and the model bundle use the averaged weights")
-    precision: Precision = Field(
+    precision: Precision = planned(
         "auto", description="numeric precision (Lightning's): 32, 16-mixed (CUDA), bf16-mixed; auto = 16-mixed on CUDA, else 32")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")
 
