@@ -173,9 +173,13 @@ def test_a_budget_raises_the_epochs_cap_so_that_the_budget_ends_training() -> No
     best = max(row["epochs"] for row in timed if row["fits"] and row["size"] == [256, 256])
     assert chosen["epochs"].value >= budget.EPOCH_HEADROOM * best > 50
     assert "default 50" in chosen["epochs"].reason
+    assert chosen["early_stopping"].value == 0  # patience would end the run before the budget and the schedule
     given, _ = budget.plan_network(small, given={"epochs"}, known={"epochs": 50}, device="cpu", max_time=25,
                                    epochs=50, timer=timer, encoders=["efficientnet_lite0"])
     assert "epochs" not in {c.option for c in given}  # the user's cap stays
+    kept, _ = budget.plan_network(small, given={"early_stopping"}, known={"early_stopping": 5}, device="cpu",
+                                  max_time=25, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert "early_stopping" not in {c.option for c in kept}
     slow, _ = _linear_timer({"efficientnet_lite0": 20.0})
     short, _ = budget.plan_network(small, given=set(), known={}, device="cpu", max_time=1, epochs=50,
                                    timer=slow, encoders=["efficientnet_lite0"])
@@ -189,7 +193,7 @@ def test_without_a_budget_nothing_is_timed() -> None:
     choices, timed = budget.plan_network(_fingerprint(550, 825, 803), given=set(), known={}, device="cpu",
                                          max_time=None, epochs=50, timer=refuse, encoders=["efficientnet_lite0"])
     chosen = {c.option: c.value for c in choices}
-    assert timed == [] and chosen["size"] == [384, 256] and "precision" not in chosen
+    assert timed == [] and chosen["size"] == [384, 256] and not {"precision", "epochs", "early_stopping"} & set(chosen)
 
 
 def test_a_non_square_input_trains_and_predicts_at_the_original_size(tmp_path, make_image_mask_pairs) -> None:

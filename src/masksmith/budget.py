@@ -14,6 +14,10 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   least MIN_STEPS optimizer steps and MIN_EPOCHS epochs: fewer leaves a network half trained,
   whatever its size. Among the fitting candidates the largest input wins (segmentation detail is in
   the pixels), then the larger encoder. When nothing fits, the cheapest candidate at the smallest input.
+- Epochs and early stopping (when not given): the epochs cap is raised to EPOCH_HEADROOM x the epochs the
+  budget holds and early stopping is off, so that the budget ends training and the budget-fitted schedule
+  anneals by then (the membranes, 24 images: the default cap of 50 ended the run after 7 of 25 minutes, then
+  patience 10 after 8, the rate still at 80% of its peak).
 - Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
   lowered for datasets too small to fill two batches.
 - Precision (CPU, when not given): one step of the cheapest candidate at the smallest input is timed in
@@ -277,6 +281,10 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
             choices.append(PlanChoice("epochs", capped, (
                 f"epochs {capped}: ~{expected_epochs:.0f} fit in {max_time:g} min (measured), so the budget ends "
                 f"training, not the default {epochs}; the schedule is fitted to the epochs that fit")))
+        if "early_stopping" not in given:
+            choices.append(PlanChoice("early_stopping", 0, (
+                "early stopping off: the budget ends training and the schedule anneals by its end; patience would "
+                "stop it with the rate still high (the best epoch is kept either way)")))
     else:
         encoder, size = candidates[0], sizes[0]
         reason = (f"{Candidate(encoder, size).name}, aspect kept, short side capped at {SIZE_CAP[device]} on "

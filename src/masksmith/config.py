@@ -115,7 +115,7 @@ class TrainConfig(BaseModel):
     batch_size: int = planned(8, ge=1, description="images per training step", json_schema_extra=flags("-b"))
     max_time: float | None = Field(
         None, gt=0, description="stop cleanly after this many minutes and keep the best model")
-    early_stopping: int = Field(10, ge=0, description="stop after this many epochs without improvement (0: off)")
+    early_stopping: int = planned(10, ge=0, description="stop after this many epochs without improvement (0: off)")
     monitor: str = Field(
         "val_dice", description="validation metric for early stopping and the best checkpoint: "
                                 + ", ".join(MONITORED_METRICS))
