@@ -128,8 +128,10 @@ def test_the_budget_plan_times_bfloat16_and_takes_it_only_when_clearly_faster(bf
     # The probe: the cheapest candidate at the smallest input, once in each precision, before anything else.
     smallest = aspect_sizes(480, 360, 256)[-1]
     assert calls[:2] == [("efficientnet_lite0", smallest, FLOAT32), ("efficientnet_lite0", smallest, BFLOAT16)]
-    # Then every candidate is timed in the planned precision, and plan.json's rows say which.
+    # Then every candidate is timed in the planned precision, and plan.json's rows say which; the probe's step
+    # in that precision is used, not timed again.
     assert {precision for _, _, precision in calls[2:]} == {planned}
+    assert calls.count(("efficientnet_lite0", smallest, planned)) == 1
     assert {row["precision"] for row in timed} == {planned}
     reason = chosen["precision"].reason
     assert f"({bf16_speedup:.2f}x)" in reason and "float32" in reason and "bfloat16" in reason

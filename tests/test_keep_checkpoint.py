@@ -37,20 +37,16 @@ def _bundle_equals_checkpoint(run, name: str) -> bool:
     return set(weights) == set(expected) and all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
-def _scores(run) -> list[float]:
+def _column(run, name: str) -> list[float]:
+    """One metric of every epoch, from the run's metrics.csv."""
     with open(run.run_dir / "metrics.csv", newline="") as handle:
-        return [float(row[MONITOR]) for row in csv.DictReader(handle)]
+        return [float(row[name]) for row in csv.DictReader(handle)]
 
 
 def test_the_two_runs_keep_different_epochs(runs):
-    scores = _scores(runs["best"])
-    assert scores == _scores(runs["last"])  # the same run up to the choice
+    scores = _column(runs["best"], MONITOR)
+    assert scores == _column(runs["last"], MONITOR)  # the same run up to the choice
     assert runs["best"].best_epoch == scores.index(max(scores)) != len(scores) - 1
-
-
-def _losses(run) -> list[float]:
-    with open(run.run_dir / "metrics.csv", newline="") as handle:
-        return [float(row["val_loss"]) for row in csv.DictReader(handle)]
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -59,8 +55,8 @@ def test_the_bundle_holds_the_kept_checkpoint(runs, keep):
     other = "best" if keep == "last" else "last"
     assert _bundle_equals_checkpoint(run, keep) and not _bundle_equals_checkpoint(run, other)
     results = json.loads((run.run_dir / "results.json").read_text())
-    scores = _scores(run)
+    scores = _column(run, MONITOR)
     kept = len(scores) - 1 if keep == "last" else scores.index(max(scores))
     assert results["kept"] == keep and results["best_epoch"] == run.best_epoch == kept
     assert results["best_score"] == pytest.approx(scores[kept])
-    assert results["best_epoch_metrics"]["val_loss"] == pytest.approx(_losses(run)[kept])
+    assert results["best_epoch_metrics"]["val_loss"] == pytest.approx(_column(run, "val_loss")[kept])

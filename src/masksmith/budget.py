@@ -93,6 +93,10 @@ class PrecisionProbe:
         """How many times faster the bfloat16 step is."""
         return self.float32_seconds / self.bfloat16_seconds if self.bfloat16_seconds > 0 else 0.0
 
+    def seconds(self, precision: str) -> float:
+        """The measured step time in `precision`."""
+        return self.bfloat16_seconds if precision == BFLOAT16 else self.float32_seconds
+
     @property
     def precision(self) -> str:
         """bf16-mixed when it is at least BF16_MIN_SPEEDUP times faster, else 32."""
@@ -155,14 +159,16 @@ def probe_precision(candidate: Candidate, *, batch: int, channels: int, num_clas
 
 def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *, budget_seconds: float,
                     train_images: int, batch: int, channels: int, num_classes: int,
-                    timer: StepTimer = time_training_step, precision: str = FLOAT32) -> tuple[Fit, list[Fit]]:
-    """Time each encoder at the smallest and largest size (in `precision`), estimate the rest, and pick by
-    the module's rule."""
+                    timer: StepTimer = time_training_step, precision: str = FLOAT32,
+                    timed: dict[tuple[str | None, tuple[int, int]], float] | None = None) -> tuple[Fit, list[Fit]]:
+    """Time each encoder at the smallest and largest size (in `precision`; `timed` holds steps already measured
+    in it, which are not timed again), estimate the rest, and pick by the module's rule."""
     started = time.perf_counter()
-    measured: dict[tuple[str | None, tuple[int, int]], float] = {}
+    measured = dict(timed or {})
     for encoder in encoders:
         for size in {sizes[0], sizes[-1]}:
-            measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision)
+            if (encoder, size) not in measured:
+                measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision)
     left = max(0.0, budget_seconds - (time.perf_counter() - started)) * (1 - VALIDATION_SHARE)
     steps_per_epoch = max(1, train_images // batch)
     fits = []
@@ -265,15 +271,17 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         return [], []
     choices: list[PlanChoice] = []
     precision = known.get("precision", FLOAT32)
+    timed: dict[tuple[str | None, tuple[int, int]], float] = {}
     if max_time is not None and device == "cpu" and "precision" not in given:
         probe = probe_precision(Candidate(candidates[0], sizes[-1]), batch=batch, channels=channels,
                                 num_classes=num_classes, timer=timer)
         precision = probe.precision
+        timed[probe.candidate.encoder, probe.candidate.size] = probe.seconds(precision)  # not timed twice
         choices.append(PlanChoice("precision", precision, probe.reason(batch)))
     if max_time is not None:
         best, fits = plan_for_budget(candidates, sizes, budget_seconds=60 * max_time, train_images=train_images,
                                      batch=batch, channels=channels, num_classes=num_classes, timer=timer,
-                                     precision=precision)
+                                     precision=precision, timed=timed)
         encoder, size = best.candidate.encoder, best.candidate.size
         reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision), best.epochs
         capped = math.ceil(EPOCH_HEADROOM * expected_epochs)
