@@ -7,10 +7,12 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import masksmith
 from masksmith.bundle import load_bundle
 from masksmith.checkpoints import load_checkpoint, network_weights
+from masksmith.cli import app
 from tests.helpers import make_shapes_dataset
 
 TINY_UNET = {"base_channels": 8, "depth": 3}
@@ -60,3 +62,11 @@ def test_the_bundle_holds_the_kept_checkpoint(runs, keep):
     assert results["kept"] == keep and results["best_epoch"] == run.best_epoch == kept
     assert results["best_score"] == pytest.approx(scores[kept])
     assert results["best_epoch_metrics"]["val_loss"] == pytest.approx(_column(run, "val_loss")[kept])
+
+
+@pytest.mark.parametrize("value", ["first", "", "LAST"])
+def test_an_unknown_keep_is_a_one_line_error_naming_the_option(value, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--keep", value])
+    assert result.exit_code != 0
+    assert "keep: Input should be 'best' or 'last'" in result.output
+    assert not any(tmp_path.iterdir())  # nothing written
