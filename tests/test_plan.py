@@ -84,6 +84,17 @@ def test_images_twice_the_input_side_train_on_crops(side, resize):
     assert ("≥ 2x" if resize == "random_crop" else "< 2x") in plan["resize"].reason
 
 
+def test_structures_that_resizing_would_thin_out_train_on_crops():
+    # The ISBI membranes: 5.4 px wide, 2.7 px after 512 -> 256: crops. The clothing photos: 34 px, 16 px
+    # after 550 -> 256: the whole photo, resized. Without a measured width the size ratio decides alone.
+    thin = _plan({**_fp(512, 512), "structure_width": 5.4}, given={"size": 256})
+    assert thin["resize"].value == "random_crop" and "5.4 px wide, would be 2.7 px resized" in thin["resize"].reason
+    wide = _plan({**_fp(550, 825), "structure_width": 34.0}, given={"size": [384, 256]})
+    assert wide["resize"].value == "resize" and "would be 15.8 px resized (≥ 8)" in wide["resize"].reason
+    assert _plan(_fp(550, 825), given={"size": [384, 256]})["resize"].value == "random_crop"
+    assert _plan({**_fp(550, 825), "structure_width": None}, given={"size": [384, 256]})["resize"].value == "random_crop"
+
+
 def test_random_crop_needs_every_image_at_least_the_size():
     plan = _plan(_fp(800, 800, min_side=200))
     assert plan["size"].value == 256 and plan["resize"].value == "resize"
@@ -108,7 +119,7 @@ def test_given_options_are_left_alone_and_their_values_used():
     assert _plan(_fp())["batch_size"].value == 16
     assert "512x512" in plan["batch_size"].reason
     names_only = _plan(_fp(), given={"batch_size", "mean", "std"})
-    assert set(names_only) == {"size", "resize", "channels", "loss"}
+    assert set(names_only) == {"size", "resize", "channels", "augment", "loss"}
     assert "assumed" in names_only["size"].reason  # the given batch size is not known here
 
 
@@ -163,6 +174,15 @@ def test_channels_given_differently_skips_mean_and_std():
     assert "mean" not in plan and "std" not in plan and "channels" not in plan
 
 
+def test_augmentation_follows_the_channels():
+    colour, gray = _plan(_fp(channels=3)), _plan(_fp(channels=1))
+    assert colour["augment"].value == "upright" and "up at the top" in colour["augment"].reason
+    assert gray["augment"].value == "default" and "no up" in gray["augment"].reason
+    # The channels the model will see decide, given or measured; a given preset is left alone.
+    assert _plan(_fp(channels=3), given={"channels": 1})["augment"].value == "default"
+    assert "augment" not in _plan(_fp(channels=3), given={"augment": "light"})
+
+
 def test_text_and_dict_forms():
     choices = derive_plan(_fp(frequency=[0.9] + [0.1 / 20] * 20))
     text = plan_text(choices)
@@ -191,5 +211,5 @@ def test_check_fingerprint_plan_gives_a_valid_train_config(tmp_path):
     config = plan_to_dict(choices)["config"]
     assert config["size"] == 32 and config["resize"] == "resize"  # 56x40 images
     cfg = make_config({"data": str(tmp_path), **config})
-    assert cfg.size == 32 and cfg.channels == 3
+    assert cfg.size == 32 and cfg.channels == 3 and cfg.augment == "upright"
     assert cfg.mean == pytest.approx(report.mean, abs=1e-4)

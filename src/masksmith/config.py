@@ -81,11 +81,11 @@ class TrainConfig(BaseModel):
     channels: int | None = planned(None, description="input channels, 1 or 3; default: from the images")
     mean: list[float] | None = planned(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
     std: list[float] | None = planned(None, description="normalization std per channel; default: ImageNet / 0.25")
-    augment: str | list[dict[str, Any]] = Field(
+    augment: str | list[dict[str, Any]] = planned(
         "default", description="augmentation preset (see `masksmith augmentations`) or a list of albumentations transforms")
 
     auto: bool = Field(
-        True, description="derive the options not given (size, resize, batch, normalization, loss, class weights) from a dataset check")
+        True, description="derive the options not given (size, resize, batch, normalization, augmentation, loss, class weights) from a dataset check")
 
     # --- model ------------------------------------------------------------------------------
     model: str = Field("unet", description="architecture name (see `masksmith models`)")

@@ -5,9 +5,13 @@ The rules (all numbers are module constants):
   image's shorter side, capped at 256 on CPU / 512 on CUDA, and lowered in steps of 32 until a
   batch of 2 fits the memory budget.
 - resize: "random_crop" when the median shorter side is at least 2x the size (resizing would throw
-  away three quarters of the pixels or more: the ISBI membranes, 2-4 px wide, resized 512 -> 256 gave
-  pixel error 0.102 against 0.078 on 256 crops, docs/results.md) and every image is at least `size` on
-  both sides; else "resize".
+  away three quarters of the pixels or more), every image is at least `size` on both sides, and
+  resizing would leave the labelled structures less than MIN_RESIZED_WIDTH (8) px wide; else "resize".
+  The width is the fingerprint's structure_width (foreground pixels per run along rows and columns,
+  from `check`) times the resize factor. The ISBI membranes (5.4 px, 2.7 resized 512 -> 256) gave pixel
+  error 0.102 resized against 0.078 on 256 crops; the clothing photos (34 px, 16 resized 550 -> 256)
+  gave pixel accuracy 0.826 / mIoU 0.057 on crops against 0.853 / 0.090 resized (the default command,
+  40 min, docs/results.md). 8 px lies between the two; without a width the size ratio alone decides.
 - batch_size: the largest power of two in 2..16 whose memory estimate fits the budget, and no
   larger than the number of training images.
 - Memory estimate (fp32 training of the default U-Net, base_channels 32, depth 4):
@@ -28,6 +32,11 @@ The rules (all numbers are module constants):
   calling background clothing. Classes that never occur get 1 (a 0 weight would silently drop them
   from the loss; with no pixels their weight changes nothing until they appear).
 - mean / std / channels: as measured by `check` (mean / std on up to 200 training images, 0..1 scale).
+- augment: "upright" for 3-channel images, "default" for 1-channel ones. Colour images are mostly photos
+  taken with up at the top (people, streets, cars, pets): a vertical flip or a 90° turn shows the model
+  views that never occur (and `--tta` then averages them). Single-channel images are mostly microscopy,
+  EM and scans, where no direction is up. Overhead colour imagery (satellite, aerial, slides) wants
+  `--augment default`; the plan cannot tell it from photos.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ SIZE_STEP = 32
 MIN_SIZE = 32
 SIZE_CAP = {"cpu": 256, "cuda": 512}
 CROP_RATIO = 2.0
+MIN_RESIZED_WIDTH = 8.0  # px: labelled structures narrower than this after resizing train on crops instead
 BATCH_SIZES = (16, 8, 4, 2)
 BASE_CHANNELS = 32  # the U-Net default
 BYTES_PER_PIXEL_PER_BASE_CHANNEL = 100
@@ -167,13 +177,23 @@ def derive_plan(
 
     crop_side = crop_side or size
     ratio = short / crop_side
-    if ratio >= CROP_RATIO and min_side >= crop_side:
+    width = fp.get("structure_width")
+    resized_width = float(width) / ratio if width else None
+    width_text = (f"the labelled structures, {float(width):.1f} px wide, would be {resized_width:.1f} px resized"
+                  if resized_width is not None else "")
+    if ratio >= CROP_RATIO and min_side >= crop_side and (resized_width is None or resized_width < MIN_RESIZED_WIDTH):
+        why = f" and {width_text} (< {MIN_RESIZED_WIDTH:g})" if width_text else ""
         choose("resize", "random_crop",
-               f"random_crop: {median_text} is {ratio:.1f}x the input side {crop_side} (≥ {CROP_RATIO:g}x); "
+               f"random_crop: {median_text} is {ratio:.1f}x the input side {crop_side} (≥ {CROP_RATIO:g}x){why}; "
                "crops keep full resolution, prediction runs on whole images")
     else:
-        detail = (f"smallest side {_fmt(min_side)} is below {crop_side}" if ratio >= CROP_RATIO
-                  else f"{ratio:.1f}x the input side {crop_side} (< {CROP_RATIO:g}x)")
+        if ratio < CROP_RATIO:
+            detail = f"{ratio:.1f}x the input side {crop_side} (< {CROP_RATIO:g}x)"
+        elif min_side < crop_side:
+            detail = f"{ratio:.1f}x the input side {crop_side}, but the smallest side {_fmt(min_side)} is below it"
+        else:
+            detail = (f"{ratio:.1f}x the input side {crop_side}, but {width_text} (≥ {MIN_RESIZED_WIDTH:g}): "
+                      "whole images give every step the scene's context")
         choose("resize", "resize", f"resize: {median_text} is {detail}; the whole image is resized to the input size")
 
     # --- input channels and normalisation ------------------------------------------------------
@@ -187,6 +207,13 @@ def derive_plan(
         stats_from = f"measured on {fp.get('stats_images', '?')} training images (0..1 scale)"
         choose("mean", [round(float(v), 4) for v in mean], f"mean {_list(mean)}: {stats_from}")
         choose("std", [round(float(v), 4) for v in std], f"std {_list(std)}: {stats_from}")
+    if use_channels == 3:
+        choose("augment", "upright", "upright: colour images, taken as photos with up at the top: left-right flips, "
+                                     "small rotation/scale/shift, colour; no upside-down or 90°-turned views "
+                                     "(overhead imagery: --augment default)")
+    elif use_channels == 1:
+        choose("augment", "default", "default: single-channel images (microscopy, scans) have no up: flips both "
+                                     "ways, 90° turns, small rotation/scale, brightness")
 
     # --- loss and class weights ----------------------------------------------------------------
     frequency = [float(f) for f in fp.get("class_pixel_frequency") or []]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from masksmith.errors import DataError
 
 CHUNKSIZE = 16  # files per worker task: large enough to hide inter-process overhead
 PARALLEL_MIN_FILES = 32  # below this, starting worker processes costs more than it saves
+_WORKER_CONTEXT = multiprocessing.get_context("forkserver")
 _WIDE_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
@@ -44,6 +46,7 @@ class FileResult:
     stats: tuple[list[int], list[int], int] | None = None  # per-channel sum, sum of squares, pixels
     values: np.ndarray | None = None  # distinct raw mask values (K,), or colours (K, C)
     counts: np.ndarray | None = None  # pixels per distinct value
+    runs: np.ndarray | None = None  # runs of each distinct value along rows plus along columns (structure_runs)
 
     @property
     def ok(self) -> bool:
@@ -124,8 +127,22 @@ def _inspect_image(result: FileResult, want_stats: bool) -> None:
         result.stats = ([int(v) for v in sums], [int(v) for v in squares], int(flat.shape[0]))
 
 
+def structure_runs(labels: np.ndarray, size: int) -> np.ndarray:
+    """Runs of each label 0..size-1 along the rows plus along the columns of a 2-D label array.
+
+    A label's pixels divided by its runs is the width of its structures: a stripe w pixels wide and L long
+    has w*L pixels in w + L runs (about w when L >> w); a disc of diameter d gives about 0.4 d.
+    """
+    starts_in_rows = np.ones(labels.shape, bool)
+    starts_in_rows[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    starts_in_columns = np.ones(labels.shape, bool)
+    starts_in_columns[1:, :] = labels[1:, :] != labels[:-1, :]
+    return (np.bincount(labels[starts_in_rows], minlength=size)
+            + np.bincount(labels[starts_in_columns], minlength=size)).astype(np.int64)
+
+
 def _inspect_mask(result: FileResult, want_stats: bool) -> None:
-    """Raw mask values and their pixel counts; decoding to classes happens once, in the parent."""
+    """Raw mask values, their pixel counts and runs; decoding to classes happens once, in the parent."""
     try:
         values = read_mask_values(result.path)
     except DataError as exc:
@@ -136,13 +153,15 @@ def _inspect_mask(result: FileResult, want_stats: bool) -> None:
         counts = np.bincount(values.ravel(), minlength=256)
         distinct = np.flatnonzero(counts)
         result.values, result.counts = distinct, counts[distinct].astype(np.int64)
-    elif values.ndim == 2:
-        result.values, counts = np.unique(values, return_counts=True)
-        result.counts = counts.astype(np.int64)
+        result.runs = structure_runs(values, 256)[distinct]
+        return
+    if values.ndim == 2:
+        result.values, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     else:  # several values per pixel (colour masks): one row per distinct colour
         rows = values.reshape(-1, values.shape[2])
-        result.values, counts = np.unique(rows, axis=0, return_counts=True)
-        result.counts = counts.astype(np.int64)
+        result.values, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    result.counts = counts.astype(np.int64)
+    result.runs = structure_runs(inverse.reshape(values.shape[:2]), len(counts))
 
 
 def inspect_file(task: tuple[str, Path, bool]) -> FileResult:
@@ -157,7 +176,7 @@ def inspect_file(task: tuple[str, Path, bool]) -> FileResult:
         reason = _reason(exc)
         result.code, result.message = failure_code(exc), f"{path}: cannot read {kind}: {reason}"
     if not result.ok:
-        result.values = result.counts = result.stats = None
+        result.values = result.counts = result.runs = result.stats = None
     return result
 
 
@@ -171,9 +190,11 @@ def map_tasks(function: Callable[[Any], Any], tasks: list[Any], workers: int, pr
                 bar.update()
             return
         try:
-            # Workers apply the parent's pixel limit, whether they were forked or spawned.
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=set_max_image_pixels,
-                                     initargs=(max_image_pixels(),)) as pool:
+            # Workers come from a fork server, never a fork of this process: a fork copies locks that this
+            # process's other threads (PyTorch, tqdm, a server) may hold, and the child can wait on them forever
+            # (seen: a check inside the test suite hung in PIL's PNG reader). They apply the parent's pixel limit.
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_WORKER_CONTEXT,
+                                     initializer=set_max_image_pixels, initargs=(max_image_pixels(),)) as pool:
                 for result in pool.map(function, tasks, chunksize=CHUNKSIZE):
                     yield result
                     bar.update()
@@ -192,6 +213,7 @@ class ClassCount:
 
     path: Path
     pixels: np.ndarray | None = None
+    runs: np.ndarray | None = None  # per class (structure_runs)
     ignored: int = 0
     code: str | None = None
     message: str | None = None
@@ -208,6 +230,7 @@ def count_classes(task: tuple[Path, MaskEncoding, int, int]) -> ClassCount:
             decoded = read_mask(path, encoding, num_classes, ignore_index)
             histogram = np.bincount(decoded.ravel(), minlength=256)
             count.pixels = histogram[:num_classes].astype(np.int64)
+            count.runs = structure_runs(decoded, 256)[:num_classes]
             count.ignored = int(histogram[ignore_index]) if ignore_index < len(histogram) else 0
         except DataError as exc:
             count.code, count.message = "values_outside_classes", str(exc)

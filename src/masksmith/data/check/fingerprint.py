@@ -43,6 +43,7 @@ def fingerprint(report: CheckReport) -> dict[str, Any]:
         "class_image_count": list(report.class_images.get(source, [])),
         "masks_counted": report.masks_counted.get(source, 0),
         "foreground_share": round(1.0 - shares[0], 8) if shares else None,
+        "structure_width": round(width, 2) if (width := report.structure_width(source)) is not None else None,
         "never_seen": [safe_text(n) for n in report.never_seen()],
         "rare": [safe_text(n) for n in report.rare_classes()],
         "mean": report.mean,

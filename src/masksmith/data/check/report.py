@@ -79,6 +79,7 @@ class CheckReport:
     classes_file: Path | None = None
     class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split (and "overall") -> per class
     class_images: dict[str, list[int]] = field(default_factory=dict)  # masks in which each class occurs
+    class_runs: dict[str, list[int]] = field(default_factory=dict)  # runs along rows + columns (structure_runs)
     masks_counted: dict[str, int] = field(default_factory=dict)  # masks that went into the class counts
     ignored_pixels: dict[str, int] = field(default_factory=dict)
     image_modes: dict[str, int] = field(default_factory=dict)
@@ -152,6 +153,14 @@ class CheckReport:
         total = sum(pixels)
         return [p / total if total else 0.0 for p in pixels]
 
+    def structure_width(self, split: str = "overall") -> float | None:
+        """Mean width in pixels of the labelled structures of `split`: the foreground classes' (1..N) pixels per
+        run along rows and columns (files.structure_runs); None without foreground."""
+        pixels, runs = self.class_pixels.get(split), self.class_runs.get(split)
+        if not pixels or not runs or sum(runs[1:]) == 0:
+            return None
+        return sum(pixels[1:]) / sum(runs[1:])
+
     def size_summary(self) -> dict[str, Any]:
         """min / median / max of width and height over readable images, and the most common sizes."""
         if not self.image_sizes:
@@ -215,6 +224,7 @@ class CheckReport:
             "mean": self.mean,
             "std": self.std,
             "stats_images": self.stats_images,
+            "structure_width": self.structure_width(),
             "duplicate_hash": HASH,
             "problems": [p.to_dict() for p in self.problems],
             "summary": {"errors": len(self.errors), "warnings": len(self.warnings), "by_code": dict(codes)},
@@ -274,6 +284,10 @@ def print_report(report: CheckReport, console: Console) -> None:
             table.add_row(str(index), text(report.class_names[index]), f"{100 * shares[index]:.3f}%",
                           str(images[index]), f"[{style}]{status.upper()}[/{style}]" if status else "")
         console.print(table)
+        width = report.structure_width()
+        if width is not None:
+            console.print(f"labelled structures: {width:.1f} px wide on average (foreground pixels per run along "
+                          "rows and columns: the plan crops rather than resizes images whose structures resizing would thin out)")
         if report.never_seen():
             console.print(f"[bold red]never seen:[/bold red] {text(', '.join(report.never_seen()))}")
         if report.rare_classes():

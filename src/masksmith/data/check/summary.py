@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from masksmith.errors import DataError
 
 TINY_SIDE = 32  # a 4-level U-Net halves the input 4 times; below 32 px there is almost nothing left
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+@dataclass(frozen=True)
+class MaskCounts:
+    """One mask's pixels and runs (files.structure_runs) per class, and its ignored pixels."""
+
+    pixels: np.ndarray
+    ignored: int
+    runs: np.ndarray
 
 
 def evenly(items: list[Path], count: int) -> list[Path]:
@@ -173,27 +183,30 @@ def _detect(report: CheckReport, readable: list[Path], classes: Any, encoding_op
 
 
 def _counts_by_value(report: CheckReport, readable: list[Path], results: dict[tuple[str, Path], FileResult],
-                     encoding: MaskEncoding, num_classes: int) -> dict[Path, tuple[np.ndarray, int]]:
-    """Per-mask class pixels from the raw value histograms: exact where decoding maps each value alone."""
+                     encoding: MaskEncoding, num_classes: int) -> dict[Path, MaskCounts]:
+    """Per-mask class pixels and runs from the raw values' counts: exact where decoding maps each value alone."""
     ignore_index = report.ignore_index
     keys_per_mask = {p: results[("mask", p)].values.tolist() for p in readable}  # type: ignore[union-attr]
     all_keys = sorted({k for keys in keys_per_mask.values() for k in keys})
     value_class = _decode_values(all_keys, encoding, num_classes, ignore_index)
-    counts: dict[Path, tuple[np.ndarray, int]] = {}
+    counts: dict[Path, MaskCounts] = {}
     for path in readable:
         result = results[("mask", path)]
-        assert result.counts is not None
+        assert result.counts is not None and result.runs is not None
         pixels = np.zeros(num_classes, np.int64)
+        runs = np.zeros(num_classes, np.int64)
         ignored = 0
         bad: list[Any] = []
-        for key, count in zip(keys_per_mask[path], result.counts.tolist()):
+        for key, count, key_runs in zip(keys_per_mask[path], result.counts.tolist(), result.runs.tolist()):
             cls = value_class[key]
             if cls < 0:
                 bad.append(key)
             elif cls == ignore_index and encoding.kind == "index":
                 ignored += count
             else:
+                # Two raw values of one class side by side count as two runs: rare, and only narrows the width.
                 pixels[cls] += count
+                runs[cls] += key_runs
         if bad:
             shown = ", ".join(str(v) for v in bad[:10]) + (f", … and {len(bad) - 10} more" if len(bad) > 10 else "")
             source = f" of the {num_classes} classes given" if report.classes_given else f" ({num_classes} classes)"
@@ -201,7 +214,7 @@ def _counts_by_value(report: CheckReport, readable: list[Path], results: dict[tu
                 "error", "values_outside_classes", [path],
                 f"{path}: mask values [{shown}] are outside the classes 0..{num_classes - 1}{source} "
                 f"and are not ignore_index {ignore_index}"))
-        counts[path] = (pixels, ignored)
+        counts[path] = MaskCounts(pixels, ignored, runs)
     return counts
 
 
@@ -227,17 +240,18 @@ def _report_strays(report: CheckReport, readable: list[Path], results: dict[tupl
 
 
 def _counts_by_decoding(report: CheckReport, readable: list[Path], encoding: MaskEncoding, num_classes: int,
-                        workers: int, progress: bool) -> dict[Path, tuple[np.ndarray, int]]:
-    """Per-mask class pixels from read_mask itself (colour and lossy masks: decoding looks at neighbours)."""
+                        workers: int, progress: bool) -> dict[Path, MaskCounts]:
+    """Per-mask class pixels and runs from read_mask itself (colour and lossy masks: decoding looks at neighbours)."""
     tasks = [(path, encoding, num_classes, report.ignore_index) for path in readable]
-    counts: dict[Path, tuple[np.ndarray, int]] = {}
+    counts: dict[Path, MaskCounts] = {}
     lossy: list[ClassCount] = []
     for result in map_tasks(count_classes, tasks, workers, progress, "decoding masks"):
         if result.pixels is None:
             report.problems.append(Problem("error", result.code or "unreadable", [result.path],
                                            result.message or f"{result.path}: cannot decode mask"))
             continue
-        counts[result.path] = (result.pixels, result.ignored)
+        assert result.runs is not None
+        counts[result.path] = MaskCounts(result.pixels, result.ignored, result.runs)
         if result.lossy_notes:
             lossy.append(result)
     if lossy:
@@ -274,36 +288,42 @@ def summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
         _report_strays(report, readable, results, encoding)
     else:
         counts = _counts_by_decoding(report, readable, encoding, num_classes, workers, progress)
-    per_mask = {path: pixels for path, (pixels, _) in counts.items()}
-    ignored_per_mask = {path: ignored for path, (_, ignored) in counts.items()}
+    per_mask = {path: c.pixels for path, c in counts.items()}
+    ignored_per_mask = {path: c.ignored for path, c in counts.items()}
     where_seen: dict[int, list[Path]] = {}
     for path, pixels in sorted(per_mask.items()):
         for cls in np.flatnonzero(pixels).tolist():
             where_seen.setdefault(cls, []).append(path)
 
     overall_pixels = np.zeros(num_classes, np.int64)
+    overall_runs = np.zeros(num_classes, np.int64)
     overall_images = np.zeros(num_classes, np.int64)
     counted = 0
     ignored_total = 0
     for split, samples in splits.items():
         split_pixels = np.zeros(num_classes, np.int64)
+        split_runs = np.zeros(num_classes, np.int64)
         split_images = np.zeros(num_classes, np.int64)
         split_counted = split_ignored = 0
         for s in samples:
             if s.mask in per_mask:
                 split_pixels += per_mask[s.mask]
+                split_runs += counts[s.mask].runs
                 split_images += per_mask[s.mask] > 0
                 split_counted += 1
                 split_ignored += ignored_per_mask[s.mask]
         report.class_pixels[split] = split_pixels.tolist()
+        report.class_runs[split] = split_runs.tolist()
         report.class_images[split] = split_images.tolist()
         report.masks_counted[split] = split_counted
         report.ignored_pixels[split] = split_ignored
         overall_pixels += split_pixels
+        overall_runs += split_runs
         overall_images += split_images
         counted += split_counted
         ignored_total += split_ignored
     report.class_pixels["overall"] = overall_pixels.tolist()
+    report.class_runs["overall"] = overall_runs.tolist()
     report.class_images["overall"] = overall_images.tolist()
     report.masks_counted["overall"] = counted
     report.ignored_pixels["overall"] = ignored_total
