@@ -19,6 +19,8 @@ Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
                        at 512x512 and tiled prediction of the unlabelled test slices
     membrane-lite0     the same on the pretrained EfficientNet-Lite0 U-Net (frozen for 3 epochs)
     membrane-auto      the default command with the budget: `masksmith train DATA --foreground 0 --max-time 25`
+    clothing-auto      the same on the clothing photos: `masksmith train DATA --classes DATA/classes.txt --max-time 40`
+                       (the default split is the recipes' seeded 80/20 one)
     membrane-cv        5-fold cross-validation of the `membrane` recipe on its 24 training slices (--minutes per
                        fold, default 4), then the fold ensemble against each single fold model on the recipe's 6
                        held-out validation slices (a test split here, never seen by any fold)
@@ -81,6 +83,7 @@ RECIPES: dict[str, dict] = {
     # The default command with a time budget: every option not given comes from the plan (pretrained encoder,
     # input size and batch fitted to the budget by timed steps).
     "membrane-auto": dict(data=MEMBRANE / "train", minutes=25, args=["--foreground", "0", "--monitor", "val_dice"]),
+    "clothing-auto": dict(data=CLOTHING, minutes=40, args=["--classes", str(CLOTHING / "classes.txt")]),
     "membrane": dict(data=MEMBRANE / "train", minutes=25, args=[
         "--no-auto", "--foreground", "0", "--model", "unet", "-m", "base_channels=16", "--size", "256",
         "--resize", "random_crop", "--loss", "dice+ce", "--optimizer", "adamw", "--lr", "2e-3",

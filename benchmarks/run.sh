@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One accuracy experiment from a fresh clone: creates the environment, then runs benchmarks/experiments.py.
-# Usage: benchmarks/run.sh clothing-tutorial|clothing-unet|clothing-lite0|clothing-smp|membrane|membrane-lite0|membrane-cv|membrane-auto|labelme [--minutes M]
+# Usage: benchmarks/run.sh clothing-tutorial|clothing-unet|clothing-lite0|clothing-smp|membrane|membrane-lite0|membrane-cv|membrane-auto|clothing-auto|labelme [--minutes M]
 # clothing-smp needs the smp extra: its environment is .venv-smp (made by ./test-smp.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
