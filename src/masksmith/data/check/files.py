@@ -25,7 +25,9 @@ from masksmith.errors import DataError
 
 CHUNKSIZE = 16  # files per worker task: large enough to hide inter-process overhead
 PARALLEL_MIN_FILES = 32  # below this, starting worker processes costs more than it saves
-_WORKER_CONTEXT = multiprocessing.get_context("forkserver")
+# Check workers start clean (see map_tasks); Windows has no fork server, and spawns.
+_WORKER_CONTEXT = multiprocessing.get_context(
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 _WIDE_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
