@@ -156,14 +156,15 @@ def _inspect_mask(result: FileResult, want_stats: bool) -> None:
         distinct = np.flatnonzero(counts)
         result.values, result.counts = distinct, counts[distinct].astype(np.int64)
         result.runs = structure_runs(values, 256)[distinct]
-        return
-    if values.ndim == 2:
+    elif values.ndim == 2:
         result.values, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        result.counts = counts.astype(np.int64)
+        result.runs = structure_runs(inverse.reshape(values.shape), len(counts))
     else:  # several values per pixel (colour masks): one row per distinct colour
+        # No runs: colour masks are counted by decoding them (count_classes), which counts their runs.
         rows = values.reshape(-1, values.shape[2])
-        result.values, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
-    result.counts = counts.astype(np.int64)
-    result.runs = structure_runs(inverse.reshape(values.shape[:2]), len(counts))
+        result.values, counts = np.unique(rows, axis=0, return_counts=True)
+        result.counts = counts.astype(np.int64)
 
 
 def inspect_file(task: tuple[str, Path, bool]) -> FileResult:

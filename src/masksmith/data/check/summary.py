@@ -288,11 +288,9 @@ def summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
         _report_strays(report, readable, results, encoding)
     else:
         counts = _counts_by_decoding(report, readable, encoding, num_classes, workers, progress)
-    per_mask = {path: c.pixels for path, c in counts.items()}
-    ignored_per_mask = {path: c.ignored for path, c in counts.items()}
     where_seen: dict[int, list[Path]] = {}
-    for path, pixels in sorted(per_mask.items()):
-        for cls in np.flatnonzero(pixels).tolist():
+    for path, mask_counts in sorted(counts.items()):
+        for cls in np.flatnonzero(mask_counts.pixels).tolist():
             where_seen.setdefault(cls, []).append(path)
 
     overall_pixels = np.zeros(num_classes, np.int64)
@@ -306,12 +304,13 @@ def summarise_classes(report: CheckReport, splits: dict[str, list[Sample]],
         split_images = np.zeros(num_classes, np.int64)
         split_counted = split_ignored = 0
         for s in samples:
-            if s.mask in per_mask:
-                split_pixels += per_mask[s.mask]
-                split_runs += counts[s.mask].runs
-                split_images += per_mask[s.mask] > 0
+            mask_counts = counts.get(s.mask) if s.mask is not None else None
+            if mask_counts is not None:
+                split_pixels += mask_counts.pixels
+                split_runs += mask_counts.runs
+                split_images += mask_counts.pixels > 0
                 split_counted += 1
-                split_ignored += ignored_per_mask[s.mask]
+                split_ignored += mask_counts.ignored
         report.class_pixels[split] = split_pixels.tolist()
         report.class_runs[split] = split_runs.tolist()
         report.class_images[split] = split_images.tolist()
