@@ -29,11 +29,13 @@ def _linear_timer(per_megapixel: dict[str | None, float], bf16_speedup: float = 
     """A step timer linear in pixels; bfloat16 steps `bf16_speedup` times faster. Records each call."""
     calls = []
 
-    def timer(encoder, size, batch, channels, num_classes, precision):
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None):
         calls.append((encoder, size, precision))
+        timer.options.append(model_options)
         seconds = per_megapixel[encoder] * batch * size[0] * size[1] / 1e6
         return seconds / bf16_speedup if precision == BFLOAT16 else seconds
 
+    timer.options = []
     return timer, calls
 
 
@@ -105,6 +107,30 @@ def test_the_plan_picks_an_installed_pretrained_encoder_and_its_schedule() -> No
     assert len(timed) == 2 * len(aspect_sizes(480, 360, 256)) and any(row["fits"] for row in timed)
 
 
+@pytest.mark.parametrize("given, lr, encoder_lr", [({}, budget.FINE_TUNE_LR, budget.FINE_TUNE_LR / 2),
+                                                    ({"lr": 4e-3}, None, 2e-3),
+                                                    ({"encoder_lr": 3e-4}, budget.FINE_TUNE_LR, None),
+                                                    ({"lr": 1e-2, "encoder_lr": 3e-4}, None, None)])
+def test_a_planned_pretrained_encoder_gets_the_fine_tuning_rates(given, lr, encoder_lr) -> None:
+    timer, _ = _linear_timer({"efficientnet_lite0": 2.0})
+    choices, _ = budget.plan_network(_fingerprint(), given=set(given), known=given, device="cpu", max_time=15,
+                                     epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    chosen = {c.option: c for c in choices}
+    # Planned only where not given; the encoder's rate follows the decoder's, given or planned.
+    assert (chosen["lr"].value if "lr" in chosen else None) == lr
+    assert (chosen["encoder_lr"].value if "encoder_lr" in chosen else None) == pytest.approx(encoder_lr)
+    used = given.get("encoder_lr") or encoder_lr
+    assert chosen["freeze_encoder_epochs"].reason.endswith(f"fine-tuned at {used:g}")
+
+
+def test_a_given_encoder_or_the_classic_unet_keeps_the_default_rates() -> None:
+    timer, _ = _linear_timer({"efficientnet_lite0": 2.0, None: 2.0})
+    for given in ({"encoder": "efficientnet_lite0"}, {"model": "unet"}):
+        choices, _ = budget.plan_network(_fingerprint(), given=set(given), known=given, device="cpu", max_time=15,
+                                         epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+        assert not {"lr", "encoder_lr"} & {c.option for c in choices}
+
+
 def test_model_unet_alone_keeps_the_classic_unet_and_other_models_plan_nothing() -> None:
     timer, _ = _linear_timer({None: 2.0})
     choices, _ = budget.plan_network(_fingerprint(), given={"model"}, known={"model": "unet"}, device="cpu",
@@ -115,6 +141,33 @@ def test_model_unet_alone_keeps_the_classic_unet_and_other_models_plan_nothing()
                                max_time=15, epochs=50, timer=timer) == ([], [])
     assert budget.plan_network(_fingerprint(), given={"model_options"}, known={"model_options": {"depth": 3}},
                                device="cpu", max_time=15, epochs=50, timer=timer) == ([], [])
+
+
+def test_a_given_decoder_stride_keeps_the_planned_encoder_and_is_timed() -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0}, bf16_speedup=1.6)
+    options = {"decoder_stride": 4}
+    choices, _ = budget.plan_network(_fingerprint(), given={"model_options"}, known={"model_options": options},
+                                     device="cpu", max_time=15, epochs=50, timer=timer,
+                                     encoders=["efficientnet_lite0"])
+    chosen = {c.option: c.value for c in choices}
+    assert chosen["encoder"] == "efficientnet_lite0" and chosen["weights"] == "imagenet"
+    assert calls and timer.options == [options] * len(calls)  # the probe and every candidate: with the stride
+    assert "efficientnet_lite0 U-Net -m decoder_stride=4 at" in next(c.reason for c in choices if c.option == "size")
+    # Options of the classic U-Net alone (no stride) still leave the network to the user.
+    assert budget.plan_network(_fingerprint(), given={"model_options"}, known={"model_options": {"base_channels": 16}},
+                               device="cpu", max_time=15, epochs=50, timer=timer) == ([], [])
+
+
+def test_a_real_step_is_timed_with_the_given_decoder_stride(monkeypatch) -> None:
+    built = []
+
+    def recording_model(*args, **kwargs):
+        built.append(kwargs)
+        return build_model(*args, **kwargs)
+
+    monkeypatch.setattr(budget, "build_model", recording_model)
+    assert time_training_step("efficientnet_lite0", (64, 64), 2, 3, 2, model_options={"decoder_stride": 4}) > 0
+    assert built == [{"decoder_stride": 4, "encoder": "efficientnet_lite0"}]
 
 
 @pytest.mark.parametrize("bf16_speedup, planned", [(1.6, BFLOAT16), (BF16_MIN_SPEEDUP - 0.05, FLOAT32),

@@ -57,7 +57,8 @@ def test_help_lists_come_from_the_registries_and_show_defaults():
     help_text = runner.invoke(app, ["train", "--help"], env=WIDE).output
     assert "upright" in help_text  # the augmentation preset the old help left out
     assert "fcn-lite" in help_text and "focal" in help_text and "val_image_dice" in help_text
-    assert "[default: 0.001]" in help_text and "[height, width]" in help_text  # not eaten as markup
+    assert "[default: 0.0]" in help_text and "[height, width]" in help_text  # not eaten as markup
+    assert "[default: 0.001, or planned from the data]" in help_text  # --lr: the plan sets it for an encoder
     assert "[default: 50, or planned from the data]" in help_text
 
 

@@ -18,6 +18,10 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   budget holds and early stopping is off, so that the budget ends training and the budget-fitted schedule
   anneals by then (the membranes, 24 images: the default cap of 50 ended the run after 7 of 25 minutes, then
   patience 10 after 8, the rate still at 80% of its peak).
+- Rates (with a pretrained encoder the plan picked, when not given): lr FINE_TUNE_LR and the encoder at
+  ENCODER_LR_SHARE of it, not the defaults (1e-3; the encoder at lr/10 after the frozen start). A budget holds
+  few epochs and the new decoder starts from random weights: on the clothing photos (40 min, ~8 epochs) the
+  default rates ended at mIoU 0.094, these at 0.115 (docs/results.md, session 14).
 - Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
   lowered for datasets too small to fill two batches.
 - Precision (CPU, when not given): one step of the cheapest candidate at the smallest input is timed in
@@ -32,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +114,8 @@ class PrecisionProbe:
                 f"({self.speedup:.2f}x) on this CPU; bfloat16 autocast is planned when ≥ {BF16_MIN_SPEEDUP}x faster")
 
 
-# encoder, size, batch, channels, classes, precision -> seconds per optimizer step
-StepTimer = Callable[[str | None, tuple[int, int], int, int, int, str], float]
+# encoder, size, batch, channels, classes, precision (and keyword model_options) -> seconds per optimizer step
+StepTimer = Callable[..., float]
 
 
 def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tuple[int, int]]:
@@ -128,10 +132,13 @@ def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tu
 
 
 def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, channels: int,
-                       num_classes: int, precision: str = FLOAT32) -> float:
+                       num_classes: int, precision: str = FLOAT32, *,
+                       model_options: Mapping[str, Any] | None = None) -> float:
     """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data, best of a few;
-    precision bf16-mixed runs the forward pass and loss under CPU bfloat16 autocast, as Lightning does."""
-    network = build_model("unet", channels, num_classes, **({"encoder": encoder} if encoder else {}))
+    precision bf16-mixed runs the forward pass and loss under CPU bfloat16 autocast, as Lightning does.
+    `model_options`: the user's U-Net options (e.g. decoder_stride), timed as they will train."""
+    network = build_model("unet", channels, num_classes, **dict(model_options or {}),
+                          **({"encoder": encoder} if encoder else {}))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     images = torch.randn(batch, channels, *size)
     target = torch.randint(0, num_classes, (batch, *size))
@@ -150,25 +157,31 @@ def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, c
 
 
 def probe_precision(candidate: Candidate, *, batch: int, channels: int, num_classes: int,
-                    timer: StepTimer = time_training_step) -> PrecisionProbe:
+                    timer: StepTimer = time_training_step,
+                    model_options: Mapping[str, Any] | None = None) -> PrecisionProbe:
     """Time the candidate's step in float32 and in bfloat16 autocast (module doc: the precision rule)."""
+    options = dict(model_options or {})
     return PrecisionProbe(candidate,
-                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, FLOAT32),
-                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, BFLOAT16))
+                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, FLOAT32,
+                                model_options=options),
+                          timer(candidate.encoder, candidate.size, batch, channels, num_classes, BFLOAT16,
+                                model_options=options))
 
 
 def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *, budget_seconds: float,
                     train_images: int, batch: int, channels: int, num_classes: int,
                     timer: StepTimer = time_training_step, precision: str = FLOAT32,
-                    timed: dict[tuple[str | None, tuple[int, int]], float] | None = None) -> tuple[Fit, list[Fit]]:
-    """Time each encoder at the smallest and largest size (in `precision`; `timed` holds steps already measured
-    in it, which are not timed again), estimate the rest, and pick by the module's rule."""
+                    timed: dict[tuple[str | None, tuple[int, int]], float] | None = None,
+                    model_options: Mapping[str, Any] | None = None) -> tuple[Fit, list[Fit]]:
+    """Time each encoder at the smallest and largest size (in `precision`, with `model_options`; `timed` holds
+    steps already measured so, which are not timed again), estimate the rest, and pick by the module's rule."""
     started = time.perf_counter()
     measured = dict(timed or {})
     for encoder in encoders:
         for size in {sizes[0], sizes[-1]}:
             if (encoder, size) not in measured:
-                measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision)
+                measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision,
+                                                model_options=dict(model_options or {}))
     left = max(0.0, budget_seconds - (time.perf_counter() - started)) * (1 - VALIDATION_SHARE)
     steps_per_epoch = max(1, train_images // batch)
     fits = []
@@ -197,15 +210,17 @@ def _interpolate(measured: dict[tuple[str | None, tuple[int, int]], float], enco
     return low + share * (high - low)
 
 
-def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int, precision: str = FLOAT32) -> str:
-    """One line saying what was measured and why this candidate won."""
+def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int, precision: str = FLOAT32,
+                  model_options: Mapping[str, Any] | None = None) -> str:
+    """One line saying what was measured (with the user's `model_options`) and why this candidate won."""
     candidate = best.candidate
+    given = "".join(f" -m {name}={value}" for name, value in (model_options or {}).items())
     measured = sorted({fit.candidate.encoder for fit in fits}, key=lambda e: e or "")
     in_bf16 = " in bfloat16" if precision == BFLOAT16 else ""
     rule = (f"the largest input fitting ≥ {MIN_STEPS} steps and ≥ {MIN_EPOCHS} epochs in "
             f"{budget_seconds / 60:.0f} min" if best.fits else
             f"nothing fits {MIN_STEPS} steps and {MIN_EPOCHS} epochs in {budget_seconds / 60:.0f} min: the cheapest")
-    return (f"{candidate.name} at {candidate.size[0]}x{candidate.size[1]} (aspect kept): "
+    return (f"{candidate.name}{given} at {candidate.size[0]}x{candidate.size[1]} (aspect kept): "
             f"{best.seconds_per_step:.2f} s a step of {batch} (measured{in_bf16}), ~{best.steps} steps, "
             f"~{best.epochs:.0f} epochs; {rule} (timed: {', '.join(e or 'classic' for e in measured)})")
 
@@ -219,8 +234,11 @@ def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, A
 
 # --------------------------------------------------------------------------- the plan's network choice
 
-NETWORK_OPTIONS = ("model", "model_options", "encoder", "weights")
+# `-m` options of the encoder U-Net's decoder: given with a decoder stride, the plan still picks the encoder.
+ENCODER_UNET_OPTIONS = {"decoder_stride", "base_channels", "upsampling", "dropout"}
 FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
+# The fine-tuning rates a planned pretrained encoder gets (module doc): measured, not derived from the data.
+FINE_TUNE_LR, ENCODER_LR_SHARE = 2e-3, 0.5
 EPOCH_HEADROOM = 2  # the epochs cap, over the estimate: the budget, not the cap, should end a budgeted run
 
 
@@ -244,12 +262,15 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
                  encoders: list[str] | None = None) -> tuple[list[PlanChoice], list[dict[str, Any]]]:
     """Choose the U-Net's encoder (with weights, freeze schedule and normalization), the input size and the
     batch; with a time budget by measured steps (module doc). Returns the PlanChoices and, for plan.json, the
-    timed candidates. Plans nothing for other models or when the user set model options."""
+    timed candidates. Plans nothing for other models or when the user set model options, except a decoder stride
+    (it needs an encoder: the candidates are timed with it)."""
     from masksmith.models.encoders import pretrained_normalization
 
     sizes_fp = fp.get("image_size") or {}
     median_w, median_h = float(sizes_fp.get("median_width") or 0), float(sizes_fp.get("median_height") or 0)
-    if known.get("model", "unet") != "unet" or "model_options" in given or not median_w or not median_h:
+    options = dict(known.get("model_options") or {}) if "model_options" in given else {}
+    encoder_options = options.get("decoder_stride", 1) != 1 and set(options) <= ENCODER_UNET_OPTIONS
+    if known.get("model", "unet") != "unet" or (options and not encoder_options) or not median_w or not median_h:
         return [], []
     channels = int(fp.get("channels") or 3)
     num_classes = int(fp.get("num_classes") or 2)
@@ -274,16 +295,16 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
     timed: dict[tuple[str | None, tuple[int, int]], float] = {}
     if max_time is not None and device == "cpu" and "precision" not in given:
         probe = probe_precision(Candidate(candidates[0], sizes[-1]), batch=batch, channels=channels,
-                                num_classes=num_classes, timer=timer)
+                                num_classes=num_classes, timer=timer, model_options=options)
         precision = probe.precision
         timed[probe.candidate.encoder, probe.candidate.size] = probe.seconds(precision)  # not timed twice
         choices.append(PlanChoice("precision", precision, probe.reason(batch)))
     if max_time is not None:
         best, fits = plan_for_budget(candidates, sizes, budget_seconds=60 * max_time, train_images=train_images,
                                      batch=batch, channels=channels, num_classes=num_classes, timer=timer,
-                                     precision=precision, timed=timed)
+                                     precision=precision, timed=timed, model_options=options)
         encoder, size = best.candidate.encoder, best.candidate.size
-        reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision), best.epochs
+        reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision, options), best.epochs
         capped = math.ceil(EPOCH_HEADROOM * expected_epochs)
         if "epochs" not in given and capped > epochs:
             choices.append(PlanChoice("epochs", capped, (
@@ -304,11 +325,21 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         choices.append(PlanChoice("encoder", encoder, f"{encoder}: ImageNet weights installed; {train_images} "
                                                       f"training images{few}; ImageNet features transfer to {kind}"))
         choices.append(PlanChoice("weights", "imagenet", f"imagenet: the installed checkpoint of {encoder}"))
+        lr = float(known.get("lr", FINE_TUNE_LR))
+        if "lr" not in given:
+            choices.append(PlanChoice("lr", FINE_TUNE_LR, (
+                f"lr {FINE_TUNE_LR:g}: the decoder is new (random weights) and a budget holds few epochs; twice the "
+                "from-scratch default, measured ahead on the clothing photos and the membranes (docs/results.md)")))
+        encoder_lr = float(known.get("encoder_lr") or lr * ENCODER_LR_SHARE)
+        if "encoder_lr" not in given:
+            choices.append(PlanChoice("encoder_lr", encoder_lr, (
+                f"encoder lr {encoder_lr:g}: lr x {ENCODER_LR_SHARE:g}; the pretrained features are tuned more gently "
+                "than the new decoder, but they must still adapt within a few epochs")))
         if "freeze_encoder_epochs" not in given:
             freeze = max(1, min(MAX_FREEZE_EPOCHS, int(round(FREEZE_SHARE * expected_epochs))))
             choices.append(PlanChoice("freeze_encoder_epochs", freeze, (
                 f"freeze {freeze}: the new decoder learns on the frozen encoder first (~{FREEZE_SHARE:.0%} of "
-                f"~{expected_epochs:.0f} epochs), then the encoder is fine-tuned at lr/10")))
+                f"~{expected_epochs:.0f} epochs), then the encoder is fine-tuned at {encoder_lr:g}")))
         normalization = pretrained_normalization(encoder, "imagenet", channels)
         for option, values in zip(("mean", "std"), normalization or ()):
             if option not in given:

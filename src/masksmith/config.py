@@ -104,12 +104,13 @@ class TrainConfig(BaseModel):
     loss: str = planned("dice+ce", description="loss or weighted sum: ce, bce, dice, focal, e.g. 0.5*dice+ce")
     class_weights: list[float] | None = planned(None, description="per-class loss weights")
     optimizer: Optimizer = Field("adam", description="adam, adamw, sgd (momentum 0.9, nesterov) or rmsprop")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
+    lr: float = planned(1e-3, gt=0, description="learning rate (the plan's pretrained encoder: 2e-3)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     freeze_encoder_epochs: int = planned(
         0, ge=0, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
-    encoder_lr: float | None = Field(
-        None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, else lr")
+    encoder_lr: float | None = planned(
+        None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, "
+                                "else lr (the plan's pretrained encoder: lr / 2)")
     scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
     epochs: int = planned(50, ge=1, description="maximum number of epochs")
     batch_size: int = planned(8, ge=1, description="images per training step", json_schema_extra=flags("-b"))
