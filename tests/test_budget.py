@@ -170,6 +170,60 @@ def test_a_real_step_is_timed_with_the_given_decoder_stride(monkeypatch) -> None
     assert built == [{"decoder_stride": 4, "encoder": "efficientnet_lite0"}]
 
 
+def _stride_timer():
+    """A linear step timer (the stride-4 decoder 0.7x the cost) that records the decoder stride of each call."""
+    strides = []
+
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None):
+        stride = (model_options or {}).get("decoder_stride", 1)
+        strides.append((size, stride))
+        return 2.0 * (0.7 if stride == 4 else 1.0) * batch * size[0] * size[1] / 1e6
+
+    return timer, strides
+
+
+def test_wide_structures_get_a_decoder_that_stops_at_stride_4() -> None:
+    timer, strides = _stride_timer()
+    clothing = {**_fingerprint(550, 825, 803), "structure_width": 33.5}  # 15.6 px at 384x256: 3.9 px at stride 4
+    choices, timed = budget.plan_network(clothing, given=set(), known={}, device="cpu", max_time=40, epochs=50,
+                                         timer=timer, encoders=["efficientnet_lite0"])
+    chosen = {c.option: c for c in choices}
+    height, width = chosen["size"].value
+    assert chosen["model_options"].value == {"decoder_stride": 4}
+    assert "decoder to stride 4" in chosen["size"].reason and "(≥ 2)" in chosen["model_options"].reason
+    # Each size gets the stride its structures allow: 128 px short side leaves 7.8 px, under 2 px at stride 4.
+    by_size = {tuple(row["size"]): row["decoder_stride"] for row in timed}
+    assert by_size[(384, 256)] == 4 and by_size[(192, 128)] == 1
+    assert {stride for size, stride in strides if size == (192, 128)} == {1}
+    assert {stride for size, stride in strides if size == (384, 256)} == {4}
+    assert by_size[(height, width)] == 4
+
+
+@pytest.mark.parametrize("given, known", [
+    (set(), {}),  # narrow structures: the membranes, 5.4 px at 512, 2.7 px at 256
+    ({"encoder"}, {"encoder": "efficientnet_lite0"}),  # wide, but the user chose the network
+    ({"model_options"}, {"model_options": {"decoder_stride": 2}}),
+])
+def test_narrow_structures_or_a_chosen_network_keep_the_full_decoder(given, known) -> None:
+    timer, strides = _stride_timer()
+    membranes = {**_fingerprint(512, 512, 24), "structure_width": 5.4}
+    clothing = {**_fingerprint(550, 825, 803), "structure_width": 33.5}
+    fingerprint = clothing if given else membranes
+    choices, timed = budget.plan_network(fingerprint, given=given, known=known, device="cpu", max_time=25,
+                                         epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert "model_options" not in {c.option for c in choices}
+    assert {row["decoder_stride"] for row in timed} == {1}
+    assert {stride for _, stride in strides} == {known.get("model_options", {}).get("decoder_stride", 1)}
+
+
+def test_without_a_budget_the_stride_follows_the_largest_input() -> None:
+    clothing = {**_fingerprint(550, 825, 803), "structure_width": 33.5}
+    choices, _ = budget.plan_network(clothing, given=set(), known={}, device="cpu", max_time=None, epochs=50,
+                                     encoders=["efficientnet_lite0"])
+    chosen = {c.option: c.value for c in choices}
+    assert chosen["size"] == [384, 256] and chosen["model_options"] == {"decoder_stride": 4}
+
+
 @pytest.mark.parametrize("bf16_speedup, planned", [(1.6, BFLOAT16), (BF16_MIN_SPEEDUP - 0.05, FLOAT32),
                                                     (0.4, FLOAT32)])
 def test_the_budget_plan_times_bfloat16_and_takes_it_only_when_clearly_faster(bf16_speedup, planned) -> None:

@@ -19,7 +19,7 @@ def test_written_yaml_is_commented_and_reloads_to_the_same_config(tmp_path):
     config = resolve_config(None, data="d", epochs=5, model_options={"depth": 3}, augment=[{"name": "HorizontalFlip"}])
     text = config_to_yaml(config, header="repeat with masksmith train --config X")
     assert text.startswith("# repeat with")
-    assert "# learning rate\nlr: 0.001" in text
+    assert "# learning rate (the plan's pretrained encoder: 2e-3)\nlr: 0.001" in text
     path = tmp_path / "config.yaml"
     path.write_text(text)
     assert resolve_config(path) == config

