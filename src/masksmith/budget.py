@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Callable, Mapping
 
 import torch
@@ -76,6 +77,11 @@ class Candidate:
         """How the plan prints it: `efficientnet_lite0 U-Net`, `... U-Net, decoder to stride 4`, `classic U-Net`."""
         name = f"{self.encoder} U-Net" if self.encoder else "classic U-Net"
         return name + (f", decoder to stride {self.decoder_stride}" if self.decoder_stride != 1 else "")
+
+    @property
+    def pixels(self) -> int:
+        """Input pixels: what the step time grows with, and what the plan prefers more of."""
+        return self.size[0] * self.size[1]
 
     def model_options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The `-m` options it trains with: the user's, and the planned decoder stride."""
@@ -208,7 +214,7 @@ def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *,
     fitting = [fit for fit in fits if fit.fits]
     if fitting:
         # Largest input first; then the larger (slower) encoder, which is also the stronger one.
-        best = max(fitting, key=lambda fit: (fit.candidate.size[0] * fit.candidate.size[1], fit.seconds_per_step))
+        best = max(fitting, key=lambda fit: (fit.candidate.pixels, fit.seconds_per_step))
     else:
         best = min(fits, key=lambda fit: fit.seconds_per_step)
     return best, fits
@@ -216,23 +222,20 @@ def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *,
 
 def _timed_ends(candidates: list[Candidate]) -> dict[tuple[str | None, int], tuple[Candidate, Candidate]]:
     """For each network (encoder, decoder stride): its candidates at the largest and the smallest input."""
-    ends: dict[tuple[str | None, int], tuple[Candidate, Candidate]] = {}
+    networks: dict[tuple[str | None, int], list[Candidate]] = {}
     for candidate in candidates:
-        key, pixels = (candidate.encoder, candidate.decoder_stride), candidate.size[0] * candidate.size[1]
-        largest, smallest = ends.get(key, (candidate, candidate))
-        ends[key] = (candidate if pixels > largest.size[0] * largest.size[1] else largest,
-                     candidate if pixels < smallest.size[0] * smallest.size[1] else smallest)
-    return ends
+        networks.setdefault((candidate.encoder, candidate.decoder_stride), []).append(candidate)
+    pixels = attrgetter("pixels")
+    return {network: (max(group, key=pixels), min(group, key=pixels)) for network, group in networks.items()}
 
 
 def _interpolate(measured: dict[Candidate, float], candidate: Candidate, largest: Candidate,
                  smallest: Candidate) -> float:
     """Step time at the candidate's size: linear in pixels between its network's two measured sizes."""
     low, high = measured[smallest], measured[largest]
-    low_pixels, high_pixels = smallest.size[0] * smallest.size[1], largest.size[0] * largest.size[1]
-    if high_pixels == low_pixels:
+    if largest.pixels == smallest.pixels:
         return high
-    share = (candidate.size[0] * candidate.size[1] - low_pixels) / (high_pixels - low_pixels)
+    share = (candidate.pixels - smallest.pixels) / (largest.pixels - smallest.pixels)
     return low + share * (high - low)
 
 
