@@ -257,15 +257,18 @@ def test_uint8_target_and_half_logits_are_accepted() -> None:
     torch.testing.assert_close(got, expected, atol=0.02, rtol=0.02)
 
 
-def _one_hot_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, smooth: float = 1.0) -> torch.Tensor:
-    """The textbook soft Dice loss with one-hot tensors, classes present in truth or prediction."""
+def _one_hot_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, smooth: float = 1.0,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The textbook soft Dice loss with one-hot tensors, classes present in truth or prediction (weighted)."""
     valid = (target != ignore_index)[:, None].float()
     safe = torch.where(target == ignore_index, torch.zeros_like(target), target)
     probs = torch.softmax(logits, 1) * valid
     truth = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).float() * valid
     predicted = F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
     dice = (2 * (probs * truth).sum((0, 2, 3)) + smooth) / (probs.sum((0, 2, 3)) + truth.sum((0, 2, 3)) + smooth)
-    present = ((truth.sum((0, 2, 3)) + predicted.sum((0, 2, 3))) > 0).float()
+    present = ((truth.sum((0, 2, 3)) + predicted.sum((0, 2, 3))) > 0).to(dice.dtype)
+    if weights is not None:
+        present = present * weights
     return 1 - (dice * present).sum() / present.sum()
 
 
@@ -281,3 +284,47 @@ def test_dice_equals_the_one_hot_formula_in_value_and_gradient() -> None:
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     assert torch.allclose(gradient, reference_gradient, atol=1e-8)
     assert gradient[0, :, :4].abs().max() == 0  # ignored pixels get no gradient
+
+
+@pytest.mark.parametrize("scale,ignored", [(1.0, 0.2), (10.0, 0.5), (60.0, 0.0), (1.0, 0.95)])
+def test_dice_plus_ce_equals_the_one_hot_formulas_in_value_and_gradient(scale: float, ignored: float) -> None:
+    """`dice+ce` of a softmax head runs one softmax with its gradient written out (softmax_dice.py): value and
+    gradient must be those of the textbook Dice (one-hot, float64) plus torch's weighted cross-entropy, with class
+    weights, ignored pixels, classes absent from truth and prediction, and logits large enough to saturate."""
+    generator = torch.Generator().manual_seed(int(scale) + int(100 * ignored))
+    logits = (scale * torch.randn(3, 9, 12, 10, generator=generator, dtype=torch.float64)).float().requires_grad_()
+    target = torch.randint(0, 6, (3, 12, 10), generator=generator)  # classes 6..8 absent from the truth
+    target[torch.rand(3, 12, 10, generator=generator) < ignored] = IGNORE
+    weights = torch.rand(9, generator=generator, dtype=torch.float64) * 3 + 0.1
+    loss = build_loss("0.7*dice + 1.5*ce", num_classes=9, ignore_index=IGNORE, class_weights=weights.tolist())
+    value = loss(logits, target)
+    (gradient,) = torch.autograd.grad(value, logits)
+    exact = logits.detach().double().requires_grad_()
+    dice = _one_hot_dice(exact, target, IGNORE, weights=weights)
+    ce = F.cross_entropy(exact, target, weight=weights, ignore_index=IGNORE)
+    reference = 0.7 * dice + 1.5 * ce
+    (reference_gradient,) = torch.autograd.grad(reference, exact)
+    assert value.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert loss.last_parts["dice"].item() == pytest.approx(dice.item(), rel=1e-5)
+    assert loss.last_parts["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    # float32 against float64: autograd's own float32 gradient of the reference is off by as much (~1e-7 of the max)
+    tolerance = 1e-6 * reference_gradient.abs().max().item()
+    torch.testing.assert_close(gradient.double(), reference_gradient, rtol=0, atol=tolerance)
+    assert not gradient[(target == IGNORE)[:, None].expand_as(gradient)].any()
+
+
+def test_dice_plus_ce_with_every_pixel_ignored_is_zero_with_a_zero_gradient() -> None:
+    logits = torch.randn(2, 5, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), IGNORE)
+    value = build_loss("dice+ce", num_classes=5, ignore_index=IGNORE, class_weights=[1, 2, 3, 4, 5])(logits, target)
+    (gradient,) = torch.autograd.grad(value, logits)
+    assert value.item() == 0 and gradient.abs().max() == 0
+
+
+def test_dice_plus_ce_needs_a_softmax_head_as_its_terms_do() -> None:
+    logits, target = make_batch(1, 2)
+    with pytest.raises(ConfigError, match="'ce' needs a softmax head"):
+        build_loss("dice+ce", num_classes=2, ignore_index=IGNORE)(logits, target)
+    logits, target = make_batch(3, 4)
+    with pytest.raises(ConfigError, match="logits have 3 channels but num_classes is 4"):
+        build_loss("ce+dice", num_classes=4, ignore_index=IGNORE)(logits, target)
