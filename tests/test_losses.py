@@ -313,6 +313,18 @@ def test_dice_plus_ce_equals_the_one_hot_formulas_in_value_and_gradient(scale: f
     assert not gradient[(target == IGNORE)[:, None].expand_as(gradient)].any()
 
 
+def test_dice_plus_ce_of_channels_last_logits_equals_contiguous() -> None:
+    """`--channels-last on` (the CUDA default) hands the loss channels_last logits."""
+    logits, target = make_batch(5, 5)
+    loss = build_loss("dice+ce", num_classes=5, ignore_index=IGNORE)
+    gradients = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaf = logits.clone().contiguous(memory_format=layout).requires_grad_()
+        value = loss(leaf, target)
+        gradients.append(torch.autograd.grad(value, leaf)[0])
+    torch.testing.assert_close(gradients[0], gradients[1])
+
+
 def test_dice_plus_ce_with_every_pixel_ignored_is_zero_with_a_zero_gradient() -> None:
     logits = torch.randn(2, 5, 4, 4, requires_grad=True)
     target = torch.full((2, 4, 4), IGNORE)

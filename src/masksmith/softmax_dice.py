@@ -37,7 +37,7 @@ class SoftmaxDiceCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, valid: Tensor,  # type: ignore[override]
                 class_weights: Tensor | None, smooth: float) -> tuple[Tensor, Tensor]:
-        n, k, height, width = logits.shape
+        k = logits.shape[1]
         # One pass for the largest logit and its class (the argmax, first on ties), one for exp in place.
         largest, predicted = logits.max(dim=1)
         probs = torch.sub(logits, largest[:, None]).exp_()
@@ -86,7 +86,7 @@ class SoftmaxDiceCrossEntropy(torch.autograd.Function):
         a = a * dice_grad if dice_grad is not None else torch.zeros_like(a)
         b = b * dice_grad if dice_grad is not None else torch.zeros_like(b)
         e = ce_share * ce_grad if ce_grad is not None else torch.zeros_like(ce_share)
-        b_mass = torch.matmul(b, probs.view(n, k, height * width)).view(n, height, width)  # sum_k p_ik b_k
+        b_mass = torch.matmul(b, probs.reshape(n, k, height * width)).view(n, height, width)  # sum_k p_ik b_k
         a_true = a[target] * p_true  # a_y p_iy, 0 at ignored pixels
         q = a_true + b_mass - e
         grad = torch.sub(b.view(1, k, 1, 1), q[:, None]).mul_(probs)
