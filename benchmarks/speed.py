@@ -97,23 +97,26 @@ def demo_batch(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def training_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, frozen: bool = False):
+def training_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, frozen: bool = False,
+                  frozen_stages: int = 0):
     """The tutorials' step (Adam, cross-entropy, no data pipeline) as a function; `frozen`: the encoder frozen
-    for the step as masksmith's --freeze-encoder-epochs does it (no gradients, BatchNorm statistics fixed)."""
+    for the step as masksmith's --freeze-encoder-epochs does it (no gradients, BatchNorm statistics fixed);
+    `frozen_stages`: only the encoder's first stages frozen, as --frozen-stages keeps them."""
     from masksmith.models.base import encoder_of, set_frozen
 
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     encoder = encoder_of(model)
+    frozen_layers = [encoder] if frozen else encoder.stage_modules(frozen_stages) if frozen_stages else []
 
     def step() -> None:
         model.train()
-        if frozen:
-            set_frozen(encoder, True, training=True)
+        for layer in frozen_layers:
+            set_frozen(layer, True, training=True)
         optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(images), masks).backward()
         optimizer.step()  # Adam skips the frozen parameters: they have no gradient
-        if frozen:
-            set_frozen(encoder, False, training=True)
+        for layer in frozen_layers:
+            set_frozen(layer, False, training=True)
 
     return step
 

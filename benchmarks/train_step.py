@@ -1,16 +1,17 @@
 """Milliseconds per image of one training step at a recipe's input: float32 against bfloat16 autocast.
 
     python benchmarks/train_step.py [--size 288x192] [--classes 59] [--batch 8] [--rounds 5]
-                                    [--formats contiguous channels_last]
+                                    [--formats contiguous channels_last] [--frozen-stages 2 3]
                                     [--models unet:efficientnet_lite0 unet:efficientnet_lite0:16
                                               unet:efficientnet_lite0:s4 unet:16@128x128:16]
 
 What a recipe buys in epochs before it is run: the step of speed.py's plain loop (Adam, cross-entropy, random
-tensors in memory, no data pipeline) for each model, with the encoder fine-tuned and frozen (as
---freeze-encoder-epochs trains it), in float32 and under torch.autocast(bfloat16) (what `--precision bf16-mixed`
-runs on a CPU), and in each memory format of --formats (channels_last: what `--channels-last on` trains with; the
-default, contiguous, is what a CPU run uses). A model is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`;
-`unet:16` is the classic U-Net with 16 base channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4).
+tensors in memory, no data pipeline) for each model, with the encoder fine-tuned, fine-tuned but for its first N
+stages (as --frozen-stages N keeps them) and frozen (as --freeze-encoder-epochs trains it), in float32 and under
+torch.autocast(bfloat16) (what `--precision bf16-mixed` runs on a CPU), and in each memory format of --formats
+(channels_last: what `--channels-last on` trains with; the default, contiguous, is what a CPU run uses). A model
+is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the classic U-Net with 16 base
+channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4).
 All rows are timed interleaved (one step of each in turn, the order reversed every round), so other load on the
 machine slows them alike; each number is the median step. bfloat16 pays where the CPU has AMX or AVX-512 BF16
 (`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be slower.
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per row")
     parser.add_argument("--formats", nargs="+", default=["contiguous"], choices=list(MEMORY_FORMATS),
                         help="memory formats of model and batch, each timed as its own row")
+    parser.add_argument("--frozen-stages", nargs="*", type=int, default=[2],
+                        help="also time the fine-tuned encoder with its first N stages frozen (--frozen-stages N)")
     parser.add_argument("--models", nargs="+",
                         default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:efficientnet_lite0:s4",
                                  "unet:16@128x128:16"])
@@ -83,14 +86,16 @@ def main() -> None:
     rows = []
     for spec in args.models:
         options, size, batch = parse_model(spec, parse_size(args.size), args.batch)
-        for frozen in ((False, True) if "encoder" in options else (False,)):
+        # The encoder fine-tuned, fine-tuned but for its first N stages, frozen (the keys: the table's words).
+        encoder_states = ({"fine-tuned": {}, **{f"stages 1-{n} frozen": {"frozen_stages": n} for n in args.frozen_stages},
+                           "frozen": {"frozen": True}} if "encoder" in options else {"-": {}})
+        for encoder, freezing in encoder_states.items():
             for memory in args.formats:
                 model = build_model("unet", 3, args.classes, **options).to(memory_format=MEMORY_FORMATS[memory])
                 images = torch.randn(batch, 3, *size).contiguous(memory_format=MEMORY_FORMATS[memory])
                 masks = torch.randint(0, args.classes, (batch, *size))
-                step = training_step(model, images, masks, frozen=frozen)
+                step = training_step(model, images, masks, **freezing)
                 for precision in ("fp32", "bf16"):
-                    encoder = ("frozen" if frozen else "fine-tuned") if "encoder" in options else "-"
                     rows.append(dict(model=spec, size=f"{size[0]}x{size[1]}", batch=batch, encoder=encoder,
                                      memory=memory, precision=precision, step=step, times=[]))
 

@@ -29,13 +29,14 @@ def _linear_timer(per_megapixel: dict[str | None, float], bf16_speedup: float = 
     """A step timer linear in pixels; bfloat16 steps `bf16_speedup` times faster. Records each call."""
     calls = []
 
-    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None):
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None, frozen_stages=0):
         calls.append((encoder, size, precision))
         timer.options.append(model_options)
+        timer.frozen_stages.append(frozen_stages)
         seconds = per_megapixel[encoder] * batch * size[0] * size[1] / 1e6
         return seconds / bf16_speedup if precision == BFLOAT16 else seconds
 
-    timer.options = []
+    timer.options, timer.frozen_stages = [], []
     return timer, calls
 
 
@@ -123,6 +124,38 @@ def test_a_planned_pretrained_encoder_gets_the_fine_tuning_rates(given, lr, enco
     assert chosen["freeze_encoder_epochs"].reason.endswith(f"fine-tuned at {used:g}")
 
 
+@pytest.mark.parametrize("channels, given, planned, timed_with", [
+    (3, {}, budget.FROZEN_STAGES, budget.FROZEN_STAGES),  # photos: planned, and every candidate timed with it
+    (1, {}, None, 0),  # grayscale (microscopy): ImageNet's first filters are not kept fixed
+    (3, {"frozen_stages": 0}, None, 0),  # the user's choice stands, also when it is none
+    (1, {"frozen_stages": 3}, None, 3),
+])
+def test_frozen_stages_are_planned_for_photos_and_timed_as_they_train(channels, given, planned, timed_with) -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0}, bf16_speedup=1.5)
+    choices, _ = budget.plan_network(_fingerprint(channels=channels), given=set(given), known=given, device="cpu",
+                                     max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    chosen = {c.option: c for c in choices}
+    assert (chosen["frozen_stages"].value if "frozen_stages" in chosen else None) == planned
+    assert calls and set(timer.frozen_stages) == {timed_with}  # the precision probe included
+    if planned:
+        assert f"down to stride {2 ** planned}" in chosen["frozen_stages"].reason
+
+
+def test_a_step_timed_with_frozen_stages_trains_only_the_rest(monkeypatch) -> None:
+    built = []
+
+    def recording_model(*args, **kwargs):
+        built.append(build_model(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(budget, "build_model", recording_model)
+    assert time_training_step("efficientnet_lite0", (64, 64), 2, 3, 2, frozen_stages=2) > 0
+    encoder = built[0].encoder
+    frozen = {id(p) for layer in encoder.stage_modules(2) for p in layer.parameters()}
+    assert frozen and all(not p.requires_grad and p.grad is None for p in encoder.parameters() if id(p) in frozen)
+    assert all(p.grad is not None for p in built[0].parameters() if id(p) not in frozen)
+
+
 def test_a_given_encoder_or_the_classic_unet_keeps_the_default_rates() -> None:
     timer, _ = _linear_timer({"efficientnet_lite0": 2.0, None: 2.0})
     for given in ({"encoder": "efficientnet_lite0"}, {"model": "unet"}):
@@ -174,7 +207,7 @@ def _stride_timer():
     """A linear step timer (the stride-4 decoder 0.7x the cost) that records the decoder stride of each call."""
     strides = []
 
-    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None):
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None, frozen_stages=0):
         stride = (model_options or {}).get("decoder_stride", 1)
         strides.append((size, stride))
         return 2.0 * (0.7 if stride == 4 else 1.0) * batch * size[0] * size[1] / 1e6

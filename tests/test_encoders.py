@@ -343,6 +343,47 @@ def test_frozen_first_epoch_keeps_the_pretrained_encoder(shapes, tmp_path):
     assert all(torch.equal(trained[k].float(), expected[k].float()) for k in expected)  # weights and BN statistics
 
 
+def _stage_keys(encoder: torch.nn.Module, count: int) -> set[str]:
+    """The encoder's state-dict keys (parameters and BatchNorm buffers) inside its first `count` stages."""
+    inside = {id(t) for layer in encoder.stage_modules(count) for t in [*layer.parameters(), *layer.buffers()]}
+    return {key for key, value in encoder.state_dict(keep_vars=True).items() if id(value) in inside}
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "mobilenet_v2"])
+def test_the_first_stages_are_the_layers_that_compute_the_first_feature_maps(encoder):
+    network = build_model("unet", 3, 2, encoder=encoder).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        features = network.encoder(image)
+        for count in range(1, 6):
+            x = image
+            for layer in network.encoder.stage_modules(count):
+                x = layer(x)
+            assert torch.equal(x, features[count - 1])
+    assert network.encoder.stage_modules(0) == []
+    assert len(_stage_keys(network.encoder, 5)) == len(network.encoder.state_dict())  # five stages: all of it
+    with pytest.raises(ValueError, match="5 stages"):
+        network.encoder.stage_modules(6)
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "mobilenet_v2"])
+def test_frozen_stages_keep_their_pretrained_weights_while_the_rest_is_fine_tuned(encoder, shapes, tmp_path):
+    start = tmp_path / "published.pth"
+    published = published_checkpoint(encoder, seed=7)
+    torch.save(published, start)
+    result = masksmith.train(shapes, classes=str(shapes / "classes.txt"), size=32, epochs=2, batch_size=2, lr=1e-2,
+                             model="unet", encoder=encoder, weights=str(start), model_options=TINY,
+                             freeze_encoder_epochs=1, frozen_stages=2, early_stopping=0, keep="last",
+                             out=str(tmp_path / "run"), quiet=True)
+    network = Predictor.load(result.bundle, device="cpu", optimize=False).network
+    trained, expected = network.encoder.state_dict(), _own_named(encoder, published)
+    frozen = _stage_keys(network.encoder, 2)
+    assert frozen and all(torch.equal(trained[k].float(), expected[k].float()) for k in frozen)
+    tuned = [k for k in trained if k not in frozen and not torch.equal(trained[k].float(), expected[k].float())]
+    assert any(k.endswith("weight") for k in tuned) and any(k.endswith("running_mean") for k in tuned)
+    assert "frozen_stages: 2" in (result.run_dir / "config.yaml").read_text()
+
+
 def test_onnx_export_matches_pytorch(shapes, tmp_path):
     pytest.importorskip("onnxruntime")
     from masksmith.backends import OnnxBackend

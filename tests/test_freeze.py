@@ -143,6 +143,14 @@ def test_freezing_a_model_without_encoder_is_a_clear_error(tmp_path):
                         model="fcn-lite", freeze_encoder_epochs=1, out=str(tmp_path / "run"), quiet=True)
 
 
+@pytest.mark.parametrize("model", ["unet", "fcn-lite"])
+def test_frozen_stages_without_a_pretrained_encoder_is_a_clear_error(model, tmp_path):
+    data = make_shapes_dataset(tmp_path / "shapes", count=6)
+    with pytest.raises(ConfigError, match="frozen_stages needs one of masksmith's pretrained encoders"):
+        masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2, model=model,
+                        frozen_stages=1, out=str(tmp_path / "run"), quiet=True)
+
+
 def test_train_with_a_frozen_start_runs_and_records_the_schedule(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=2, batch_size=2,

@@ -108,6 +108,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     freeze_encoder_epochs: int = planned(
         0, ge=0, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
+    frozen_stages: int = planned(
+        0, ge=0, le=5, description="keep the first N stages of a built-in pretrained encoder (the stem and the layers "
+                                   "down to stride 2^N) frozen for the whole run, weights and BatchNorm statistics: "
+                                   "no gradient is computed at their high resolutions (mmseg's frozen_stages)")
     encoder_lr: float | None = planned(
         None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, "
                                 "else lr (the plan's pretrained encoder: lr / 2)")

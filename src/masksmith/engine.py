@@ -32,6 +32,7 @@ from masksmith.losses import build_loss
 from masksmith.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
 from masksmith.models.base import batchnorm_eval, encoder_of, set_frozen
+from masksmith.models.encoders import ENCODERS, Encoder
 from masksmith.parallel import Launch, accelerator, build_strategy, lightning_precision
 
 
@@ -195,32 +196,47 @@ class SegmentationModule(L.LightningModule):
             return False
         return self.current_epoch < self.config.freeze_encoder_epochs
 
+    @property
+    def frozen_stage_layers(self) -> list[torch.nn.Module]:
+        """The encoder layers frozen for the whole run (--frozen-stages), empty without them."""
+        encoder = self.encoder
+        if not self.config.frozen_stages or not isinstance(encoder, Encoder):
+            return []  # no stages to freeze: on_fit_start says so
+        return encoder.stage_modules(self.config.frozen_stages)
+
     def set_encoder_frozen(self, frozen: bool) -> None:
-        """Freeze (no gradients, BatchNorm statistics fixed) or unfreeze the encoder."""
+        """Freeze (no gradients, BatchNorm statistics fixed) or unfreeze the encoder; its frozen stages stay frozen."""
         encoder = self.encoder
         if encoder is not None:
             set_frozen(encoder, frozen, self.training)
+            for layer in self.frozen_stage_layers:
+                set_frozen(layer, True, self.training)
 
     def train(self, mode: bool = True) -> "SegmentationModule":
-        """Switch train/eval mode, keeping a frozen encoder's BatchNorm layers in eval mode."""
+        """Switch train/eval mode, keeping a frozen encoder's (or frozen stages') BatchNorm layers in eval mode."""
         # Lightning calls train() after every validation run; without this the frozen encoder's
         # BatchNorm would go back to updating its running statistics.
         super().train(mode)
-        if mode and self.encoder_frozen:
-            batchnorm_eval(self.encoder)
+        if mode:
+            for layer in [self.encoder] if self.encoder_frozen else self.frozen_stage_layers:
+                batchnorm_eval(layer)
         return self
 
     def on_fit_start(self) -> None:
         """Check the freeze options against the model before the first epoch."""
-        if (self.config.freeze_encoder_epochs or self.config.encoder_lr is not None) and self.encoder is None:
-            from masksmith.errors import ConfigError
+        from masksmith.errors import ConfigError
 
+        if (self.config.freeze_encoder_epochs or self.config.encoder_lr is not None) and self.encoder is None:
             raise ConfigError(f"model {self.config.model!r} has no encoder: freeze_encoder_epochs and encoder_lr "
                               "need one (smp models and unet have one)")
+        if self.config.frozen_stages and not isinstance(self.encoder, Encoder):
+            raise ConfigError("frozen_stages needs one of masksmith's pretrained encoders (--model unet --encoder "
+                              f"{'|'.join(ENCODERS)}); model {self.config.model!r} has none")
 
     def on_train_epoch_start(self) -> None:
-        """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on."""
-        if self.config.freeze_encoder_epochs and self.encoder is not None:
+        """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on (but for
+        its frozen stages)."""
+        if (self.config.freeze_encoder_epochs or self.config.frozen_stages) and self.encoder is not None:
             self.set_encoder_frozen(self.encoder_frozen)
 
 

@@ -102,8 +102,9 @@ def build_strategy(config: TrainConfig, launch: Launch) -> str | Strategy:
     """Lightning's strategy: its own single-device choice for one process, DDP for several."""
     if processes(config) == 1 and not launch.external:
         return "auto"
-    # A frozen encoder's parameters get no gradient in its first epochs, which DDP must be told to expect.
-    unused = config.freeze_encoder_epochs > 0
+    # A frozen encoder's parameters get no gradient in its first epochs (frozen stages: in all), which DDP must be
+    # told to expect.
+    unused = config.freeze_encoder_epochs > 0 or config.frozen_stages > 0
     if config.strategy == "ddp_spawn":
         return WeightsOnlySpawnStrategy(find_unused_parameters=unused)
     return DDPStrategy(find_unused_parameters=unused)

@@ -133,6 +133,24 @@ class Encoder(nn.Module):
             logger.info("first convolution adapted from RGB to %d input channels", self.in_channels)
         return kept, dropped
 
+    def layers(self) -> list[nn.Module]:
+        """The encoder's layers in the order forward runs them (the stem first)."""
+        raise NotImplementedError
+
+    def feature_layers(self) -> tuple[int, ...]:
+        """For each feature map (stride 2 ... 32): the index in `layers()` of the layer that outputs it."""
+        raise NotImplementedError
+
+    def stage_modules(self, count: int) -> list[nn.Module]:
+        """The layers that compute the first `count` feature maps (strides 2 ... 2**count), the stem included.
+
+        Freezing them (--frozen-stages) keeps their weights and BatchNorm statistics fixed, and the backward
+        pass stops before them: no gradient is computed at the highest resolutions.
+        """
+        if not 0 <= count <= len(self.reductions):
+            raise ValueError(f"an encoder has {len(self.reductions)} stages; cannot take the first {count}")
+        return self.layers()[: self.feature_layers()[count - 1] + 1] if count else []
+
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - each encoder has its own
         """Feature maps at strides 2, 4, 8, 16 and 32."""
         raise NotImplementedError

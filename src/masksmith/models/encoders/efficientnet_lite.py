@@ -101,6 +101,14 @@ class EfficientNetLite(Encoder):
                 features.append(x)
         return features
 
+    def layers(self) -> list[nn.Module]:
+        """Stem padding, stem and the MBConv blocks, in forward order."""
+        return [self.stem_pad, self.stem, *self.blocks]
+
+    def feature_layers(self) -> tuple[int, ...]:
+        """The blocks that end stages 1, 2, 3, 5 and 7, counted after the stem's two layers."""
+        return tuple(2 + tap for tap in self._taps)
+
     def classifier_shapes(self) -> dict[str, tuple[int, ...]]:
         """The checkpoint's 1x1 head convolution, its BatchNorm and the 1000-class linear layer."""
         last = self.out_channels[-1]

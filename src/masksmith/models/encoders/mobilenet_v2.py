@@ -53,6 +53,14 @@ class MobileNetV2(Encoder):
         self.features = nn.Sequential(*layers)
         init_encoder(self)
 
+    def layers(self) -> list[nn.Module]:
+        """The stem and the inverted residual blocks, in forward order."""
+        return list(self.features)
+
+    def feature_layers(self) -> tuple[int, ...]:
+        """The blocks whose outputs are the feature maps."""
+        return TAPS
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps at strides 2, 4, 8, 16 and 32."""
         features = []
