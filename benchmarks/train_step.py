@@ -87,8 +87,10 @@ def main() -> None:
     for spec in args.models:
         options, size, batch = parse_model(spec, parse_size(args.size), args.batch)
         # The encoder fine-tuned, fine-tuned but for its first N stages, frozen (the keys: the table's words).
-        encoder_states = ({"fine-tuned": {}, **{f"stages 1-{n} frozen": {"frozen_stages": n} for n in args.frozen_stages},
-                           "frozen": {"frozen": True}} if "encoder" in options else {"-": {}})
+        encoder_states = {"-": {}}
+        if "encoder" in options:
+            stages = {f"stages 1-{n} frozen": {"frozen_stages": n} for n in args.frozen_stages}
+            encoder_states = {"fine-tuned": {}, **stages, "frozen": {"frozen": True}}
         for encoder, freezing in encoder_states.items():
             for memory in args.formats:
                 model = build_model("unet", 3, args.classes, **options).to(memory_format=MEMORY_FORMATS[memory])

@@ -30,6 +30,9 @@ def test_written_yaml_is_commented_and_reloads_to_the_same_config(tmp_path):
     ("data: d\nmodle: unet\n", "unknown option(s) modle"),
     ("data: d\noptimizer: adagrad\n", "optimizer"),
     ("data: d\nchannels: 2\n", "channels must be 1 or 3"),
+    ("data: d\nfrozen_stages: 6\n", "frozen_stages"),  # an encoder has 5 stages
+    ("data: d\nfrozen_stages: -1\n", "frozen_stages"),
+    ("data: d\nfrozen_stages: two\n", "frozen_stages"),
     ("- just\n- a list\n", "mapping"),
     ("data: [unclosed\n", "not valid YAML"),
 ])
