@@ -126,12 +126,14 @@ def test_a_planned_pretrained_encoder_gets_the_fine_tuning_rates(given, lr, enco
 
 @pytest.mark.parametrize("channels, given, planned, timed_with", [
     (3, {}, budget.FROZEN_STAGES, budget.FROZEN_STAGES),  # photos: planned, and every candidate timed with it
-    (1, {}, None, 0),  # grayscale (microscopy): ImageNet's first filters are not kept fixed
+    (1, {}, budget.FROZEN_STAGES, budget.FROZEN_STAGES),  # grayscale too (the first convolution summed from RGB)
     (3, {"frozen_stages": 0}, None, 0),  # the user's choice stands, also when it is none
     (1, {"frozen_stages": 3}, None, 3),
+    (3, {"model": "unet"}, None, 0),  # the classic U-Net has no pretrained stages
 ])
-def test_frozen_stages_are_planned_for_photos_and_timed_as_they_train(channels, given, planned, timed_with) -> None:
-    timer, calls = _linear_timer({"efficientnet_lite0": 2.0}, bf16_speedup=1.5)
+def test_frozen_stages_are_planned_for_a_planned_encoder_and_timed_as_they_train(channels, given, planned,
+                                                                               timed_with) -> None:
+    timer, calls = _linear_timer({"efficientnet_lite0": 2.0, None: 4.0}, bf16_speedup=1.5)
     choices, _ = budget.plan_network(_fingerprint(channels=channels), given=set(given), known=given, device="cpu",
                                      max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
     chosen = {c.option: c for c in choices}
@@ -265,13 +267,13 @@ def test_the_budget_plan_times_bfloat16_and_takes_it_only_when_clearly_faster(bf
                                          epochs=50, timer=timer, encoders=["efficientnet_lite0", "efficientnet_lite2"])
     chosen = {c.option: c for c in choices}
     assert chosen["precision"].value == planned
-    # The probe: the cheapest candidate at the smallest input, once in each precision, before anything else.
-    smallest = aspect_sizes(480, 360, 256)[-1]
-    assert calls[:2] == [("efficientnet_lite0", smallest, FLOAT32), ("efficientnet_lite0", smallest, BFLOAT16)]
+    # The probe: the cheapest candidate at the largest input, once in each precision, before anything else.
+    largest = aspect_sizes(480, 360, 256)[0]
+    assert calls[:2] == [("efficientnet_lite0", largest, FLOAT32), ("efficientnet_lite0", largest, BFLOAT16)]
     # Then every candidate is timed in the planned precision, and plan.json's rows say which; the probe's step
     # in that precision is used, not timed again.
     assert {precision for _, _, precision in calls[2:]} == {planned}
-    assert calls.count(("efficientnet_lite0", smallest, planned)) == 1
+    assert calls.count(("efficientnet_lite0", largest, planned)) == 1
     assert {row["precision"] for row in timed} == {planned}
     reason = chosen["precision"].reason
     assert f"({bf16_speedup:.2f}x)" in reason and "float32" in reason and "bfloat16" in reason

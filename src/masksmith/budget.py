@@ -28,21 +28,25 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   ENCODER_LR_SHARE of it, not the defaults (1e-3; the encoder at lr/10 after the frozen start). A budget holds
   few epochs and the new decoder starts from random weights: on the clothing photos (40 min, ~8 epochs) the
   default rates ended at mIoU 0.094, these at 0.115 (docs/results.md, session 14).
-- Frozen stages (with a pretrained encoder the plan picked, on 3-channel images, when not given): the stem and
+- Frozen stages (with a pretrained encoder the plan picked, when not given): the stem and
   the stages down to stride 8 (FROZEN_STAGES) keep their ImageNet weights for the whole run, as mmseg's
   frozen_stages and detectron2's FREEZE_AT keep the first ones. Their gradients are computed at the highest
   resolutions with few channels, a large share of the backward pass, and the candidates are timed without them:
   on the clothing photos (Lite2 U-Net at 384x256, 2 threads, 40 min) an epoch took 2.9-3.1 min against 3.7-3.9
   with every stage trained, 14 epochs fit instead of 11, and mIoU rose from 0.173 to 0.182 (stride 4 frozen:
-  3.2-3.4 min, 12 epochs, 0.177; docs/results.md, session 16). Edges, colours and textures transfer to photos;
-  grayscale inputs (a first convolution summed from RGB) keep every stage trainable.
+  3.2-3.4 min, 12 epochs, 0.177; docs/results.md, session 16). Grayscale images too (the first convolution
+  summed from RGB): the ISBI membranes with the Lite2 U-Net (1 thread, 25 min) fit 185 epochs instead of 151
+  and reached pixel error 0.0767 against 0.0790 (docs/results.md, session 16).
 - Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
   lowered for datasets too small to fill two batches.
-- Precision (CPU, when not given): one step of the cheapest candidate at the smallest input is timed in
+- Precision (CPU, when not given): one step of the cheapest candidate at the largest input is timed in
   float32 and under bfloat16 autocast (Lightning's bf16-mixed); bf16-mixed is planned when it is at least
   BF16_MIN_SPEEDUP times faster, and the candidates are then timed in it. CPUs with AMX or AVX512-BF16
-  run it 1.4-1.6x faster (measured: benchmarks/train_step.py); others emulate it and run it slower, so
-  the choice is measured, not read from the CPU's flags.
+  run it 1.4-1.8x faster (measured: benchmarks/train_step.py); others emulate it and run it slower, so
+  the choice is measured, not read from the CPU's flags. The largest input, not the smallest: small steps
+  are dominated by fixed costs and vary more (the Lite2 U-Net on 1-channel images, 2 threads, three tries:
+  1.11-1.49x at 128x128, 1.70-1.83x at 256x256; session 17), and the probe's step at the largest input is
+  one the plan times anyway.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ def describe_fits(fits: list[Fit], precision: str = FLOAT32) -> list[dict[str, A
 # `-m` options of the encoder U-Net's decoder: given with a decoder stride, the plan still picks the encoder.
 ENCODER_UNET_OPTIONS = {"decoder_stride", "base_channels", "upsampling", "dropout"}
 FREEZE_SHARE, MAX_FREEZE_EPOCHS = 0.1, 5
-FROZEN_STAGES = 3  # a planned encoder's stages kept frozen on RGB photos: strides 2, 4 and 8 (module doc)
+FROZEN_STAGES = 3  # a planned encoder's stages kept frozen for the whole run: strides 2, 4 and 8 (module doc)
 # A planned encoder's decoder stops at COARSE_STRIDE when the structures stay MIN_OUTPUT_WIDTH px wide there.
 COARSE_STRIDE, MIN_OUTPUT_WIDTH = 4, 2.0
 # The fine-tuning rates a planned pretrained encoder gets (module doc): measured, not derived from the data.
@@ -329,9 +333,9 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
     else:
         candidates = list(installed_encoders() if encoders is None else encoders) or [None]
     pretrained = candidates[0] is not None and "encoder" not in given
-    # The encoder's first stages: the user's, else frozen for a planned encoder on RGB photos (module doc).
+    # The encoder's first stages: the user's, else frozen for a planned encoder (module doc).
     frozen_stages = int(known.get("frozen_stages") or 0) if "frozen_stages" in given else (
-        FROZEN_STAGES if pretrained and channels == 3 else 0)
+        FROZEN_STAGES if pretrained else 0)
     if frozen_stages:
         timer = partial(timer, frozen_stages=frozen_stages)  # the candidates are timed as they will train
 
@@ -353,7 +357,7 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
     precision = known.get("precision", FLOAT32)
     timed: dict[Candidate, float] = {}
     if max_time is not None and device == "cpu" and "precision" not in given:
-        probe = probe_precision(Candidate(candidates[0], sizes[-1], stride_for(sizes[-1])), batch=batch,
+        probe = probe_precision(Candidate(candidates[0], sizes[0], stride_for(sizes[0])), batch=batch,
                                 channels=channels, num_classes=num_classes, timer=timer, model_options=options)
         precision = probe.precision
         timed[probe.candidate] = probe.seconds(precision)  # not timed twice
@@ -403,8 +407,8 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         if frozen_stages and "frozen_stages" not in given:
             choices.append(PlanChoice("frozen_stages", frozen_stages, (
                 f"frozen stages {frozen_stages}: the stem and the layers down to stride {2 ** frozen_stages} keep "
-                "their ImageNet weights (edges, colours and textures, which photos share); the backward pass stops "
-                "before them, at the highest resolutions")))
+                "their ImageNet weights (generic edges and textures); the backward pass stops before them, at the "
+                "highest resolutions, and the time saved buys epochs")))
         normalization = pretrained_normalization(encoder, "imagenet", channels)
         for option, values in zip(("mean", "std"), normalization or ()):
             if option not in given:
