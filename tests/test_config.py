@@ -33,6 +33,9 @@ def test_written_yaml_is_commented_and_reloads_to_the_same_config(tmp_path):
     ("data: d\nfrozen_stages: 6\n", "frozen_stages"),  # an encoder has 5 stages
     ("data: d\nfrozen_stages: -1\n", "frozen_stages"),
     ("data: d\nfrozen_stages: two\n", "frozen_stages"),
+    ("data: d\nrepeat_threshold: 1.5\n", "repeat_threshold"),  # a share of the images
+    ("data: d\nrepeat_threshold: -0.1\n", "repeat_threshold"),
+    ("data: d\nrepeat_threshold: rare\n", "repeat_threshold"),
     ("- just\n- a list\n", "mapping"),
     ("data: [unclosed\n", "not valid YAML"),
 ])

@@ -83,6 +83,10 @@ class TrainConfig(BaseModel):
     std: list[float] | None = planned(None, description="normalization std per channel; default: ImageNet / 0.25")
     augment: str | list[dict[str, Any]] = planned(
         "default", description="augmentation preset (see `masksmith augmentations`) or a list of albumentations transforms")
+    repeat_threshold: float = Field(
+        0.0, ge=0, le=1, description="repeat-factor sampling (LVIS): a training image holding a class found in fewer "
+                                     "than this share of the images is drawn sqrt(this / the class's share) times as "
+                                     "often (its rarest class decides); 0: every image alike")
 
     auto: bool = Field(
         True, description="derive the options not given (size, resize, batch, normalization, augmentation, loss, class weights) from a dataset check")

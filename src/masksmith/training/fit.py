@@ -17,6 +17,7 @@ from masksmith.augment import build_augmentation
 from masksmith.checkpoints import load_checkpoint, network_weights
 from masksmith.config import TrainConfig
 from masksmith.data.dataset import SegmentationDataset
+from masksmith.data.sampling import repeat_factor_sampler
 from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
 from masksmith.errors import ConfigError
 from masksmith.parallel import Launch, spawns
@@ -43,6 +44,7 @@ class SegmentationData(L.LightningDataModule):
         common = dict(size=config.size, channels=data.channels, mean=data.mean, std=data.std,
                       encoding=data.encoding, num_classes=data.num_classes, ignore_index=config.ignore_index)
         self.config = config
+        self.repeat_factors = data.repeat_factors
         self.train_set = SegmentationDataset(
             data.train, resize=config.resize,
             augment=build_augmentation(config.augment, ignore_index=config.ignore_index, channels=data.channels),
@@ -60,10 +62,15 @@ class SegmentationData(L.LightningDataModule):
         world, rank = self._share()
         config, loader = self.config, dict(batch_size=self.config.batch_size, num_workers=self.workers,
                                            persistent_workers=self.workers > 0)
+        drop_last = len(self.train_set) > config.batch_size  # a 1-image final batch breaks BatchNorm statistics
+        if self.repeat_factors is not None:
+            if world > 1:
+                raise ConfigError(f"repeat_threshold: repeat-factor sampling runs in one process, not {world}")
+            return DataLoader(self.train_set, sampler=repeat_factor_sampler(self.repeat_factors, config.seed),
+                              drop_last=drop_last, **loader)
         if world == 1:
-            # drop_last avoids a 1-image final batch, which breaks BatchNorm statistics.
             return DataLoader(self.train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
-                              drop_last=len(self.train_set) > config.batch_size, **loader)
+                              drop_last=drop_last, **loader)
         # Lightning calls set_epoch on it every epoch, so a resumed run draws the same batches as it would have.
         sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         return DataLoader(self.train_set, sampler=sampler, drop_last=len(sampler) > config.batch_size, **loader)

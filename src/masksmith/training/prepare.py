@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from masksmith.config import TrainConfig, UserConfig
 from masksmith.data.classes import find_class_file
 from masksmith.data.labels import LabelSpec, resolve_labels
@@ -13,6 +15,7 @@ from masksmith.data.check import CheckReport
 from masksmith.data.discover import Discovery, Sample, discover_dataset, random_split_pool, split_samples, usable_pairs
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels
+from masksmith.data.sampling import classes_present, describe_factors, repeat_factors
 from masksmith.data.validate import validate_samples
 from masksmith.errors import ConfigError, DataError
 from masksmith.models.smp import encoder_normalization
@@ -37,6 +40,7 @@ class PreparedData:
     std: list[float]
     split: dict[str, Any]
     normalization_from: str = "config"  # or "encoder NAME": then the run's config records the values
+    repeat_factors: np.ndarray | None = None  # per training image, with --repeat-threshold (data.sampling)
 
     @property
     def encoding(self) -> MaskEncoding:
@@ -140,4 +144,10 @@ def prepare_data(user: UserConfig, model_arguments: dict[str, Any], log: RunLog,
     if not train or not val:
         raise DataError(f"{config.data}: no usable {'training' if not train else 'validation'} images left")
     split["val"] = [s.name for s in val]  # the recorded split is what is used: skipped pairs leave it
-    return PreparedData(train, val, labels, channels, mean, std, split, normalization_from=source)
+    factors = None
+    if config.repeat_threshold:
+        present = classes_present(train, encoding, len(names), labels.ignore_index, progress=not config.quiet)
+        factors = repeat_factors(present, config.repeat_threshold)
+        log.info(describe_factors(factors, config.repeat_threshold))
+    return PreparedData(train, val, labels, channels, mean, std, split, normalization_from=source,
+                        repeat_factors=factors)
