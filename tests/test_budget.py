@@ -55,9 +55,10 @@ def test_the_largest_input_that_fits_the_budget_wins() -> None:
     assert best.candidate.encoder == "small"
 
 
-def test_a_generous_budget_prefers_the_larger_encoder_at_equal_size() -> None:
+@pytest.mark.parametrize("big_seconds", [0.02, 0.009])  # the larger encoder, even where it timed faster (noise)
+def test_a_generous_budget_prefers_the_larger_encoder_at_equal_size(big_seconds) -> None:
     sizes = aspect_sizes(480, 360, cap=256)
-    timer, _ = _linear_timer({"small": 0.01, "big": 0.02})
+    timer, _ = _linear_timer({"small": 0.01, "big": big_seconds})
     best, _ = plan_for_budget(["small", "big"], sizes, budget_seconds=3600, train_images=367, batch=8,
                               channels=3, num_classes=11, timer=timer)
     assert best.candidate == budget.Candidate("big", sizes[0])
