@@ -92,9 +92,9 @@ def test_a_run_with_a_threshold_repeats_the_images_of_the_rare_class(one_rare_cl
     root, rare = one_rare_class
     user, data = _prepared(root, repeat_threshold=0.5)
     names = [sample.name for sample in data.train]
+    assert rare in names  # the seeded split keeps it for training
     factors = dict(zip(names, data.repeat_factors))
-    expected = math.sqrt(0.5 / (1 / len(names))) if rare in names else 1.0
-    assert factors.pop(rare, expected) == pytest.approx(expected)
+    assert factors.pop(rare) == pytest.approx(math.sqrt(0.5 / (1 / len(names))))
     assert set(factors.values()) == {1.0}  # background and the red box are in every image
     loader = SegmentationData(user.config, data).train_dataloader()
     assert isinstance(loader.sampler, WeightedRandomSampler)

@@ -217,9 +217,8 @@ def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *,
                     model_options: Mapping[str, Any] | None = None,
                     stride_for: Callable[[tuple[int, int]], int] = lambda size: 1) -> tuple[Fit, list[Fit]]:
     """Time each network (`encoders` cheapest first; an encoder with the decoder stride `stride_for` gives each
-    size) at the smallest and
-    largest size it is planned for (in `precision`, with `model_options`; `timed` holds steps already measured so,
-    which are not timed again), estimate the rest, and pick by the module's rule."""
+    size) at the smallest and largest size it is planned for (in `precision`, with `model_options`; `timed` holds
+    steps already measured so, which are not timed again), estimate the rest, and pick by the module's rule."""
     started = time.perf_counter()
     measured = dict(timed or {})
     candidates = [Candidate(encoder, size, stride_for(size)) for encoder in encoders for size in sizes]
