@@ -43,9 +43,9 @@ def repeat_factors(present: np.ndarray, threshold: float) -> np.ndarray:
     images = present.shape[0]
     if images == 0:
         return np.ones(0)
-    share = present.sum(axis=0) / images  # f_c; a class in no image never raises a factor
-    by_class = np.where(share > 0, np.sqrt(threshold / np.maximum(share, 1e-12)), 1.0)
-    by_class = np.maximum(by_class, 1.0)
+    share = present.sum(axis=0) / images  # f_c
+    # A class in no image gets a huge factor here, but no image holds it, so none is ever taken.
+    by_class = np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12)))
     return np.where(present, by_class[None, :], 1.0).max(axis=1, initial=1.0)
 
 
