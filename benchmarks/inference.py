@@ -1,6 +1,6 @@
 """CPU inference benchmark: PyTorch eager / optimized, ONNX Runtime fp32 / int8, speed and accuracy in one table.
 
-    python benchmarks/inference.py [BUNDLE.msb ... --data DATA] [--seconds 3] [--threads N]
+    python benchmarks/inference.py [BUNDLE.msb ... --data DATA] [--seconds 3] [--threads N] [--cells 384x256x8]
     python benchmarks/inference.py --models unet unet:efficientnet_lite0 fcn-lite [--out runs/bench/inference]
 
 Without a bundle it trains small models on examples/membrane (crop-trained at 256, so 512x512 images
@@ -14,7 +14,8 @@ turn (order reversed every round), so load from other processes slows all of the
 speed table (images/s, median and p95 latency, speed-up over the same model's PyTorch eager) per size
 and batch, and an accuracy table: each variant's mIoU and mean Dice against the labels, and for int8
 its agreement with fp32 (share of pixels with the same class, and the mIoU of int8's masks scored
-against fp32's) on the validation images at their own size.
+against fp32's) on the validation images, at their own size or, for a model trained on resized images, at
+its input size (as `predict` runs it). A cell is SIDExBATCH (a square input) or HEIGHTxWIDTHxBATCH (--size's order).
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def onnx_predictor(path: Path, threads: int) -> Predictor:
 
 
 def label(meta: BundleMeta) -> str:
-    """A short model name: 'unet', 'unet:efficientnet_lite0 (imagenet)', 'fcn-lite'."""
-    encoder = meta.model_options.get("encoder")
-    return f"{meta.model}:{encoder}" if encoder else meta.model
+    """A short model name: 'unet', 'unet:efficientnet_lite0', 'unet:efficientnet_lite2:s4' (decoder to stride 4),
+    'fcn-lite'."""
+    encoder, stride = meta.model_options.get("encoder"), meta.model_options.get("decoder_stride", 1)
+    return meta.model + (f":{encoder}" if encoder else "") + (f":s{stride}" if stride != 1 else "")
 
 
 def agreement(fp32: Backend, int8: Backend, batches: list[torch.Tensor], classes: int) -> tuple[float, float]:
@@ -121,7 +123,8 @@ def prepare(bundle: Path, data: Path, work: Path, threads: int, optimized: bool)
     pool = [sample for samples in discover(data).values() for sample in samples]
     calibration = [sample.image for sample in pool if sample.name not in val][:16]  # never scored on
     scored = [sample.image for sample in pool if sample.name in val]
-    batches = [preprocess_image(read_image(path, channels=meta.in_channels), None, meta.mean, meta.std)
+    size = meta.input_shape if meta.resize == "resize" else None  # as Predictor runs it
+    batches = [preprocess_image(read_image(path, channels=meta.in_channels), size, meta.mean, meta.std)
                for path in scored]
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     export_onnx(bundle, fp32)
@@ -135,6 +138,16 @@ def prepare(bundle: Path, data: Path, work: Path, threads: int, optimized: bool)
     return meta, predictors, batches
 
 
+def parse_cell(cell: str) -> tuple[int, int, int]:
+    """'256x8' -> (256, 256, 8); '384x256x8' -> (384, 256, 8): height, width, batch."""
+    values = [int(value) for value in cell.split("x")]
+    if len(values) == 2:
+        return values[0], values[0], values[1]
+    if len(values) == 3:
+        return values[0], values[1], values[2]
+    raise SystemExit(f"--cells {cell}: give SIDExBATCH or HEIGHTxWIDTHxBATCH")
+
+
 def main() -> None:
     """Run every variant of every model and print the two tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -145,9 +158,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=MEMBRANE, help="labelled data the bundles were trained on")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and variant")
     parser.add_argument("--threads", type=int, default=physical_cores(), help="threads of every backend")
-    parser.add_argument("--cells", nargs="+", default=["256x1", "256x8", "512x1", "512x8"], help="SIDExBATCH")
+    parser.add_argument("--cells", nargs="+", default=["256x1", "256x8", "512x1", "512x8"],
+                        help="SIDExBATCH or HEIGHTxWIDTHxBATCH")
     parser.add_argument("--optimized", action="store_true", help="also time PyTorch optimized (BN folded, NHWC)")
     args = parser.parse_args()
+    cells = [parse_cell(cell) for cell in args.cells]  # before minutes of training and export
     bundles = args.bundles
     if not bundles:
         bundles = []
@@ -163,26 +178,27 @@ def main() -> None:
         models[label(meta)] = (meta, predictors, batches)
     torch.set_num_threads(args.threads)  # after loading: the optimized backend sets its own count
     print(f"{args.threads} threads, torch {torch.__version__}")
-    cells = [tuple(int(value) for value in cell.split("x")) for cell in args.cells]
     timings = {}
-    for side, batch_size in cells:
+    for height, width, batch_size in cells:
         # One input per model (its own channel count); every (model, variant) call is timed in one interleaved loop.
-        inputs = {name: torch.randn(batch_size, meta.in_channels, side, side) for name, (meta, _, _) in models.items()}
+        inputs = {name: torch.randn(batch_size, meta.in_channels, height, width)
+                  for name, (meta, _, _) in models.items()}
         calls = {(name, variant): partial(predictor.backend, inputs[name])
                  for name, (_, predictors, _) in models.items() for variant, predictor in predictors.items()}
-        timings[side, batch_size] = time_interleaved(calls, args.seconds)
+        timings[height, width, batch_size] = time_interleaved(calls, args.seconds)
     print("| model | variant | size | batch | images/s | median ms | p95 ms | x eager |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (_, predictors, _) in models.items():
         for variant in predictors:
-            for (side, batch_size), times in timings.items():
+            for (height, width, batch_size), times in timings.items():
                 median = statistics.median(times[name, variant])
                 eager = statistics.median(times[name, "PyTorch eager"])
                 p95 = float(np.percentile(times[name, variant], 95))
-                print(f"| {name} | {variant} | {side}² | {batch_size} | {batch_size / median:.1f} | "
+                size = f"{height}²" if height == width else f"{height}×{width}"
+                print(f"| {name} | {variant} | {size} | {batch_size} | {batch_size / median:.1f} | "
                       f"{1000 * median:.0f} | {1000 * p95:.0f} | {eager / median:.2f}x |")
     print("\n| model | variant | mIoU | mean Dice | int8 = fp32 pixels | int8 mIoU vs fp32 |  (validation split, "
-          "images at their own size)")
+          "scored as evaluate scores them)")
     print("|---|---|---|---|---|---|")
     for name, (meta, predictors, batches) in models.items():
         pixels, miou = agreement(predictors["ONNX Runtime fp32"].backend, predictors["ONNX Runtime int8"].backend,
