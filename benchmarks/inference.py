@@ -35,9 +35,11 @@ from masksmith.backends import OnnxBackend, physical_cores
 from masksmith.bundle import BundleMeta, read_meta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
+from masksmith.errors import ConfigError
 from masksmith.models.heads import logits_to_classes
 from masksmith.onnx_export import export_onnx
 from masksmith.predict import Predictor
+from masksmith.train_options import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO / "examples" / "membrane"
@@ -123,14 +125,14 @@ def prepare(bundle: Path, data: Path, work: Path, threads: int, optimized: bool)
     pool = [sample for samples in discover(data).values() for sample in samples]
     calibration = [sample.image for sample in pool if sample.name not in val][:16]  # never scored on
     scored = [sample.image for sample in pool if sample.name in val]
-    size = meta.input_shape if meta.resize == "resize" else None  # as Predictor runs it
-    batches = [preprocess_image(read_image(path, channels=meta.in_channels), size, meta.mean, meta.std)
-               for path in scored]
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     export_onnx(bundle, fp32)
     report = export_onnx(bundle, int8, int8=True, calibration=calibration)
     print(f"{label(meta)}: {report.summary()}", flush=True)
     predictors = {"PyTorch eager": Predictor.load(bundle, device="cpu", optimize=False)}
+    size = predictors["PyTorch eager"].input_size  # the agreement batches are the images predict would run
+    batches = [preprocess_image(read_image(path, channels=meta.in_channels), size, meta.mean, meta.std)
+               for path in scored]
     if optimized:
         predictors["PyTorch optimized"] = Predictor.load(bundle, device="cpu")
     predictors["ONNX Runtime fp32"] = onnx_predictor(fp32, threads)
@@ -139,13 +141,16 @@ def prepare(bundle: Path, data: Path, work: Path, threads: int, optimized: bool)
 
 
 def parse_cell(cell: str) -> tuple[int, int, int]:
-    """'256x8' -> (256, 256, 8); '384x256x8' -> (384, 256, 8): height, width, batch."""
-    values = [int(value) for value in cell.split("x")]
-    if len(values) == 2:
-        return values[0], values[0], values[1]
-    if len(values) == 3:
-        return values[0], values[1], values[2]
-    raise SystemExit(f"--cells {cell}: give SIDExBATCH or HEIGHTxWIDTHxBATCH")
+    """'256x8' -> (256, 256, 8); '384x256x8' -> (384, 256, 8): height, width, batch (the size as --size reads it)."""
+    size, _, batch = cell.rpartition("x")
+    try:
+        if not batch.isdigit():
+            raise ConfigError(f"--cells {cell!r}: expected SIDExBATCH or HEIGHTxWIDTHxBATCH such as 384x256x8")
+        parsed = parse_size(size, flag=f"--cells {cell!r}:")
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    height, width = (parsed, parsed) if isinstance(parsed, int) else parsed
+    return height, width, int(batch)
 
 
 def main() -> None:

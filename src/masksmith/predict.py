@@ -195,7 +195,9 @@ class Predictor:
         """'torch' or 'onnx'."""
         return self.backend.name
 
-    def _input_size(self) -> tuple[int, int] | None:
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The (height, width) every image is resized to before the network, or None for the image's own size."""
         # Models trained on crops are fully convolutional: they see the whole image at prediction.
         return self.meta.input_shape if self.meta.resize == "resize" else None
 
@@ -224,7 +226,7 @@ class Predictor:
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """Raw logits (1 x K x h x w) of one HxWxC uint8 image at the network's input size (tiled when due)."""
         tiling = self.tiling_for(image.shape)
-        batch = preprocess_image(image, self._input_size(), self.meta.mean, self.meta.std)
+        batch = preprocess_image(image, self.input_size, self.meta.mean, self.meta.std)
         if tiling is None:
             return self._runner()(batch)
         return tiled_logits(self._runner(), batch, tile=tiling[0], overlap=tiling[1], multiple=self.multiple,
@@ -239,7 +241,7 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Class probabilities (K x H x W) for each image, at the image's own size."""
-        size = self._input_size()
+        size = self.input_size
         by_index: dict[int, torch.Tensor] = {}
         # Images of the same input shape go through the network together; tiled ones one by one.
         groups: dict[tuple[int, ...], list[int]] = {}
