@@ -3,7 +3,7 @@
     python benchmarks/class_weights.py DATA [--classes N] [--val-fraction 0.2] [--seed 42]
 
 The recipes in experiments.py run with --no-auto, so they train without the class weights the plan would give
-imbalanced data; this prints those weights (masksmith.plan.class_weights: 1/sqrt(pixel frequency), a pixel mean
+imbalanced data; this prints those weights (masksmith.planning.plan.class_weights: 1/sqrt(pixel frequency), a pixel mean
 of 1, capped) from the pixel counts of the training masks of the split `masksmith train` makes with the same
 --val-fraction and --seed, for `benchmarks/run.sh RECIPE -- --class-weights "$(python benchmarks/class_weights.py DATA)"`.
 Index masks only (a pixel's value is its class).
@@ -19,7 +19,7 @@ from PIL import Image
 
 from masksmith.config import TrainConfig
 from masksmith.data.discover import discover
-from masksmith.plan import class_weights
+from masksmith.planning.plan import class_weights
 from masksmith.training.prepare import split_pairs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import masksmith
 import masksmith.data.discover as discover_module
-import masksmith.training.run as run_module
+import masksmith.training.stages as stages_module
 from masksmith.data.check import check_dataset
 from masksmith.data.labels import survey_labels
 from masksmith.data.validate import sample_problem
@@ -45,7 +45,7 @@ def _patch_everywhere(original, wrapper) -> list[tuple[object, str]]:
 
 def one_run(data: Path) -> tuple[float, Counter, Counter]:
     """Seconds of one data phase, and the calls and seconds per step."""
-    import masksmith.training.planning  # noqa: F401 - loaded, so its imported names get patched too
+    import masksmith.planning.stage  # noqa: F401 - loaded, so its imported names get patched too
 
     calls: Counter = Counter()
     seconds: Counter = Counter()
@@ -64,7 +64,7 @@ def one_run(data: Path) -> tuple[float, Counter, Counter]:
     def stop(*args, **kwargs):
         raise _Stop
 
-    for function, wrapper in [(f, counted(f)) for f in STEPS] + [(run_module.build_network, stop)]:
+    for function, wrapper in [(f, counted(f)) for f in STEPS] + [(stages_module.build_network, stop)]:
         restore += [(module, name, function) for module, name in _patch_everywhere(function, wrapper)]
     started = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import masksmith
 from masksmith.bundle import load_bundle, save_bundle
-from masksmith.checkpoints import network_weights
+from masksmith.training.checkpoints import network_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from last_checkpoint import error_and_miou, run_checkpoint  # noqa: E402  (a sibling benchmark's helpers)

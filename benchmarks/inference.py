@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 import masksmith
-from masksmith.backends import OnnxBackend, physical_cores
 from masksmith.bundle import BundleMeta, read_meta
-from masksmith.data.dataset import preprocess_image
+from masksmith.cli.options import parse_size
 from masksmith.data.images import read_image
+from masksmith.data.transforms import preprocess_image
 from masksmith.errors import ConfigError
+from masksmith.inference.backends import OnnxBackend, physical_cores
+from masksmith.inference.export import export_onnx
+from masksmith.inference.predictor import Predictor
 from masksmith.models.heads import logits_to_classes
-from masksmith.onnx_export import export_onnx
-from masksmith.predict import Predictor
-from masksmith.train_options import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBRANE = REPO / "examples" / "membrane"

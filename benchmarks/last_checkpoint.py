@@ -17,7 +17,7 @@ from pathlib import Path
 
 import masksmith
 from masksmith.bundle import load_bundle, save_bundle
-from masksmith.checkpoints import load_checkpoint, network_weights
+from masksmith.training.checkpoints import load_checkpoint, network_weights
 
 
 def run_checkpoint(run: Path, name: str) -> dict:

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from masksmith.losses import build_loss
 from masksmith.models.heads import best_class
+from masksmith.training.losses import build_loss
 
 IGNORE = 255
 

@@ -69,7 +69,7 @@ def label_offset(samples) -> tuple[np.ndarray, tuple[float, float]]:
 def moved_errors(bundle: str, samples, flipped: bool) -> dict[str, float]:
     """Mean pixel error of the bundle's masks, moved as MOVES says (a 2 px frame left out), and the share of the
     unmoved masks' errors within one pixel of a label edge."""
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     predictor = Predictor.load(bundle)
     errors = dict.fromkeys(MOVES, 0.0)

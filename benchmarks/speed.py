@@ -84,10 +84,10 @@ def images_per_second(step, images_per_step: int, steps: int) -> float:
 
 def demo_batch(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` demo images and masks at size x size, preprocessed as training sees them, in memory."""
-    from masksmith.data.dataset import preprocess_image
     from masksmith.data.encoding import MaskEncoding
     from masksmith.data.images import read_image
     from masksmith.data.masks import read_mask
+    from masksmith.data.transforms import preprocess_image
 
     images = torch.cat([preprocess_image(read_image(p, 1), (size, size), [0.5], [0.25])
                         for p in sorted((DATA / "images").glob("*.png"))[:batch]])

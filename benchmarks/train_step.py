@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import training_step  # noqa: E402  (the plain loop's step, shared with speed.py)
 
+from masksmith.cli.options import parse_size as parse_size_flag  # noqa: E402
 from masksmith.config import size_pair  # noqa: E402
 from masksmith.models.encoders import ENCODERS  # noqa: E402
 from masksmith.models.registry import build_model  # noqa: E402
-from masksmith.train_options import parse_size as parse_size_flag  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:

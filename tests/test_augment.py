@@ -7,8 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from masksmith.augment import AUGMENTATIONS, SmoothElastic, build_augmentation, seed_augmentation, trained_flips
 from masksmith.errors import ConfigError
+from masksmith.training.augment import (
+    AUGMENTATIONS,
+    SmoothElastic,
+    build_augmentation,
+    seed_augmentation,
+    trained_flips,
+)
 
 IGNORE = 255
 LEVELS = np.array([40, 100, 160, 220])  # gray level of class k: far apart, and apart after brightness/contrast

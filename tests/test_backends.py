@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from masksmith.backends import Backend, OnnxBackend, TorchBackend, fold_batchnorm, network_to_onnx, open_backend
 from masksmith.bundle import BundleMeta, load_network, save_bundle
 from masksmith.errors import MasksmithError
+from masksmith.inference.backends import (
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    fold_batchnorm,
+    network_to_onnx,
+    open_backend,
+)
+from masksmith.inference.predictor import Predictor
 from masksmith.models import build_model
 from masksmith.models.base import input_multiple
-from masksmith.predict import Predictor
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "masksmith"
 
@@ -59,13 +66,14 @@ def _imports(module: str) -> set[str]:
 
 def test_export_and_predict_do_not_import_each_other():
     # Regression: export imported predict (Predictor.load) and predict imported export (OnnxBackend).
-    assert not {"masksmith.predict"} & _imports("masksmith.onnx_export")
-    assert not {"masksmith.onnx_export"} & _imports("masksmith.predict")
-    for low in ("masksmith.backends", "masksmith.bundle", "masksmith.models.base"):
-        assert not {"masksmith.predict", "masksmith.onnx_export", "masksmith.serve.model"} & _imports(low), low
+    assert not {"masksmith.inference.predictor"} & _imports("masksmith.inference.export")
+    assert not {"masksmith.inference.export"} & _imports("masksmith.inference.predictor")
+    for low in ("masksmith.inference.backends", "masksmith.bundle", "masksmith.models.base"):
+        upper = {"masksmith.inference.predictor", "masksmith.inference.export", "masksmith.serve.model"}
+        assert not upper & _imports(low), low
     # And in a fresh interpreter: loading export (and backends) brings no Predictor along.
-    code = ("import sys, masksmith.onnx_export, masksmith.backends; "
-            "assert 'masksmith.predict' not in sys.modules, sorted(sys.modules)")
+    code = ("import sys, masksmith.inference.export, masksmith.inference.backends; "
+            "assert 'masksmith.inference.predictor' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from masksmith import budget
 from masksmith.models import build_model
-from masksmith.budget import (BF16_MIN_SPEEDUP, BFLOAT16, FLOAT32, MIN_EPOCHS, MIN_STEPS, aspect_sizes,
-                              plan_for_budget, time_training_step)
+from masksmith.planning import budget
+from masksmith.planning.budget import (
+    BF16_MIN_SPEEDUP,
+    BFLOAT16,
+    FLOAT32,
+    MIN_EPOCHS,
+    MIN_STEPS,
+    aspect_sizes,
+    plan_for_budget,
+    time_training_step,
+)
 
 
 def test_aspect_sizes_keep_the_ratio_with_sides_multiples_of_32() -> None:

@@ -75,7 +75,7 @@ def test_atomic_output_has_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from masksmith.fileio import write_text_atomic
+    from masksmith.core.fileio import write_text_atomic
 
     write_text_atomic(tmp_path / "a.txt", "x")
     plain = tmp_path / "b.txt"

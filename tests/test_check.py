@@ -14,7 +14,7 @@ from rich.console import Console
 from masksmith.data.check import CheckReport, check_dataset, fingerprint, print_report, write_fingerprint
 from masksmith.data.check.report import RARE_MAX_IMAGES, is_rare
 from masksmith.errors import ConfigError, DataError
-from masksmith.plan import derive_plan
+from masksmith.planning.plan import derive_plan
 from tests.conftest import save_array
 from tests.helpers import make_shapes_dataset
 

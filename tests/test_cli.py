@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from masksmith.cli import app
+from masksmith.cli.app import app
 from tests.helpers import make_shapes_dataset
 
 runner = CliRunner()

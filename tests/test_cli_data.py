@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from masksmith.bundle import read_meta
-from masksmith.cli import app
+from masksmith.cli.app import app
 from tests.helpers import make_shapes_dataset
 
 runner = CliRunner()

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from masksmith.data.convert import ConvertReport, convert_coco
+from masksmith.data.convert import convert_coco
 from masksmith.data.convert.coco import coco_classes, rle_counts
+from masksmith.data.convert.common import ConvertReport
 from masksmith.errors import DataError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelme-examples" / "instance_segmentation"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from masksmith.data.convert import ConvertReport, convert_labelme
+from masksmith.data.convert import convert_labelme
+from masksmith.data.convert.common import ConvertReport
 from masksmith.data.convert.labelme import read_labels, shape_to_mask
 from masksmith.errors import DataError
 

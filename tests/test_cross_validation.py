@@ -13,12 +13,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import masksmith
-from masksmith.cli import app
+from masksmith.cli.app import app
 from masksmith.data.discover import discover
-from masksmith.ensemble import EnsemblePredictor, load_models
 from masksmith.errors import BundleError, ConfigError, DataError
-from masksmith.metrics import ConfusionMatrix
-from masksmith.predict import Predictor
+from masksmith.evaluation.metrics import ConfusionMatrix
+from masksmith.inference.ensemble import EnsemblePredictor, load_models
+from masksmith.inference.predictor import Predictor
 from masksmith.training.cross_validation import cv_pool, make_folds, read_splits
 from tests.helpers import make_shapes_dataset
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from masksmith.augment import build_augmentation
-from masksmith.data.dataset import SegmentationDataset, preprocess_image, resize_mask
 from masksmith.data.discover import Sample, discover
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.images import read_image
+from masksmith.data.transforms import preprocess_image, resize_mask
 from masksmith.errors import ConfigError, DataError
+from masksmith.training.augment import build_augmentation
+from masksmith.training.dataset import SegmentationDataset
 
 MEAN3, STD3 = [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]
 INDEX = MaskEncoding("index")

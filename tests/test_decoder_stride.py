@@ -11,9 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import masksmith
 from masksmith.bundle import load_network, read_meta
 from masksmith.errors import ConfigError
+from masksmith.inference.predictor import Predictor
 from masksmith.models import build_model
 from masksmith.models.encoder_unet import DecoderBlock
-from masksmith.predict import Predictor
 from tests.helpers import make_shapes_dataset
 
 TINY = {"base_channels": 4}
@@ -71,7 +71,7 @@ def test_the_classic_unet_has_no_early_stop() -> None:
 
 
 def test_a_trained_bundle_rebuilds_the_stride_and_exports_to_onnx(tmp_path) -> None:
-    from masksmith.onnx_export import export_onnx
+    from masksmith.inference.export import export_onnx
 
     data = make_shapes_dataset(tmp_path / "shapes", count=6, size=(40, 56))
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=3, model="unet",

@@ -20,13 +20,13 @@ import torch
 
 import masksmith
 from masksmith.config import resolve_config, resolve_user_config
-from masksmith.engine import SegmentationModule
+from masksmith.core.runlog import RunLog
 from masksmith.errors import ConfigError
-from masksmith.parallel import DECISION_ENV
-from masksmith.runlog import RunLog
+from masksmith.training.engine import SegmentationModule
 from masksmith.training.fit import SegmentationData
 from masksmith.training.handoff import Decision
 from masksmith.training.network import build_network, model_arguments
+from masksmith.training.parallel import DECISION_ENV
 from masksmith.training.prepare import prepare_data
 from tests.helpers import make_shapes_dataset
 

@@ -13,14 +13,15 @@ from safetensors.torch import save_file
 import masksmith
 from masksmith.bundle import read_meta
 from masksmith.errors import ConfigError
+from masksmith.inference.predictor import Predictor
 from masksmith.models import build_model, model_options
 from masksmith.models.encoder_unet import EncoderUNet
 from masksmith.models.encoders import ENCODERS
 from masksmith.models.encoders.base import SamePad
 from masksmith.models.encoders.weights import package_folder
-from masksmith.models.smp import encoder_normalization, load_weights
+from masksmith.models.smp import encoder_normalization
 from masksmith.models.unet import UNet
-from masksmith.predict import Predictor
+from masksmith.models.weights import load_weights
 from tests.helpers import make_shapes_dataset
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -386,8 +387,8 @@ def test_frozen_stages_keep_their_pretrained_weights_while_the_rest_is_fine_tune
 
 def test_onnx_export_matches_pytorch(shapes, tmp_path):
     pytest.importorskip("onnxruntime")
-    from masksmith.backends import OnnxBackend
-    from masksmith.onnx_export import export_onnx
+    from masksmith.inference.backends import OnnxBackend
+    from masksmith.inference.export import export_onnx
 
     result = masksmith.train(shapes, classes=str(shapes / "classes.txt"), size=32, epochs=1, batch_size=2,
                              model="unet", encoder="efficientnet_lite0", model_options=TINY,

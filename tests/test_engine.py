@@ -10,9 +10,9 @@ from lightning.pytorch.callbacks import Callback
 
 import masksmith
 from masksmith.config import TrainConfig
-from masksmith.engine import SegmentationModule, epochs_within_budget
 from masksmith.errors import ConfigError
 from masksmith.models import build_model
+from masksmith.training.engine import SegmentationModule, epochs_within_budget
 from tests.helpers import RecordWeights, make_shapes_dataset, moving_average
 
 TINY_UNET = {"base_channels": 8, "depth": 3}
@@ -138,7 +138,7 @@ def test_the_curves_mark_the_best_epoch_of_the_monitored_metric(tmp_path, monkey
 
 def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(tmp_path, capsys):
     from masksmith.config import MONITORED_METRICS
-    from masksmith.engine import EpochLines, ProgressBar, progress_callback
+    from masksmith.training.engine import EpochLines, ProgressBar, progress_callback
 
     assert isinstance(progress_callback(quiet=False, interactive=True), ProgressBar)
     assert isinstance(progress_callback(quiet=False, interactive=False), EpochLines)

@@ -12,13 +12,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from masksmith.bundle import BundleMeta, save_bundle
-from masksmith.cli import app
-from masksmith.ensemble import EnsemblePredictor, expand_models, load_models, split_models
+from masksmith.cli.app import app
 from masksmith.errors import BundleError, ConfigError, DataError
-from masksmith.evaluation import evaluate
-from masksmith.metrics import ConfusionMatrix
+from masksmith.evaluation.metrics import ConfusionMatrix
+from masksmith.evaluation.scoring import evaluate
+from masksmith.inference.ensemble import EnsemblePredictor, expand_models, load_models, split_models
+from masksmith.inference.predictor import Predictor
 from masksmith.models import build_model
-from masksmith.predict import Predictor
 from tests.helpers import make_shapes_dataset
 
 NAMES = ["background", "red box", "blue box"]

@@ -8,13 +8,13 @@ from typer.testing import CliRunner
 
 import masksmith
 from masksmith.bundle import load_bundle, save_bundle
-from masksmith.cli import app
+from masksmith.cli.app import app
 from masksmith.data.discover import discover
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.errors import MasksmithError
-from masksmith.metrics import ConfusionMatrix
-from masksmith.predict import Predictor
+from masksmith.evaluation.metrics import ConfusionMatrix
+from masksmith.inference.predictor import Predictor
 from tests.trained_models import shapes_model
 
 

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 
 import masksmith
 from masksmith.config import TrainConfig
-from masksmith.engine import SegmentationModule
 from masksmith.errors import ConfigError
 from masksmith.models import build_model
-from masksmith.models.smp import load_weights
+from masksmith.models.weights import load_weights
+from masksmith.training.engine import SegmentationModule
 from tests.helpers import make_shapes_dataset
 
 TINY_UNET = {"base_channels": 4, "depth": 2}

@@ -22,11 +22,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import masksmith
-from masksmith import html_report
 from masksmith.bundle import read_meta
-from masksmith.cli import app
-from masksmith.html_report import ThumbnailKeeper, render_report
-from masksmith.predict import Predictor
+from masksmith.cli.app import app
+from masksmith.evaluation import html_report
+from masksmith.evaluation.html_report import ThumbnailKeeper, render_report
+from masksmith.inference.predictor import Predictor
 from tests.helpers import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import masksmith
 from masksmith.bundle import load_bundle
-from masksmith.checkpoints import load_checkpoint, network_weights
-from masksmith.cli import app
+from masksmith.cli.app import app
+from masksmith.training.checkpoints import load_checkpoint, network_weights
 from tests.helpers import make_shapes_dataset
 
 TINY_UNET = {"base_channels": 8, "depth": 3}

@@ -10,8 +10,8 @@ from PIL import Image
 
 from masksmith.data.check import check_dataset
 from masksmith.data.encoding import ignore_index_problem
-from masksmith.data.labels import ClassCountError, LabelSpec, resolve_labels
 from masksmith.data.encoding import MaskEncoding
+from masksmith.data.labels import ClassCountError, LabelSpec, resolve_labels
 from masksmith.data.masks import read_mask
 from masksmith.errors import ConfigError, DataError
 from tests.helpers import make_void_dataset

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from masksmith.errors import ConfigError, DataError
-from masksmith.losses import LOSSES, build_loss, parse_loss_spec
+from masksmith.training.losses import LOSSES, build_loss, parse_loss_spec
 
 IGNORE = 255
 

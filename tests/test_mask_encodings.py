@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from masksmith.data import discover as discover_module
-from masksmith.data.discover import discover
 from masksmith.data.detect import detect_encoding, discover_colors, survey_masks
+from masksmith.data.discover import discover
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels, read_image
 from masksmith.data.lossy import LossyMaskWarning

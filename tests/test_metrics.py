@@ -14,7 +14,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.evaluation.metrics import ConfusionMatrix, per_image_dice
 
 IGNORE = 255
 

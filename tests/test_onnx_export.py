@@ -13,11 +13,11 @@ import onnx  # noqa: E402
 
 import masksmith  # noqa: E402
 from masksmith.bundle import read_meta  # noqa: E402
-from masksmith.cli import app  # noqa: E402
+from masksmith.cli.app import app  # noqa: E402
 from masksmith.errors import BundleError, MasksmithError  # noqa: E402
-from masksmith.backends import OnnxBackend, network_to_onnx, read_onnx_meta  # noqa: E402
-from masksmith.onnx_export import export_onnx, upsampling_as_depth_to_space  # noqa: E402
-from masksmith.predict import Predictor  # noqa: E402
+from masksmith.inference.backends import OnnxBackend, network_to_onnx, read_onnx_meta  # noqa: E402
+from masksmith.inference.export import export_onnx, upsampling_as_depth_to_space  # noqa: E402
+from masksmith.inference.predictor import Predictor  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
 
 runner = CliRunner()

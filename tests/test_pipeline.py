@@ -14,8 +14,8 @@ from PIL import Image
 import masksmith
 from masksmith.bundle import read_meta
 from masksmith.errors import ConfigError, DataError
+from masksmith.inference.predictor import Predictor
 from masksmith.models import build_model
-from masksmith.predict import Predictor
 from tests.helpers import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]

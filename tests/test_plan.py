@@ -9,7 +9,7 @@ import pytest
 from masksmith.config import make_config
 from masksmith.data.check import check_dataset, fingerprint
 from masksmith.errors import ConfigError, DataError
-from masksmith.plan import (
+from masksmith.planning.plan import (
     MAX_CLASS_WEIGHT,
     PlanChoice,
     class_weights,

@@ -17,7 +17,7 @@ from masksmith.annotations import CocoWriter, LabelmeWriter, check_annotation_op
 from masksmith.annotations.coco_out import coco_region_annotations
 from masksmith.annotations.labelme_out import labelme_document, labelme_label_names
 from masksmith.annotations.regions import paint, worst_class_iou
-from masksmith.cli import app
+from masksmith.cli.app import app
 from masksmith.data.convert import convert_coco, convert_labelme
 from masksmith.errors import ConfigError
 from tests.conftest import SHARED_DATA

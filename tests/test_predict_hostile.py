@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import masksmith
-from masksmith.cli import app
+from masksmith.cli.app import app
 from tests.helpers import make_shapes_dataset
 
 

@@ -16,9 +16,9 @@ pytest.importorskip("ray.data", reason="the ray extra is not installed (pip inst
 
 import ray  # noqa: E402
 
-from masksmith.cli import app  # noqa: E402
+from masksmith.cli.app import app  # noqa: E402
 from masksmith.errors import ConfigError  # noqa: E402
-from masksmith.ray_engine import RayOptions, actor_count  # noqa: E402
+from masksmith.inference.ray_engine import RayOptions, actor_count  # noqa: E402
 from tests.trained_models import shapes_model  # noqa: E402
 
 

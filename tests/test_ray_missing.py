@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from masksmith.cli import app
+from masksmith.cli.app import app
 from tests.trained_models import shapes_model
 
 

@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from masksmith.bundle import BundleMeta, save_bundle
-from masksmith.cli import app
+from masksmith.cli.app import app
+from masksmith.core.fileio import refuse_overwrite
 from masksmith.data.convert import convert_coco, convert_labelme
 from masksmith.errors import ConfigError
-from masksmith.fileio import refuse_overwrite
 from masksmith.models import build_model
 
 
@@ -216,8 +216,8 @@ def test_a_2d_npy_image_is_read_as_height_x_width(tmp_path, bundle):
 
 
 def test_an_all_ignore_image_is_left_out_of_the_per_image_mean(tmp_path, bundle):
-    from masksmith.evaluation import evaluate
-    from masksmith.metrics import mean_image_score, per_image_dice
+    from masksmith.evaluation.metrics import mean_image_score, per_image_dice
+    from masksmith.evaluation.scoring import evaluate
 
     everything_ignored = np.full((4, 4), 255, np.uint8)
     assert np.isnan(per_image_dice(np.ones((4, 4), np.uint8), everything_ignored, 3, ignore_index=255))

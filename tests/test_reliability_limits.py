@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import masksmith
-from masksmith.data.limits import DEFAULT_MAX_IMAGE_PIXELS, ENV_VAR, ImageTooLarge, image_pixel_limit
 from masksmith.data.images import read_image
+from masksmith.data.limits import DEFAULT_MAX_IMAGE_PIXELS, ENV_VAR, ImageTooLarge, image_pixel_limit
 from masksmith.errors import DataError
 from tests.helpers import make_shapes_dataset
 
@@ -125,7 +125,7 @@ def bundle(tmp_path_factory) -> Path:
 
 
 def test_predict_lists_a_real_bomb_png_and_writes_the_other_images(bundle, tmp_path):
-    from masksmith.predict import Predictor, predict_files
+    from masksmith.inference.predictor import Predictor, predict_files
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -212,7 +212,7 @@ BAD_META = [
 
 @pytest.mark.parametrize(("changes", "message"), BAD_META, ids=[m for _, m in BAD_META])
 def test_crafted_bundle_metadata_is_one_clear_bundle_error(tmp_path, changes, message):
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     path = _write_bundle(tmp_path / "crafted.msb", {"format": "masksmith-bundle", "meta": _meta_values(**changes)},
                          _tiny_weights())
@@ -230,7 +230,7 @@ def test_bundle_metadata_that_is_not_an_object(tmp_path, header):
 
 
 def test_weights_that_do_not_fit_the_metadata_are_refused_before_building(tmp_path):
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     # The metadata asks for 64 base channels, the file holds a 4-channel network: compared on the meta device.
     header = {"format": "masksmith-bundle", "meta": _meta_values(model_options={"depth": 2, "base_channels": 64})}
@@ -273,7 +273,7 @@ def _onnx_header(**changes):
     (_onnx_header(meta={**_onnx_header()["meta"], "colors": [[0, 0, 0]]}), "1 colors for 2 classes"),
 ])
 def test_crafted_onnx_metadata_is_one_clear_bundle_error(tmp_path, header, message):
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     path = _onnx_with_header(tmp_path / "crafted.onnx", header)
     with pytest.raises(masksmith.errors.BundleError) as caught:
@@ -283,7 +283,7 @@ def test_crafted_onnx_metadata_is_one_clear_bundle_error(tmp_path, header, messa
 
 
 def test_onnx_channels_must_match_the_metadata(tmp_path):
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     # The graph takes 2 channels; the metadata says 3 (RGB).
     path = _onnx_with_header(tmp_path / "channels.onnx", _onnx_header())

@@ -12,13 +12,13 @@ from PIL import Image
 from torch.utils.data import WeightedRandomSampler
 
 from masksmith.config import resolve_user_config
+from masksmith.core.runlog import RunLog
 from masksmith.data.discover import Sample
 from masksmith.data.encoding import MaskEncoding
-from masksmith.data.sampling import classes_present, describe_factors, repeat_factor_sampler, repeat_factors
 from masksmith.errors import ConfigError, DataError
-from masksmith.runlog import RunLog
 from masksmith.training.fit import SegmentationData
 from masksmith.training.prepare import prepare_data
+from masksmith.training.sampling import classes_present, describe_factors, repeat_factor_sampler, repeat_factors
 from tests.helpers import make_shapes_dataset
 
 

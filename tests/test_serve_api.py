@@ -17,10 +17,10 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extr
 from fastapi.testclient import TestClient  # noqa: E402
 from pycocotools import mask as coco_mask  # noqa: E402
 
-from masksmith.cli import app as cli_app  # noqa: E402
+from masksmith.cli.app import app as cli_app  # noqa: E402
 from masksmith.errors import ConfigError, MasksmithError  # noqa: E402
-from masksmith.onnx_export import export_onnx  # noqa: E402
-from masksmith.predict import Predictor, predict_files  # noqa: E402
+from masksmith.inference.export import export_onnx  # noqa: E402
+from masksmith.inference.predictor import Predictor, predict_files  # noqa: E402
 from masksmith.serve import require_serve_extra  # noqa: E402
 from masksmith.serve.app import create_app  # noqa: E402
 from masksmith.serve.model import ServedModel  # noqa: E402

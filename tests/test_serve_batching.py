@@ -224,7 +224,7 @@ def test_shutdown_drains_requests_in_flight(bundle):
 
 
 def test_masksmith_serve_prints_where_and_what_and_stops_cleanly_on_ctrl_c(bundle):
-    command = [sys.executable, "-m", "masksmith.cli", "serve", str(bundle), "--port", "0", "--quiet"]
+    command = [sys.executable, "-m", "masksmith.cli.app", "serve", str(bundle), "--port", "0", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -17,7 +17,8 @@ import masksmith  # noqa: E402
 from masksmith.bundle import read_meta  # noqa: E402
 from masksmith.errors import ConfigError  # noqa: E402
 from masksmith.models import MODELS, build_model, model_options  # noqa: E402
-from masksmith.models.smp import encoder_normalization, load_weights  # noqa: E402
+from masksmith.models.smp import encoder_normalization  # noqa: E402
+from masksmith.models.weights import load_weights  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
 
 # DPT is registered too but needs a ViT encoder (tu-vit_*); the rest run on a small ResNet.
@@ -151,7 +152,7 @@ def test_train_bundle_and_predict_with_an_smp_unet(tmp_path):
     assert mask.shape == (40, 56) and mask.max() <= 2
     # ONNX export of an smp model: verified against PyTorch at export, and the same masks from both backends.
     pytest.importorskip("onnxruntime")
-    from masksmith.onnx_export import export_onnx
+    from masksmith.inference.export import export_onnx
 
     report = export_onnx(result.bundle, tmp_path / "model.onnx")
     assert report.max_rel_diff <= 1e-4

@@ -12,7 +12,7 @@ import pytest
 
 import masksmith
 from masksmith.data.check import CheckReport
-from masksmith.data.convert import ConvertReport
+from masksmith.data.convert.common import ConvertReport
 from masksmith.errors import ConfigError, MasksmithError
 from tests.helpers import make_shapes_dataset
 
@@ -40,13 +40,13 @@ def test_the_converters_are_public_and_return_their_report(tmp_path):
 
 
 def test_export_is_the_function_and_no_submodule_shadows_it(tmp_path):
-    # The ONNX code lives in masksmith.onnx_export, so importing it cannot rebind masksmith.export.
-    importlib.import_module("masksmith.onnx_export")
+    # The ONNX code lives in masksmith.inference.export, so importing it cannot rebind masksmith.export.
+    importlib.import_module("masksmith.inference.export")
 
     assert type(masksmith) is types.ModuleType  # a plain package module, no class swapped in
     assert importlib.util.find_spec("masksmith.export") is None
-    assert callable(masksmith.export) and masksmith.export.__module__ == "masksmith.steps"
-    from masksmith.onnx_export import export_onnx
+    assert callable(masksmith.export) and masksmith.export.__module__ == "masksmith.inference.export"
+    from masksmith.inference.export import export_onnx
 
     assert callable(export_onnx)
     bundle = tmp_path / "model.msb"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from masksmith.bundle import BundleMeta
+from masksmith.inference.backends import TorchBackend
+from masksmith.inference.predictor import Predictor, tiled_logits, tta_views
 from masksmith.models import build_model
-from masksmith.backends import TorchBackend
-from masksmith.predict import Predictor, tiled_logits, tta_views
 
 
 def _network(name: str, depth: int, seed: int = 0) -> torch.nn.Module:

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 import masksmith.training
-from masksmith.cli import app
+from masksmith.cli.app import app
+from masksmith.cli.options import COMMAND_ONLY, cli_options, options_table, parse_cli_values
 from masksmith.config import TrainConfig
-from masksmith.train_options import COMMAND_ONLY, cli_options, options_table, parse_cli_values
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}  # option names and help on one line each
@@ -99,7 +99,7 @@ def test_parse_cli_values_leaves_untyped_options_out():
 
 
 def test_readme_options_table_matches_the_config_when_present():
-    # The README's table is generated (python -m masksmith.train_options); between the markers it must match.
+    # The README's table is generated (python -m masksmith.cli.options); between the markers it must match.
     readme = Path(__file__).resolve().parents[1] / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     start, end = "<!-- options-table:start -->\n", "<!-- options-table:end -->"

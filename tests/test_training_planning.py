@@ -10,10 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 import masksmith
-from masksmith.cli import app
+from masksmith.cli.app import app
 from masksmith.config import TrainConfig, resolve_user_config, user_config_from
 from masksmith.data.check import check_dataset, fingerprint
-from masksmith.training.planning import plan_choices
+from masksmith.planning.stage import plan_choices
 from tests.helpers import make_shapes_dataset
 
 GIVEN = dict(epochs=1, early_stopping=0, lr=3e-3, num_workers=0, quiet=True)

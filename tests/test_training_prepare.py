@@ -13,7 +13,7 @@ import masksmith.data.discover
 import masksmith.data.labels
 import masksmith.data.validate
 import masksmith.training.prepare
-import masksmith.training.run
+import masksmith.training.stages
 from masksmith.errors import DataError
 from tests.helpers import make_shapes_dataset
 
@@ -53,7 +53,7 @@ def counted(monkeypatch) -> Counter:
         monkeypatch.setattr(module, "discover_dataset", discovering)
     monkeypatch.setattr(masksmith.data.validate, "sample_problem", validating)
     monkeypatch.setattr(masksmith.data.labels, "survey_labels", surveying)  # detection's sampling of the masks
-    monkeypatch.setattr(masksmith.training.run, "build_network", stop)
+    monkeypatch.setattr(masksmith.training.stages, "build_network", stop)
     return calls
 
 

@@ -18,10 +18,10 @@ from lightning.pytorch.callbacks import Callback
 
 import masksmith
 from masksmith.bundle import BundleMeta, load_bundle, save_bundle
-from masksmith.checkpoints import AtomicCheckpointIO, load_checkpoint, network_weights
+from masksmith.core.fileio import folder_lock, write_text_atomic
 from masksmith.errors import ConfigError
-from masksmith.fileio import folder_lock, write_text_atomic
-from masksmith.metrics import ConfusionMatrix
+from masksmith.evaluation.metrics import ConfusionMatrix
+from masksmith.training.checkpoints import AtomicCheckpointIO, load_checkpoint, network_weights
 from tests.helpers import RecordWeights, make_shapes_dataset, moving_average
 
 TINY = {"base_channels": 4, "depth": 2}
@@ -232,7 +232,7 @@ def test_a_second_training_into_a_locked_run_folder_fails_at_once(shapes, tmp_pa
 def test_the_lock_of_a_killed_process_is_released(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from masksmith.fileio import folder_lock\n"
+        [sys.executable, "-c", "import sys, time; from masksmith.core.fileio import folder_lock\n"
          f"with folder_lock({str(run)!r}, kind='training'):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:

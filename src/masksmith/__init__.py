@@ -13,27 +13,30 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from masksmith.core.version import __version__
+
 __all__ = ["train", "evaluate", "load", "check", "export", "convert_labelme", "convert_coco", "TrainConfig",
            "__version__"]
 
 if TYPE_CHECKING:
     from masksmith.config import TrainConfig
+    from masksmith.data.check.step import check
     from masksmith.data.convert import convert_coco, convert_labelme
-    from masksmith.evaluation import evaluate
-    from masksmith.predict import Predictor
-    from masksmith.steps import check, export
+    from masksmith.evaluation.scoring import evaluate
+    from masksmith.inference.export import export
+    from masksmith.inference.predictor import Predictor
     from masksmith.training import train
 
 # Imported on first use so `import masksmith` stays fast (torch and Lightning load lazily).
-_LAZY = {"train": "masksmith.training", "evaluate": "masksmith.evaluation", "check": "masksmith.steps",
-         "export": "masksmith.steps", "convert_labelme": "masksmith.data.convert",
-         "convert_coco": "masksmith.data.convert", "TrainConfig": "masksmith.config"}
+_LAZY = {"train": "masksmith.training", "evaluate": "masksmith.evaluation.scoring",
+         "check": "masksmith.data.check.step", "export": "masksmith.inference.export",
+         "convert_labelme": "masksmith.data.convert", "convert_coco": "masksmith.data.convert",
+         "TrainConfig": "masksmith.config"}
 
 
 def load(path: str, device: str = "auto") -> "Predictor":
     """Load a model bundle for prediction: `masksmith.load("runs/train/model.msb").predict(image)`."""
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
     return Predictor.load(path, device=device)
 

@@ -19,11 +19,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from masksmith import __version__
 from masksmith.config import InputSize, size_pair
+from masksmith.core.fileio import atomic_path
+from masksmith.core.version import __version__
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import BundleError, MasksmithError
-from masksmith.fileio import atomic_path
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
 
 FlipAxis = Literal["horizontal", "vertical"]

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal, Sequence, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from masksmith.core.registry import did_you_mean
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError
-from masksmith.registry import did_you_mean
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]

@@ -1,6 +1,6 @@
 """Predictions as annotations to correct (Labelme JSON, COCO) and the "label these next" ranking.
 
-Each writer is a *prediction sink* that `masksmith.predict.predict_files` calls for every image:
+Each writer is a *prediction sink* that `masksmith.inference.predictor.predict_files` calls for every image:
 ``plan(items)`` before any work (refuse clashes, name the files it will write), ``add(source, relative,
 probabilities, mask)`` per predicted image, and ``finish()`` once at the end.
 """

@@ -19,8 +19,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from masksmith.annotations.regions import regions
+from masksmith.core.fileio import write_text_atomic
 from masksmith.errors import ConfigError
-from masksmith.fileio import write_text_atomic
 
 __all__ = ["COCO_NAME", "CocoWriter", "coco_categories", "coco_region_annotations"]
 

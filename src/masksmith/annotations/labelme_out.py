@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from masksmith.annotations.regions import MIN_OUTLINE_IOU, check_tolerance, fill_order
+from masksmith.core.fileio import write_text_atomic
 from masksmith.errors import ConfigError
-from masksmith.fileio import write_text_atomic
 
 __all__ = ["LABELME_VERSION", "LabelmeWriter", "labelme_document", "labelme_label_names"]
 

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from masksmith.core.fileio import atomic_path
 from masksmith.errors import ConfigError
-from masksmith.fileio import atomic_path
 
 __all__ = ["RANKING_NAME", "UNCERTAIN_MARGIN", "RankingWriter", "image_uncertainty"]
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from masksmith.core.fileio import atomic_path
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, check_class_range, describe_encoding
 from masksmith.data.images import LOSSY_FORMATS, NPY_SUFFIX, load_npy, open_decoded
 from masksmith.data.lossy import looks_lossy, nearest_center, refuse_far_regions, warn_snapped
 from masksmith.data.palette import color_text, pack_colors, unpack_colors
 from masksmith.errors import ConfigError, DataError
-from masksmith.fileio import atomic_path
 
 __all__ = ["ColorLookup", "RawMask", "binary_classes", "binary_strays", "classify_colors", "decode_mask",
            "encode_mask", "load_raw_mask", "read_mask", "read_mask_values", "write_mask"]

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from collections.abc import Collection
 
 from masksmith.data.discover import Sample
-from masksmith.data.limits import open_image
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
 from masksmith.data.images import read_image
+from masksmith.data.limits import open_image
 from masksmith.data.masks import read_mask
 from masksmith.errors import DataError
 

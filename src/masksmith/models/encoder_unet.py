@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from masksmith.errors import ConfigError
 from masksmith.models.base import encoder_stride, pad_to_multiple
+from masksmith.models.blocks import DoubleConv, check_architecture_options, init_weights
 from masksmith.models.encoders import Encoder, build_encoder, encoder_info, pretrained_weights_file
-from masksmith.models.unet import DoubleConv, check_architecture_options, init_weights
+from masksmith.models.weights import is_weights_file, load_weights
 
 # The classic U-Net's depth default; with an encoder the depth is the encoder's (5 downsamplings).
 CLASSIC_DEPTH = 4
@@ -123,8 +124,6 @@ def build_encoder_unet(in_channels: int, out_channels: int, encoder: str, weight
     model = EncoderUNet(build_encoder(encoder, in_channels), out_channels, base_channels, mode, dropout,
                         decoder_stride)
     if weights:
-        from masksmith.models.smp import is_weights_file, load_weights
-
         path = weights if is_weights_file(weights) else pretrained_weights_file(encoder, weights)
         # Kept on the model so the trainer can log what was loaded (the builder has no run log).
         model.masksmith_weights = load_weights(model, path, part="auto")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from masksmith.models.base import pad_to_multiple
+from masksmith.models.blocks import check_architecture_options, init_weights
 from masksmith.models.registry import MODELS
-from masksmith.models.unet import check_architecture_options, init_weights
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

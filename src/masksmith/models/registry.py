@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from masksmith.core.registry import Registry
 from masksmith.errors import ConfigError
-from masksmith.registry import Registry
 
 MODELS = Registry("model")
 

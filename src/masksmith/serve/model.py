@@ -11,9 +11,9 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from masksmith import __version__
+from masksmith.core.version import __version__
 from masksmith.errors import MasksmithError
-from masksmith.predict import Predictor
+from masksmith.inference.predictor import Predictor
 
 # One inference job: the decoded image and the binary threshold asked for (None: the bundle's).
 Job = tuple[np.ndarray, float | None]

@@ -19,8 +19,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from masksmith.data.limits import ImageTooLarge, open_image, too_large_message
 from masksmith.data.images import image_to_array
+from masksmith.data.limits import ImageTooLarge, open_image, too_large_message
 from masksmith.errors import MasksmithError
 from masksmith.serve.options import ServeOptions
 

@@ -14,16 +14,16 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import Callback
 
 from masksmith.config import UserConfig, config_to_yaml, resolve_user_config
+from masksmith.core.fileio import folder_lock, remove_stale_temps, write_text_atomic
+from masksmith.core.runlog import RunLog
 from masksmith.data.discover import Sample
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError, DataError
-from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
-from masksmith.runlog import RunLog
+from masksmith.planning.stage import check_and_plan
 from masksmith.training.cv_scores import score_folds, summary_table
 from masksmith.training.network import check_names
-from masksmith.training.planning import check_and_plan
 from masksmith.training.prepare import find_pairs, with_dataset_classes
-from masksmith.training.run import quiet_lightning, run_stages
+from masksmith.training.stages import quiet_lightning, run_stages
 
 SPLITS_FILE = "splits.json"
 SUMMARY_FILE = "cv_summary.json"

@@ -14,8 +14,8 @@ from masksmith.data.discover import Sample
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.errors import DataError, MasksmithError
-from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_dice
-from masksmith.predict import Predictor
+from masksmith.evaluation.metrics import ConfusionMatrix, mean_image_score, per_image_dice
+from masksmith.inference.predictor import Predictor
 
 SUMMARY_FORMAT = "masksmith-cv-summary"
 METRICS = ("miou", "mean_dice", "miou_no_background", "mean_dice_no_background", "pixel_accuracy",

@@ -13,15 +13,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
-from masksmith.augment import build_augmentation
-from masksmith.checkpoints import load_checkpoint, network_weights
 from masksmith.config import TrainConfig
-from masksmith.data.dataset import SegmentationDataset
-from masksmith.data.sampling import repeat_factor_sampler
-from masksmith.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
 from masksmith.errors import ConfigError
-from masksmith.parallel import Launch, spawns
+from masksmith.training.augment import build_augmentation
+from masksmith.training.checkpoints import load_checkpoint, network_weights
+from masksmith.training.dataset import SegmentationDataset
+from masksmith.training.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
+from masksmith.training.parallel import Launch, spawns
 from masksmith.training.prepare import PreparedData
+from masksmith.training.sampling import repeat_factor_sampler
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from masksmith.config import TrainConfig, UserConfig, make_config
 from masksmith.errors import ConfigError, MasksmithError
-from masksmith.parallel import DECISION_ENV, Launch, accelerator, processes, spawns
+from masksmith.training.parallel import DECISION_ENV, Launch, accelerator, processes, spawns
 
 # Rank 0 checks and plans the data while the others wait in the first broadcast: allow for a large dataset.
 HANDOFF_TIMEOUT = datetime.timedelta(hours=1)

@@ -7,14 +7,15 @@ from typing import Any
 
 import torch
 
-from masksmith.augment import build_augmentation
 from masksmith.config import TrainConfig
+from masksmith.core.registry import did_you_mean
+from masksmith.core.runlog import RunLog
 from masksmith.errors import ConfigError
-from masksmith.losses import parse_loss_spec
 from masksmith.models import MODELS, build_model, model_options
-from masksmith.models.smp import import_smp, is_weights_file, load_weights
-from masksmith.registry import did_you_mean
-from masksmith.runlog import RunLog
+from masksmith.models.smp import import_smp
+from masksmith.models.weights import is_weights_file, load_weights
+from masksmith.training.augment import build_augmentation
+from masksmith.training.losses import parse_loss_spec
 
 
 def check_names(config: TrainConfig) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from masksmith.augment import build_augmentation, trained_flips
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.config import TrainConfig
-from masksmith.fileio import write_text_atomic
+from masksmith.core.fileio import write_text_atomic
+from masksmith.training.augment import build_augmentation, trained_flips
 from masksmith.training.fit import FitOutcome
 from masksmith.training.network import bundle_options, output_channels
 from masksmith.training.prepare import PreparedData

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 
 from masksmith.config import TrainConfig, UserConfig
-from masksmith.data.classes import find_class_file
-from masksmith.data.labels import LabelSpec, resolve_labels
+from masksmith.core.runlog import RunLog
 from masksmith.data.check import CheckReport
+from masksmith.data.classes import find_class_file
 from masksmith.data.discover import Discovery, Sample, discover_dataset, random_split_pool, split_samples, usable_pairs
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels
-from masksmith.data.sampling import classes_present, describe_factors, repeat_factors
+from masksmith.data.labels import LabelSpec, resolve_labels
 from masksmith.data.validate import validate_samples
 from masksmith.errors import ConfigError, DataError
 from masksmith.models.smp import encoder_normalization
-from masksmith.runlog import RunLog
+from masksmith.training.sampling import classes_present, describe_factors, repeat_factors
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

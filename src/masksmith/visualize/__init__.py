@@ -10,7 +10,7 @@ Conventions
   knows its dataset's value, see ``masksmith.data.labels.LabelSpec``) marks unlabeled pixels.
 * ``colors`` is a ``[K, 3]`` uint8 array (row ``k`` is the RGB color of class ``k``); ``default_colors``
   gives the PASCAL VOC palette for any ``K <= 256``.
-* Every file is written through :func:`masksmith.fileio.atomic_path`, so an interrupted run never
+* Every file is written through :func:`masksmith.core.fileio.atomic_path`, so an interrupted run never
   leaves a half-written PNG. The temporary file has a ``.tmp`` suffix, hence the explicit ``format=``
   on every save.
 * Plots use ``matplotlib.figure.Figure`` directly, never ``pyplot``: no global state, no backend

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from masksmith.fileio import atomic_path
+from masksmith.core.fileio import atomic_path
 
 PathLike = str | os.PathLike
 

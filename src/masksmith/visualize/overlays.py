@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from masksmith.fileio import atomic_path
+from masksmith.core.fileio import atomic_path
 from masksmith.visualize.colors import IGNORE_COLOR, PathLike, _as_colors, _as_mask, _lut
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from masksmith.fileio import atomic_path
+from masksmith.core.fileio import atomic_path
 from masksmith.visualize.colors import PathLike
 
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from masksmith.data.encoding import MaskEncoding
 from masksmith.data.images import NPY_SUFFIX, failure_code, read_image
 from masksmith.data.limits import ImageTooLarge, max_image_pixels, open_image, set_max_image_pixels
-from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask, read_mask_values
 from masksmith.errors import DataError
 

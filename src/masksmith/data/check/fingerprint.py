@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 
+from masksmith.core.fileio import write_text_atomic
 from masksmith.data.check.report import CheckReport, display_path, safe_text
-from masksmith.fileio import write_text_atomic
 
 
 def fingerprint(report: CheckReport) -> dict[str, Any]:

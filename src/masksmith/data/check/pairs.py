@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from masksmith.data.check.report import Problem, display_path
 from masksmith.data.discover import (
     MASK_SUFFIXES,
     Discovery,
@@ -13,7 +14,6 @@ from masksmith.data.discover import (
     entry_problem,
     left_out_message,
 )
-from masksmith.data.check.report import Problem, display_path
 from masksmith.errors import DataError
 
 

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from masksmith.data.labels import LabelSpec
 from masksmith.data.discover import Sample
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
+from masksmith.data.labels import LabelSpec
 
 Severity = Literal["error", "warning"]
 

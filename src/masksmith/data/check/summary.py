@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from masksmith.data.discover import Sample
-from masksmith.data.labels import ClassCountError, resolve_labels
-from masksmith.data.detect import StrayMaskValuesWarning
-from masksmith.data.encoding import MaskEncoding
-from masksmith.data.masks import binary_strays, decode_mask
 from masksmith.data.check.files import ClassCount, FileResult, count_classes, map_tasks
 from masksmith.data.check.report import LISTED, CheckReport, Problem, display_path, is_rare
+from masksmith.data.detect import StrayMaskValuesWarning
+from masksmith.data.discover import Sample
+from masksmith.data.encoding import MaskEncoding
 from masksmith.data.images import LOSSY_FORMATS
+from masksmith.data.labels import ClassCountError, resolve_labels
+from masksmith.data.masks import binary_strays, decode_mask
 from masksmith.data.validate import size_mismatch
 from masksmith.errors import DataError
 

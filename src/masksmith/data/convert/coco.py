@@ -32,7 +32,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from masksmith.data.convert import (
+from masksmith.data.convert.common import (
     IGNORE_INDEX,
     ConvertReport,
     clip_polygon,

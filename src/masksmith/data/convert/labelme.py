@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from masksmith.data.convert import (
+from masksmith.data.convert.common import (
     IGNORE_INDEX,
     ConvertReport,
     refuse_overwriting_sources,
@@ -49,8 +49,8 @@ from masksmith.data.convert import (
 )
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
 from masksmith.data.convert.nesting import parse_json
-from masksmith.data.limits import open_image
 from masksmith.data.images import read_image
+from masksmith.data.limits import open_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
 from masksmith.visualize import default_colors
 

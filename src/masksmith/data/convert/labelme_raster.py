@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from masksmith.data.convert import clip_polygon
+from masksmith.data.convert.common import clip_polygon
 from masksmith.errors import ConfigError
 
 __all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "shape_to_mask"]

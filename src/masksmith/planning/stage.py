@@ -1,5 +1,5 @@
-"""Stage 2, plan: check and fingerprint the data, then fill the options the user did not give (network,
-input size and batch timed against --max-time by budget.py; the rest by plan.py), written to plan.json."""
+"""The plan stage of a training run: check and fingerprint the data, then fill the options the user did not give
+(network, input size and batch timed against --max-time by budget.py; the rest by plan.py), written to plan.json."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from masksmith.budget import plan_network
 from masksmith.config import UserConfig
+from masksmith.core.devices import torch_device
+from masksmith.core.fileio import write_text_atomic
+from masksmith.core.runlog import RunLog
 from masksmith.data.check import CheckReport, check_dataset, fingerprint, write_fingerprint
 from masksmith.data.discover import Discovery
-from masksmith.engine import pick_accelerator
-from masksmith.fileio import write_text_atomic
-from masksmith.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
-from masksmith.runlog import RunLog
+from masksmith.planning.budget import plan_network
+from masksmith.planning.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
 
 
 def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
@@ -42,7 +42,7 @@ def check_and_plan(user: UserConfig, run_dir: Path, log: RunLog, found: Discover
                            discovery=found)
     data_fingerprint = fingerprint(report)
     write_fingerprint(report, run_dir / "fingerprint.json")
-    device = "cuda" if pick_accelerator(config.device) == "gpu" else "cpu"
+    device = torch_device(config.device)
     choices, timed = plan_choices(data_fingerprint, user, device)
     write_text_atomic(run_dir / "plan.json", json.dumps({**plan_to_dict(choices), "timed_candidates": timed}, indent=1))
     log.info("plan (options not given, derived from the data; see plan.json):\n" + plan_text(choices).rstrip())

@@ -75,11 +75,11 @@ def choices(name: str) -> list[str] | None:
 
         return MODELS.names()
     if name == "loss":
-        from masksmith.losses import LOSSES
+        from masksmith.training.losses import LOSSES
 
         return LOSSES.names()
     if name == "augment":
-        from masksmith.augment import AUGMENTATIONS
+        from masksmith.training.augment import AUGMENTATIONS
 
         return AUGMENTATIONS.names()
     if name == "encoder":

@@ -12,7 +12,7 @@ import torch
 
 from masksmith.bundle import BundleMeta
 from masksmith.errors import BundleError, ConfigError, MasksmithError
-from masksmith.predict import ImageInput, Predictor
+from masksmith.inference.predictor import ImageInput, Predictor
 
 MODEL_SUFFIXES = (".msb", ".onnx")
 CV_MARKERS = ("cv_summary.json", "splits.json")  # what makes a folder a cross-validation run

@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher, _WorkerOutput
 
 from masksmith.config import TrainConfig
+from masksmith.core.devices import torch_device
 from masksmith.errors import ConfigError
 
 # Set by the process that ran the stages (rank 0) for the processes Lightning's ddp launcher starts after it:
@@ -52,9 +53,7 @@ def detect_launch() -> Launch:
 
 def accelerator(device: str) -> str:
     """The config's device as a Lightning accelerator name."""
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "gpu" if device == "cuda" else "cpu"
+    return "gpu" if torch_device(device) == "cuda" else "cpu"
 
 
 def processes(config: TrainConfig) -> int:

@@ -16,12 +16,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from masksmith.bundle import BundleMeta
+from masksmith.core.fileio import atomic_path, refuse_overwrite
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.images import read_image
-from masksmith.data.inputs import InputImage, expand_inputs, manifest_inputs
 from masksmith.data.masks import write_mask
 from masksmith.errors import MasksmithError
-from masksmith.fileio import atomic_path, refuse_overwrite
+from masksmith.inference.inputs import InputImage, expand_inputs, manifest_inputs
 from masksmith.visualize import overlay, save_image, save_mask_png
 
 MASK_FORMATS = ("palette", "dataset")

@@ -13,11 +13,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from masksmith.fileio import write_text_atomic
+from masksmith.core.fileio import write_text_atomic
 from masksmith.visualize import plot_confusion, plot_per_class, save_comparison_grid
 
 if TYPE_CHECKING:
-    from masksmith.predict import Predictor
+    from masksmith.inference.predictor import Predictor
 
 PER_CLASS_COLUMNS = ["index", "name", "iou", "dice", "precision", "recall", "support", "predicted"]
 SUMMARY_KEYS = ["pixel_accuracy", "miou", "miou_no_background", "mean_dice", "mean_dice_no_background",

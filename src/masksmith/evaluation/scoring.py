@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 from masksmith.data.discover import Sample, discover, random_split_pool
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
-from masksmith.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.errors import DataError, MasksmithError
-from masksmith.html_report import ThumbnailKeeper, write_html_report
-from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
-from masksmith.predict import Predictor
-from masksmith.report import write_report
+from masksmith.evaluation.html_report import ThumbnailKeeper, write_html_report
+from masksmith.evaluation.metrics import ConfusionMatrix, mean_image_score, per_image_scores
+from masksmith.evaluation.report import write_report
+from masksmith.inference.ensemble import EnsemblePredictor, load_models, models_home
+from masksmith.inference.predictor import Predictor
 
 GALLERY_EACH = 3
 

@@ -1,6 +1,6 @@
 """`predict --engine ray`: batch prediction as a Ray Data pipeline, for folders, globs and manifests of any size.
 
-The driver plans the work exactly as the local engine does (masksmith.predict_io: which images, under which
+The driver plans the work exactly as the local engine does (masksmith.inference.files: which images, under which
 output names, which are already done) and streams the (path, output name) rows through Ray Data into an
 actor pool. Each actor loads the model once and, for each call (ROWS_PER_CALL rows), decodes the images,
 runs them through the model --batch-size at a time and encodes and writes each mask with the local engine's
@@ -26,10 +26,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from masksmith.data.inputs import InputImage
 from masksmith.errors import ConfigError, MasksmithError
-from masksmith.predict import PredictReport
-from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.inference.files import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.inference.inputs import InputImage
+from masksmith.inference.predictor import PredictReport
 
 INSTALL_HINT = "pip install 'masksmith[ray]'"
 # Ray keeps every block's metadata on the driver: a million one-batch blocks would cost more than the rows.
@@ -93,7 +93,7 @@ class Segmenter:
                  load_options: dict[str, Any], threshold: float | None, mask_format: str, overlay_images: bool):
         import torch
 
-        from masksmith.ensemble import load_models
+        from masksmith.inference.ensemble import load_models
 
         torch.set_num_threads(threads)
         self.predictor = load_models(list(models), **load_options)

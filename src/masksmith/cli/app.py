@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -45,13 +44,13 @@ def _train(
 
     Every other option is a config field (generated from TrainConfig); only the options typed count as
     given, so the auto plan fills the rest."""
-    from masksmith.train_options import parse_cli_values
+    from masksmith.cli.options import parse_cli_values
     from masksmith.training import train as run_training
 
     if data is None and config is None and resume is None:
         raise MasksmithError("give a DATA folder, a --config file, or --resume RUN_FOLDER")
     result = run_training(data, config=config, resume=resume, **parse_cli_values(flags))
-    from masksmith.parallel import detect_launch
+    from masksmith.training.parallel import detect_launch
 
     if detect_launch().leader:  # under torchrun or SLURM every process returns here; rank 0 wrote the model
         typer.echo(f"model: {result.bundle}")
@@ -59,7 +58,7 @@ def _train(
 
 def _train_signature() -> inspect.Signature:
     """_train's own parameters followed by one keyword parameter per TrainConfig field."""
-    from masksmith.train_options import typer_parameters
+    from masksmith.cli.options import typer_parameters
 
     own = [p for p in inspect.signature(_train).parameters.values() if p.kind is not p.VAR_KEYWORD]
     return inspect.Signature([*own, *typer_parameters()])
@@ -91,9 +90,9 @@ def check(
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict."""
     import json
 
+    from masksmith.cli.options import parse_color
     from masksmith.data.check import print_report
-    from masksmith.steps import check as check_data
-    from masksmith.train_options import parse_color
+    from masksmith.data.check.step import check as check_data
 
     color = parse_color(ignore_color) if ignore_color is not None else None
     result = check_data(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
@@ -125,8 +124,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
-    from masksmith.evaluation import evaluate as run_evaluation
-    from masksmith.report import print_results
+    from masksmith.evaluation.report import print_results
+    from masksmith.evaluation.scoring import evaluate as run_evaluation
 
     *more, data = rest  # evaluate MODEL [MODEL...] DATA: the last argument is the data
     result = run_evaluation([bundle, *more] if more else bundle, data, split=split, out=out,
@@ -179,8 +178,8 @@ def predict(
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
-    from masksmith.ensemble import load_models, split_models
-    from masksmith.predict import predict_files
+    from masksmith.inference.ensemble import load_models, split_models
+    from masksmith.inference.predictor import predict_files
 
     models, inputs = split_models(bundle, inputs)
     if not inputs:
@@ -191,7 +190,7 @@ def predict(
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
     passes: int | None = None  # forward passes per image, known here for the local engine
     if engine == "ray":
-        from masksmith.ray_engine import RayOptions, predict_with_ray
+        from masksmith.inference.ray_engine import RayOptions, predict_with_ray
 
         if annotation_format != "png" or rank:
             raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
@@ -240,7 +239,7 @@ def export_command(
     opset: int = typer.Option(18, help="ONNX opset"),
 ) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
-    from masksmith.steps import export
+    from masksmith.inference.export import export
 
     report = export(bundle, out, export_format=export_format, opset=opset, int8=int8,
                     calibration=calibration or None)
@@ -336,7 +335,7 @@ def models() -> None:
 @app.command()
 def augmentations() -> None:
     """List the augmentation presets."""
-    from masksmith.augment import AUGMENTATIONS
+    from masksmith.training.augment import AUGMENTATIONS
 
     for name in AUGMENTATIONS.names():
         typer.echo(name)
@@ -352,7 +351,3 @@ def main() -> None:
     warnings.formatwarning = _one_line_warning
     app()
 
-
-if __name__ == "__main__":
-    main()
-    sys.exit(0)

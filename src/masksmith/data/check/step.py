@@ -1,27 +1,22 @@
-"""The user's steps besides training, as Python calls that return data (the CLI only prints it):
-`masksmith.check`, `masksmith.export`; the converters are `masksmith.convert_labelme` / `convert_coco`."""
+"""`masksmith.check`: check a dataset and write its report and fingerprint files (the CLI only prints the report)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from masksmith.core.fileio import write_text_atomic
+from masksmith.data.check import CheckReport, check_dataset, write_fingerprint
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
-from masksmith.errors import MasksmithError
-from masksmith.fileio import refuse_overwrite, write_text_atomic
-
-if TYPE_CHECKING:
-    from masksmith.data.check import CheckReport
-    from masksmith.onnx_export import ExportReport
 
 
 @dataclass
 class CheckResult:
     """A dataset check: the report and where its JSON and the fingerprint were written."""
 
-    report: "CheckReport"
+    report: CheckReport
     report_path: Path
     fingerprint_path: Path
 
@@ -32,8 +27,6 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
           out: str | Path | None = None) -> CheckResult:
     """Check a dataset (pairing, readability, sizes, mask values, classes, duplicates); writes OUT/report.json
     and OUT/fingerprint.json (default OUT: runs/check-DATANAME). Problems are in the report, not raised."""
-    from masksmith.data.check import check_dataset, write_fingerprint
-
     report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
                            ignore_index=ignore_index, workers=workers, progress=progress, palette=palette,
                            ignore_color=tuple(ignore_color) if ignore_color else None)
@@ -41,17 +34,3 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
     report_path = folder / "report.json"
     write_text_atomic(report_path, json.dumps(report.to_dict(), indent=1))
     return CheckResult(report, report_path, write_fingerprint(report, folder / "fingerprint.json"))
-
-
-def export(bundle: str | Path, out: str | Path | None = None, *, export_format: str = "onnx", opset: int = 18,
-           int8: bool = False, calibration: str | Path | Sequence[str | Path] | None = None) -> "ExportReport":
-    """Export a bundle to ONNX (fp32, or int8 calibrated on real images), verified against PyTorch; default
-    OUT: the bundle's name with .onnx (.int8.onnx with int8)."""
-    from masksmith.onnx_export import export_onnx
-
-    if export_format != "onnx":
-        raise MasksmithError(f"format {export_format!r}: only 'onnx' is supported")
-    bundle = Path(bundle)
-    target = Path(out) if out is not None else bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
-    refuse_overwrite([bundle], [target])
-    return export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration)

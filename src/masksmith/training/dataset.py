@@ -1,9 +1,9 @@
-"""Torch dataset: read → resize/crop → augment → normalize → tensors."""
+"""Torch dataset: read → resize/crop → augment → normalize → tensors (training only: albumentations)."""
 
 from __future__ import annotations
 
 import os
-from typing import Literal, Sequence
+from typing import Literal
 
 import albumentations as A
 import cv2
@@ -11,79 +11,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from masksmith.augment import seed_augmentation
 from masksmith.data.discover import Sample
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.data.images import read_image
 from masksmith.data.masks import read_mask
+from masksmith.data.transforms import as_size, check_norm, normalize_image, resize_image, resize_mask
 from masksmith.data.validate import size_mismatch
 from masksmith.errors import ConfigError, DataError
+from masksmith.training.augment import seed_augmentation
 
 RESIZE_MODES = ("resize", "random_crop", "center_crop")
-# Nearest-neighbour that samples pixel centres, like INTER_LINEAR does; plain INTER_NEAREST samples
-# top-left corners and shifts the mask against the image by up to (scale - 1) / 2 pixels when shrinking.
-MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
-IMAGE_INTERPOLATION = cv2.INTER_LINEAR
-
-
-def as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) from an int (square) or a (height, width) pair."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        pair = (int(size), int(size))
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise ConfigError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
-    if min(pair) < 1:
-        raise ConfigError(f"size must be positive, got {size!r}")
-    return pair
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an HxWxC uint8 image to (height, width) with bilinear interpolation."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image
-    out = cv2.resize(image, (width, height), interpolation=IMAGE_INTERPOLATION)
-    return out[:, :, None] if out.ndim == 2 else out  # cv2 drops a single channel axis
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an HxW class-index mask to (height, width) with nearest-neighbour only (no blended classes)."""
-    height, width = size
-    if mask.shape[:2] == (height, width):
-        return mask
-    return cv2.resize(mask, (width, height), interpolation=MASK_INTERPOLATION)
-
-
-def _check_norm(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean/std as float32 arrays, one value per channel, std non-zero."""
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(
-            f"mean and std need {channels} value(s) each (one per channel), got {list(mean)} and {list(std)}"
-        )
-    std_arr = np.asarray(std, dtype=np.float32)
-    if np.any(std_arr <= 0):
-        raise ConfigError(f"std values must be positive, got {list(std)}")
-    return np.asarray(mean, dtype=np.float32), std_arr
-
-
-def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWxC uint8 → CxHxW float32 tensor, (x/255 - mean) / std per channel."""
-    if image.ndim != 3:
-        raise DataError(f"image must be HxWxC, got shape {image.shape}")
-    mean_arr, std_arr = _check_norm(mean, std, image.shape[2])
-    scaled = (image.astype(np.float32) / 255.0 - mean_arr) / std_arr
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
-
-
-def preprocess_image(
-    image: np.ndarray, size: tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """HxWxC uint8 → 1xCxHxW float tensor, bilinear-resized to `size` (height, width) if given, normalized."""
-    if size is not None:
-        image = resize_image(image, as_size(size))
-    return normalize_image(image, mean, std).unsqueeze(0)
 
 
 def _crop_pipeline(mode: str, size: tuple[int, int], ignore_index: int) -> A.Compose | None:
@@ -133,7 +70,7 @@ class SegmentationDataset(Dataset):
         self.augment = augment
         self.channels = channels
         self.mean, self.std = list(mean), list(std)
-        _check_norm(self.mean, self.std, channels)
+        check_norm(self.mean, self.std, channels)
         self.encoding = encoding
         self.num_classes = num_classes
         self.ignore_index = ignore_index

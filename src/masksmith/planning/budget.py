@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from masksmith.config import size_pair
 from masksmith.models import build_model
 from masksmith.models.base import set_frozen
-from masksmith.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
+from masksmith.planning.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
 
 MIN_SHORT_SIDE = 128
 MAX_LONG_RATIO = 2.0  # inputs at most twice as long as wide: panoramas are cropped, not squashed

@@ -25,15 +25,15 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar as BarCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.config import TrainConfig
-from masksmith.fileio import write_text_atomic
-from masksmith.losses import build_loss
-from masksmith.metrics import ConfusionMatrix, per_image_dice
+from masksmith.core.fileio import write_text_atomic
+from masksmith.evaluation.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
 from masksmith.models.base import batchnorm_eval, encoder_of, set_frozen
 from masksmith.models.encoders import ENCODERS, Encoder
-from masksmith.parallel import Launch, accelerator, build_strategy, lightning_precision
+from masksmith.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
+from masksmith.training.losses import build_loss
+from masksmith.training.parallel import Launch, accelerator, build_strategy, lightning_precision
 
 
 class SegmentationModule(L.LightningModule):

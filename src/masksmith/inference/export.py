@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from masksmith.backends import DEFAULT_OPSET, OnnxBackend, network_to_onnx, quiet_exporter, set_onnx_header
 from masksmith.bundle import BundleMeta, load_network, onnx_header
+from masksmith.core.fileio import atomic_path, refuse_overwrite
 from masksmith.errors import MasksmithError
-from masksmith.fileio import atomic_path
+from masksmith.inference.backends import DEFAULT_OPSET, OnnxBackend, network_to_onnx, quiet_exporter, set_onnx_header
 from masksmith.models.base import input_multiple, pad_to_multiple
 from masksmith.models.heads import logits_to_classes
 
@@ -79,9 +79,9 @@ class ExportReport:
 
 def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
     """Normalized 1 x C x H x W tensors from real images, preprocessed as prediction would see them."""
-    from masksmith.data.dataset import preprocess_image
     from masksmith.data.discover import list_images
     from masksmith.data.images import read_image
+    from masksmith.data.transforms import preprocess_image
 
     paths = list_images([str(item) for item in inputs])[:limit]
     if not paths:
@@ -278,3 +278,15 @@ def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = D
         tmp.write_bytes(model)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def export(bundle: str | Path, out: str | Path | None = None, *, export_format: str = "onnx", opset: int = 18,
+           int8: bool = False, calibration: str | Path | Sequence[str | Path] | None = None) -> ExportReport:
+    """Export a bundle to ONNX (fp32, or int8 calibrated on real images), verified against PyTorch; default
+    OUT: the bundle's name with .onnx (.int8.onnx with int8)."""
+    if export_format != "onnx":
+        raise MasksmithError(f"format {export_format!r}: only 'onnx' is supported")
+    bundle = Path(bundle)
+    target = Path(out) if out is not None else bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
+    refuse_overwrite([bundle], [target])
+    return export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration)

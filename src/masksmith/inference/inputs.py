@@ -17,8 +17,8 @@ from pathlib import Path
 
 from masksmith.data.discover import (IMAGE_EXTENSIONS, entry_problem, is_image_file, list_inputs,
                                      unusable_entries)
-from masksmith.data.manifest import is_manifest, read_manifest
 from masksmith.errors import DataError
+from masksmith.inference.manifest import is_manifest, read_manifest
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Inference backends: the PyTorch network or an onnxruntime session behind one interface.
 
 A backend maps a normalized N x C x H x W float batch (any H, W) to N x K x H x W float logits on the
-CPU. Pre- and post-processing, tiling and TTA are the Predictor's (masksmith.predict); the server,
+CPU. Pre- and post-processing, tiling and TTA are the Predictor's (masksmith.inference.predictor); the server,
 export verification and batch engines use backends directly. `open_backend` picks one by file type:
 `.onnx` runs on onnxruntime, anything else is a masksmith bundle run by PyTorch (or, asked for,
 exported to ONNX in memory).
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from masksmith.bundle import METADATA_KEY, BundleMeta, OnnxHeader, load_network, onnx_header, parse_onnx_header
+from masksmith.core.devices import torch_device
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import input_multiple, pad_to_multiple
 
@@ -258,7 +259,7 @@ def open_backend(source: str | Path | nn.Module, *, kind: str | None = None, dev
     if kind is not None and kind not in BACKENDS:
         raise MasksmithError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device(device)
     if isinstance(source, nn.Module):
         network, label = source, "network"
     else:

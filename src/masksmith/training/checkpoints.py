@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from masksmith.core.fileio import atomic_path
 from masksmith.errors import ConfigError
-from masksmith.fileio import atomic_path
 
 # The ModelCheckpoint state entries that hold checkpoint paths (best_k_models: a dict keyed by path).
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")

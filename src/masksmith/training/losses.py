@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from masksmith.core.registry import Registry, did_you_mean
 from masksmith.errors import ConfigError, DataError
-from masksmith.registry import Registry, did_you_mean
-from masksmith.softmax_dice import softmax_dice_cross_entropy
+from masksmith.training.softmax_dice import softmax_dice_cross_entropy
 
 LOSSES = Registry("loss")
 

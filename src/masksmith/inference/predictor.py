@@ -1,6 +1,6 @@
 """Predictor: a loaded model (PyTorch bundle or ONNX) that turns images into masks at their original size.
 
-One Predictor holds the pre- and post-processing, tiling and TTA; a *backend* (masksmith.backends)
+One Predictor holds the pre- and post-processing, tiling and TTA; a *backend* (masksmith.inference.backends)
 only maps a normalized N x C x H x W float batch to logits of the same height and width. Large
 images of crop-trained models are predicted tile by tile, tiles aligned to the backend's input multiple.
 """
@@ -20,15 +20,15 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import FLIP_AXES, BundleMeta
-from masksmith.data.dataset import preprocess_image
+from masksmith.core.fileio import refuse_overwrite
 from masksmith.data.images import read_image
+from masksmith.data.transforms import preprocess_image
 from masksmith.errors import MasksmithError
-from masksmith.fileio import refuse_overwrite
+from masksmith.inference.backends import Backend, TorchBackend, open_backend
+from masksmith.inference.files import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
-from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
 
 if TYPE_CHECKING:
     from masksmith.annotations import PredictionSink
@@ -337,7 +337,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
     A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
-    whose outputs exist; unreadable ones are listed in OUT/failures.csv (masksmith.predict_io).
+    whose outputs exist; unreadable ones are listed in OUT/failures.csv (masksmith.inference.files).
     mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
     `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from masksmith.bundle import FLIP_AXES, FlipAxis
+from masksmith.core.registry import Registry
 from masksmith.errors import ConfigError
-from masksmith.registry import Registry
 
 # A preset builder takes (ignore_index=, channels=) and returns the transforms of its pipeline.
 PresetBuilder = Callable[..., list]

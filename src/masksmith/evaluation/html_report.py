@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from masksmith import __version__
-from masksmith.fileio import write_text_atomic
+from masksmith.core.fileio import write_text_atomic
+from masksmith.core.version import __version__
 from masksmith.visualize import colorize, image_bytes, plot_curves
 
 THUMBNAIL_SIZE = 96  # pixels on the long side
@@ -116,7 +116,7 @@ def curves_png(run_dir: Path | None) -> bytes | None:
 
 
 def _asset(name: str) -> str:
-    return resources.files("masksmith").joinpath("report_page", name).read_text(encoding="utf-8")
+    return resources.files("masksmith.evaluation").joinpath("report_page", name).read_text(encoding="utf-8")
 
 
 def _swatch(color: Sequence[int]) -> str:

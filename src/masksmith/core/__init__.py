@@ -1,0 +1,1 @@
+"""Helpers every stage uses: atomic files, registries, the run log, devices, the version."""
