@@ -28,4 +28,4 @@ PY
   "${pip[@]}" --no-deps -e .
   touch "$stamp"
 fi
-exec "$venv/bin/python" -m pytest -q tests/test_smp.py tests/test_encoders_reference.py "$@"
+exec "$venv/bin/python" -m pytest -q tests/models/test_smp.py tests/models/test_encoders_reference.py "$@"

@@ -32,7 +32,7 @@ from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-MASKSMITH = [sys.executable, "-c", "from masksmith.cli.app import main; main()"]
+MASKSMITH = [sys.executable, "-c", "from masksmith.cli import main; main()"]
 PER_FOLDER = 1000
 
 

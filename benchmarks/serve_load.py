@@ -89,7 +89,7 @@ class Server:
     """`masksmith serve` in its own process on 127.0.0.1, a free port."""
 
     def __init__(self, bundle: Path, *flags: str):
-        command = [sys.executable, "-m", "masksmith.cli.app", "serve", str(bundle), "--port", "0", "--quiet", *flags]
+        command = [sys.executable, "-m", "masksmith.cli", "serve", str(bundle), "--port", "0", "--quiet", *flags]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         first = self.process.stdout.readline()
         match = re.search(r"(http://127\.0\.0\.1:\d+/)", first)

@@ -81,3 +81,21 @@ def make_image_mask_pairs() -> Callable[..., list[str]]:
         return names
 
     return make
+
+
+# Tests that skip when a tool is missing, found by their skip reason, and the one command that enables them.
+MISSING_TOOLS = {
+    "chromium": (("no chromium binary",), "sudo apt-get install -y chromium  (as .ci/run does)"),
+    "the smp extra": (("'segmentation_models_pytorch'", "'timm'", "'torchvision'"),
+                      "./test-smp.sh  (the smp extra in its own environment, .venv-smp)"),
+}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name, in the last lines, the tests a missing tool skipped and the command that enables them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    for tool, (reasons, command) in MISSING_TOOLS.items():
+        hits = sorted({r.nodeid for r in skipped if any(reason in str(r.longrepr) for reason in reasons)})
+        if hits:
+            terminalreporter.write_line(f"skipped, {tool} missing: {', '.join(hits)}", yellow=True)
+            terminalreporter.write_line(f"  to run them: {command}", yellow=True)

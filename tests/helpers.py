@@ -1,13 +1,20 @@
-"""Small synthetic datasets built by the tests themselves, and a recorder of the weights a training step leaves."""
+"""Small synthetic datasets and models built by the tests themselves, and a recorder of the weights a training
+step leaves."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
+
+import masksmith
+from masksmith.bundle import BundleMeta, save_bundle
+from masksmith.models import build_model
 
 BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -68,3 +75,46 @@ def moving_average(start: dict[str, torch.Tensor], steps: list[dict[str, torch.T
     for step in steps:
         average = {k: decay * v + (1 - decay) * step[k] for k, v in average.items()}
     return average
+
+
+def write_photos(folder: Path, names: list[str], size: tuple[int, int] = (24, 32)) -> list[Path]:
+    """Random RGB images named `names` in `folder` (the format from each name's suffix)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in names:
+        path = folder / name
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def untrained_bundle(path: Path) -> Path:
+    """An untrained 3-class U-Net bundle: enough to run predict end to end in a second."""
+    torch.manual_seed(0)
+    network = build_model("unet", 3, 3, depth=2, base_channels=4)
+    meta = BundleMeta(model="unet", model_options={"depth": 2, "base_channels": 4}, in_channels=3, out_channels=3,
+                      class_names=["bg", "a", "b"], colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32,
+                      resize="random_crop", mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
+    return save_bundle(path, network.state_dict(), meta)
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def real_zero_png(width: int, height: int) -> bytes:
+    """A complete, decodable all-zero grayscale PNG, compressed row by row (never width x height in memory)."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then the row's pixels
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+
+
+def tiny_trained_bundle(root: Path) -> Path:
+    """A tiny 3-class U-Net bundle trained for one epoch on the synthetic shapes (in `root`)."""
+    data = make_shapes_dataset(root / "shapes", count=6)
+    return masksmith.train(data, out=str(root / "run"), size=16, epochs=1, batch_size=2,
+                           model_options={"base_channels": 4, "depth": 2}, early_stopping=0, quiet=True, auto=False,
+                           num_workers=0).bundle

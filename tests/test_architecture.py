@@ -276,6 +276,12 @@ def test_loading_inference_loads_no_training_code():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_test_folders_mirror_the_packages():
+    tests = Path(__file__).resolve().parent
+    folders = {path.parent.relative_to(tests) for path in tests.rglob("test_*.py")} - {Path(".")}
+    assert sorted(str(folder) for folder in folders if not (SRC / folder).is_dir()) == []
+
+
 def test_the_checker_sees_hidden_imports(tmp_path):
     # Regression guard for the checker itself: an import inside a function counts, one under TYPE_CHECKING
     # is left out of the circles, and a circle through two modules is found.

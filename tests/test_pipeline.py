@@ -32,6 +32,7 @@ def membrane_run(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_training_measurably_learns_the_membranes(membrane_run, tmp_path):
     trained = masksmith.evaluate(membrane_run.bundle, MEMBRANE, out=tmp_path / "trained", progress=False)
     meta = read_meta(membrane_run.bundle)
@@ -45,6 +46,7 @@ def test_training_measurably_learns_the_membranes(membrane_run, tmp_path):
     assert trained["pixel_accuracy"] > untrained["pixel_accuracy"]
 
 
+@pytest.mark.slow
 def test_run_folder_holds_everything_needed_to_repeat_and_use_the_run(membrane_run):
     run = membrane_run.run_dir
     for name in ["config.yaml", "split.json", "metrics.csv", "curves.png", "model.msb", "results.json",
@@ -63,6 +65,7 @@ def test_run_folder_holds_everything_needed_to_repeat_and_use_the_run(membrane_r
     assert results["best_score"] == pytest.approx(max(float(r.split(",")[2]) for r in rows[1:]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_prediction_comes_back_at_the_original_size(membrane_run):
     predictor = masksmith.load(membrane_run.bundle)
     image = np.array(Image.open(MEMBRANE / "images" / "3.png"))
@@ -76,6 +79,7 @@ def test_prediction_comes_back_at_the_original_size(membrane_run):
     assert predictor.predict(image, threshold=0.05).sum() >= mask.sum() >= predictor.predict(image, threshold=0.95).sum()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_report(membrane_run, tmp_path):
     result = masksmith.evaluate(membrane_run.bundle, MEMBRANE, out=tmp_path / "eval", progress=False)
     for name in ["metrics.json", "per_class.csv", "confusion.png", "per_class.png", "gallery.png", "report.md"]:
@@ -89,6 +93,7 @@ def test_evaluate_writes_the_report(membrane_run, tmp_path):
     assert everything["images"] == 30
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     first = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2,
@@ -108,6 +113,7 @@ def test_max_time_stops_cleanly_and_keeps_a_model(tmp_path):
     assert masksmith.load(result.bundle).predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_on_cpu(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     runs = [masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=2, batch_size=2,
@@ -116,6 +122,7 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
     assert first == second
 
 
+@pytest.mark.slow
 def test_multiclass_with_a_sigmoid_free_softmax_head_and_class_names(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=16)
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=48, epochs=15, batch_size=4, lr=5e-3,

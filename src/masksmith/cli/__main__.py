@@ -1,8 +1,8 @@
-"""`python -m masksmith.cli.app`: the `masksmith` command."""
+"""`python -m masksmith.cli`: the `masksmith` command."""
 
 import sys
 
-from masksmith.cli.app import main
+from masksmith.cli import main
 
 main()
 sys.exit(0)

@@ -8,7 +8,7 @@ took 0.82 s forward and backward, a third of the Lite2 U-Net's whole step (2.6 s
 reuses, and the backward pass is one broadcast product and a scatter along the true classes: 0.31 s.
 
 The values are those of losses.DiceLoss and losses.CrossEntropyLoss (their docs state the definitions), and
-so are the gradients (tests/test_losses.py checks both against autograd through a one-hot reference):
+so are the gradients (tests/training/test_losses.py checks both against autograd through a one-hot reference):
 
     p = softmax(z); with v_i = 1 on counted pixels, t_ik = 1 for the true class y_i, w the class weights,
     per class: I_k = sum_i v_i p_ik t_ik, M_k = sum_i v_i p_ik, T_k = sum_i v_i t_ik, D_k = M_k + T_k + s,
