@@ -283,6 +283,13 @@ convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into imag
 app.add_typer(convert_app, name="convert")
 
 
+# Options every converter takes (shared objects: typer only reads them).
+_INSTANCES = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
+                          "(at most 254 instances an image)")
+_VIZ = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays")
+_QUIET = typer.Option(False, "--quiet", "-q")
+
+
 def _finish_conversion(report: Any, out: Path) -> None:
     typer.echo(f"wrote {len(report.written)} masks, {len(report.class_names)} classes, to {out}")
     _exit_on_failures(report.failed, "converted")
@@ -295,8 +302,8 @@ def convert_labelme_command(
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
     labels: Optional[Path] = typer.Option(None, help="labels.txt: __ignore__, _background_, then the classes"),
     instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/"),
-    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
 ) -> None:
     """Labelme JSON → JPEGImages/, SegmentationClass/ (palette PNG), class_names.txt."""
     from masksmith.data.convert import convert_labelme
@@ -311,15 +318,68 @@ def convert_coco_command(
     annotations: Path = typer.Argument(..., help="COCO annotations JSON (polygons or RLE)"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
-                                   "(at most 254 instances an image)"),
-    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
 ) -> None:
     """COCO instances → index masks; category ids mapped to contiguous classes; iscrowd → ignore."""
     from masksmith.data.convert import convert_coco
 
     report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet, instances=instances)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("yolo")
+@user_errors
+def convert_yolo_command(
+    src: Path = typer.Argument(..., help="YOLO dataset folder: data.yaml, images/ and labels/ (per split)"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    data: Optional[Path] = typer.Option(None, help="the dataset YAML with the class names [default: SRC/data.yaml]"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """YOLO segmentation labels (Ultralytics, Roboflow) → index masks; later lines over earlier ones."""
+    from masksmith.data.convert import convert_yolo
+
+    report = convert_yolo(src, out, data, instances=instances, visualize=visualize, progress=not quiet)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("labelstudio")
+@user_errors
+def convert_labelstudio_command(
+    export: Path = typer.Argument(..., help="Label Studio JSON export (polygon and brush labels)"),
+    images: Path = typer.Argument(..., help="folder holding the images"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    labels: Optional[Path] = typer.Option(None, help="labels file, one label a line, in class order "
+                                          "[default: the labels used, sorted]"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """Label Studio polygons and brushes → index masks; regions in the order they were made."""
+    from masksmith.data.convert import convert_labelstudio
+
+    report = convert_labelstudio(export, images, out, labels, instances=instances, visualize=visualize,
+                                 progress=not quiet)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("cvat")
+@user_errors
+def convert_cvat_command(
+    annotations: Path = typer.Argument(..., help="CVAT for images 1.1 annotations.xml"),
+    images: Path = typer.Argument(..., help="folder holding the images"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """CVAT polygons, boxes and masks → index masks, stacked by z_order as CVAT's mask export does."""
+    from masksmith.data.convert import convert_cvat
+
+    report = convert_cvat(annotations, images, out, instances=instances, visualize=visualize, progress=not quiet)
     _finish_conversion(report, out)
 
 

@@ -11,6 +11,15 @@ from masksmith.errors import DataError
 CLASS_FILES = ("classes.txt", "class_names.txt")
 
 
+def check_class_name(name: str, where: str) -> None:
+    """DataError unless `name` can be one line of a classes.txt: printable, non-empty, no outer spaces."""
+    # class_names.txt holds one name a line, and reading it strips each line: a newline, a control
+    # character or a leading/trailing space would come back as a different list of classes.
+    if not name or not name.isprintable() or name != name.strip():
+        raise DataError(f"{where}: class name {name!r} cannot be a line of a class list "
+                        "(it must be printable, non-empty text without leading or trailing spaces)")
+
+
 def find_class_file(root: str | Path) -> Path | None:
     """The class list shipped in a dataset folder (classes.txt or class_names.txt), or None."""
     return next((Path(root) / name for name in CLASS_FILES if (Path(root) / name).is_file()), None)

@@ -1,6 +1,6 @@
-"""Annotations (Labelme JSON, COCO) → VOC-style folders of images and class-index masks.
+"""Annotations (Labelme, COCO, YOLO, Label Studio, CVAT) → VOC-style folders of images and class-index masks.
 
-Both converters write the layout Labelme's ``labelme2voc.py`` writes, which the rest of masksmith reads
+Every converter writes the layout Labelme's ``labelme2voc.py`` writes, which the rest of masksmith reads
 as a dataset::
 
     OUT/JPEGImages/<stem>.jpg                     the photo
@@ -9,15 +9,18 @@ as a dataset::
     OUT/SegmentationObject/<stem>.png             instance ids 1..N, 0 = background (when instances exist)
     OUT/SegmentationObjectVisualization/<stem>.jpg
     OUT/class_names.txt                           one class name per line, background first
+    OUT/ImageSets/Segmentation/<split>.txt        the stems of each split (YOLO datasets with splits)
 
 In SegmentationObject, Labelme's ``__ignore__`` pixels are 0 (as Labelme writes them; the class mask
-says ignore), and COCO crowd pixels are 255. Masks and visualizations are palette PNGs / JPEGs in the
-VOC palette (:func:`masksmith.visualize.default_colors`); an upright JPEG photo is copied byte for
-byte, anything else is re-encoded as JPEG.
+says ignore); COCO crowd pixels and the ``__ignore__`` regions of YOLO, Label Studio and CVAT are 255.
+Masks and visualizations are palette PNGs / JPEGs in the VOC palette
+(:func:`masksmith.visualize.default_colors`); an upright JPEG photo is copied byte for byte, anything
+else is re-encoded as JPEG.
 
-A bad annotation file (or, for COCO, a bad image entry) is recorded in :class:`ConvertReport.failed`
-with a one-line reason naming the file, and the run goes on; problems that make the whole run
-meaningless (no input files, an unreadable labels/annotations file) raise :class:`DataError`.
+A bad annotation file (or, for COCO, Label Studio and CVAT, a bad image entry) is recorded in
+:class:`ConvertReport.failed` with a one-line reason naming the file, and the run goes on; problems that
+make the whole run meaningless (no input files, an unreadable labels/annotations file) raise
+:class:`DataError`.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masksmith.errors import ConfigError
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.errors import ConfigError, DataError
 from masksmith.fileio import atomic_path, refuse_overwrite, write_text_atomic
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
-__all__ = ["ConvertReport", "convert_coco", "convert_labelme"]
+__all__ = ["ConvertReport", "convert_coco", "convert_cvat", "convert_labelme", "convert_labelstudio", "convert_yolo"]
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = DEFAULT_IGNORE_INDEX
 # Orientation tag in EXIF; a JPEG carrying a rotation must be re-encoded upright, not copied.
 _EXIF_ORIENTATION = 0x0112
 
@@ -122,6 +126,31 @@ def write_class_names(out_dir: Path, class_names: list[str]) -> None:
     write_text_atomic(out_dir / "class_names.txt", "\n".join(class_names))
 
 
+def write_image_sets(out_dir: Path, splits: dict[str, list[str]]) -> None:
+    """Write OUT/ImageSets/Segmentation/<split>.txt, one stem a line, as VOC lists its splits."""
+    for split, stems in splits.items():
+        write_text_atomic(out_dir / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{s}\n" for s in stems))
+
+
+def find_image(where: str, images_dir: Path, file_name: str) -> Path:
+    """The image a COCO file_name or CVAT image name means: as written under images_dir, else by its base name."""
+    relative = Path(file_name.replace("\\", "/"))  # Windows separators, as some tools write them
+    candidates = [images_dir / relative, images_dir / relative.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{where}: image file not found (looked for {candidates[0]}"
+                    + (f" and {candidates[1]})" if candidates[1] != candidates[0] else ")"))
+
+
+def claim_stem(claimed: dict[str, str], stem: str, name: str, where: str) -> None:
+    """Record that `name` is written as <stem>.*; DataError when another input already took that stem."""
+    if stem in claimed:
+        # Both would be written as <stem>.png; converting one over the other loses data silently.
+        raise DataError(f"{where}: has the same stem as {claimed[stem]!r}; rename one of them")
+    claimed[stem] = name
+
+
 def clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """Sutherland–Hodgman clip to an axis-aligned box; keeps the polygon's area inside the box."""
     x0, y0, x1, y1 = box
@@ -147,6 +176,9 @@ def clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> 
     return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 
-# Imported last: both modules use ConvertReport and the writers above from this package.
+# Imported last: these modules use ConvertReport and the writers above from this package.
 from masksmith.data.convert.coco import convert_coco
+from masksmith.data.convert.cvat import convert_cvat
 from masksmith.data.convert.labelme import convert_labelme
+from masksmith.data.convert.labelstudio import convert_labelstudio
+from masksmith.data.convert.yolo import convert_yolo

@@ -47,8 +47,10 @@ from masksmith.data.convert import (
     write_class_names,
     write_sample,
 )
+from masksmith.data.convert.class_table import IGNORE_LABEL, read_label_lines
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
-from masksmith.data.convert.nesting import parse_json
+from masksmith.data.convert.nesting import load_json_file
+from masksmith.data.convert.paint import MAX_INSTANCE_ID
 from masksmith.data.limits import open_image
 from masksmith.data.images import read_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
@@ -56,10 +58,7 @@ from masksmith.visualize import default_colors
 
 __all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "convert_labelme", "read_labels", "shape_to_mask"]
 
-IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
-# More instances than this do not fit an 8-bit PNG next to the 255 the palette keeps for ignore.
-_MAX_INSTANCE_ID = 254
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,7 @@ class _Shape:
 def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str, int]]:
     """Parse a labels.txt (path) or a list of labels into (class names, label → class index)."""
     if isinstance(labels, (str, Path)):
-        path = Path(labels)
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{path}: labels file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read labels file: {exc}") from None
-        where = str(path)
+        lines, where = read_label_lines(Path(labels)), str(labels)
     elif isinstance(labels, Sequence) and all(isinstance(name, str) for name in labels):
         lines, where = list(labels), "labels"
     else:
@@ -115,18 +107,7 @@ def _fail(json_path: Path, message: str) -> DataError:
 
 def _load_json(json_path: Path) -> dict[str, Any]:
     """Parse a Labelme JSON file and check that it is an annotation (a dict with a 'shapes' list)."""
-    try:
-        raw = json_path.read_bytes()
-    except OSError as exc:
-        raise _fail(json_path, f"cannot read file: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise _fail(json_path, "file is empty")
-    try:
-        data = parse_json(raw.decode("utf-8-sig"), str(json_path))
-    except UnicodeDecodeError:
-        raise _fail(json_path, "not a text (UTF-8) file") from None
-    except json.JSONDecodeError as exc:
-        raise _fail(json_path, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    data = load_json_file(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         got = "no 'shapes' list" if isinstance(data, dict) else f"top level is a {type(data).__name__}"
         raise _fail(json_path, f"not a Labelme annotation ({got})")
@@ -264,8 +245,8 @@ def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape], label_i
     objects[(classes == IGNORE_INDEX) | (classes == 0)] = 0
     if not objects_wanted:
         return classes, None  # a semantic dataset: any number of regions, e.g. a prediction's thousand specks
-    if objects.max(initial=0) > _MAX_INSTANCE_ID:
-        raise _fail(json_path, f"{int(objects.max())} instances do not fit an 8-bit mask (at most {_MAX_INSTANCE_ID})")
+    if objects.max(initial=0) > MAX_INSTANCE_ID:
+        raise _fail(json_path, f"{int(objects.max())} instances do not fit an 8-bit mask (at most {MAX_INSTANCE_ID})")
     return classes, objects.astype(np.uint8)
 
 
