@@ -30,9 +30,13 @@ from masksmith.visualize import mask_png_bytes
 log = logging.getLogger("masksmith.serve")
 STATIC = resources.files("masksmith.serve") / "static"
 ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/segment")
-# Large images admitted at once, from their header check to their answer (one running, one decoded and
-# waiting): what bounds their memory to about twice the work budget.
-LARGE_AT_ONCE = 2
+# Large images admitted at once, from their header check to their answer: one, so that large images take
+# at most one work budget of memory, and beside the small ones one image's decoding, prediction and
+# encoding of CPU (with two, their decoding and encoding alone kept a 2-core machine busy).
+LARGE_AT_ONCE = 1
+# An image is large when it costs more than this share of the work budget: a full batch of smaller ones
+# (at most AUTO_BATCH_LIMIT, 8) stays within it.
+LARGE_SHARE = 1 / AUTO_BATCH_LIMIT
 
 
 def _route_label(path: str) -> str:
@@ -45,8 +49,8 @@ def _route_label(path: str) -> str:
 class State:
     """What the routes share: the model, its two lanes, the metrics and readiness.
 
-    Images that batch together run on `batcher`. Large ones (tiled, or so costly that a full batch of
-    them would pass the work budget) run one at a time on `large`, a lane of their own whose worker,
+    Images that batch together run on `batcher`. Large ones (tiled, or costing more than LARGE_SHARE of
+    the work budget) run one at a time on `large`, a lane of their own whose worker,
     between steps of its work, lets the small images queued meanwhile go first: one large image
     never holds a batch of small ones hostage.
     """
@@ -65,8 +69,8 @@ class State:
         self.large_slots = threading.BoundedSemaphore(LARGE_AT_ONCE)
 
     def runs_alone(self, cost: WorkCost) -> bool:
-        """Whether an image goes to the large lane: tiled, or a full batch of its like would pass the budget."""
-        return cost.tiles > 1 or cost.peak_bytes * self.batcher.max_batch > self.options.max_work_bytes
+        """Whether an image goes to the large lane: tiled, or over LARGE_SHARE of the work budget."""
+        return cost.tiles > 1 or cost.peak_bytes > LARGE_SHARE * self.options.max_work_bytes
 
     def unready_reason(self) -> str | None:
         """Why the server cannot take work in time now, or None when it can."""

@@ -30,6 +30,11 @@ class Abandoned(Exception):
     """Every request of a batch gave up (timed out or disconnected), so its work was stopped midway."""
 
 
+# The longest a batch waits for its turn at one step of its work: a steady stream of small images
+# delays a large one, but cannot starve it.
+MAX_TURN_WAIT_S = 1.0
+
+
 def file_checksum(path: Path) -> str:
     """'sha256:<hex>' of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -138,13 +143,15 @@ class ServedModel:
 
         Between steps of the work (tile chunks, full-size stages) it stops with Abandoned once every
         job's request has given up, and, given `wait_turn(timeout) -> bool`, waits until that says it
-        is this batch's turn (a large image lets the small ones queued meanwhile go first).
+        is this batch's turn, at most MAX_TURN_WAIT_S (a large image lets the small ones queued
+        meanwhile go first).
         """
         def checkpoint() -> None:
+            give_up = time.monotonic() + MAX_TURN_WAIT_S
             while True:
                 if all(job.abandoned.is_set() for job in jobs):
                     raise Abandoned(f"the {len(jobs)} request(s) of this batch gave up")
-                if wait_turn is None or wait_turn(0.05):
+                if wait_turn is None or wait_turn(0.05) or time.monotonic() >= give_up:
                     return
 
         probabilities = self.predictor.probabilities([job.image for job in jobs], checkpoint)
