@@ -195,7 +195,8 @@ async def _attacker(url: str, bodies: dict[str, bytes], until: float, answers: d
         while time.perf_counter() < until:
             for name, body in bodies.items():
                 try:
-                    response = await client.post(f"{url}v1/segment", content=body, headers={"content-type": "image/png"})
+                    response = await client.post(f"{url}v1/segment", content=body,
+                                                 headers={"content-type": "image/png"})
                     key = f"{name} {response.status_code}"
                 except httpx.TransportError:
                     key = f"{name} failed"

@@ -26,7 +26,8 @@ from tests.serve_helpers import live_server  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if path and Path(path).is_file()), None)
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
 
 
 @pytest.fixture(scope="module")

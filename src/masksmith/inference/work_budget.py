@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 MB = 2**20
 # A 25 MP photo through a 2-class model peaks at about 1.2 GB (tiled) or 0.5 GB (resized); a 59-class
-# clothing photo (550x873) at about 0.25 GB. Serving runs at most two such images at once.
+# clothing photo (550x873) at about 0.25 GB. Serving runs one such large image at a time.
 DEFAULT_SERVE_WORK_MB = 2048
 # Offline, one image at a time: the largest image the pixel limit lets in (89 MP) fits, 2 classes, tiled.
 DEFAULT_OFFLINE_WORK_MB = 8192
@@ -84,10 +84,11 @@ def _members(model: "Model") -> list["Predictor"]:
     return list(getattr(model, "members", [model]))
 
 
-def _model_bytes(resized: bool, grid: "TileGrid | None", channels: int, classes: int, pixels: int) -> tuple[int, int]:
+def _model_bytes(resized: bool, grid: "TileGrid | None", channels: int, classes: int,
+                 pixels: int) -> tuple[int, int]:
     """Bytes of one model's (logits, probabilities) stages for an image of `pixels` pixels."""
     if resized:
-        # The network sees the training size (small); its logits are upsampled to the original size, then softmax.
+        # The network sees the training size (small); its logits are upsampled to the original size, softmax.
         return 0, 2 * FLOAT * classes * pixels
     padded = grid.height * grid.width if grid is not None else pixels
     normalized = FLOAT * channels * (pixels + padded)  # the normalized image and its padded copy

@@ -68,7 +68,6 @@ class ServeOptions:
             raise ConfigError(f"serve: binding to {self.host} exposes the model beyond this machine; "
                               "give --token SECRET (clients send 'Authorization: Bearer SECRET')")
 
-
     @property
     def budget(self) -> WorkBudget:
         """The work budget every upload is checked against, from its header, before decoding."""

@@ -22,8 +22,8 @@ from masksmith.serve.options import ServeOptions
 # files, the static files being sent, the model's and the thread pools' own.
 DESCRIPTOR_RESERVE = 64
 # The listen backlog, which is also how many connections asyncio accepts in one turn of the event loop,
-# before any of them can be counted and refused: with 2048, one burst of slow clients took 2048
-# descriptors at once and accept() failed for want of them.
+# before any of them can be counted and refused: a larger one lets one burst of clients take that many
+# descriptors at once, and accept() then fails for want of them.
 ACCEPT_BATCH = 128
 # Seconds a body may take beyond --timeout: the request's own 408 comes first, the deadline only closes
 # a connection whose body still trickles in after it.
