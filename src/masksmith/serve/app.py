@@ -30,9 +30,9 @@ from masksmith.visualize import mask_png_bytes
 log = logging.getLogger("masksmith.serve")
 STATIC = resources.files("masksmith.serve") / "static"
 ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/segment")
-# Large images admitted at once, from their header check to their answer: one, so that large images take
-# at most one work budget of memory, and beside the small ones one image's decoding, prediction and
-# encoding of CPU (with two, their decoding and encoding alone kept a 2-core machine busy).
+# Large images admitted at once, from their header check to their answer: one, so that beside the small
+# ones large images take at most one work budget of memory and one image's decoding, prediction and
+# encoding of CPU.
 LARGE_AT_ONCE = 1
 # An image is large when it costs more than this share of the work budget: a full batch of smaller ones
 # (at most AUTO_BATCH_LIMIT, 8) stays within it.
