@@ -263,7 +263,12 @@ def serve_command(
     max_queue: int = typer.Option(64, help="waiting requests before new ones get 503 + Retry-After"),
     max_upload_mb: float = typer.Option(32.0, help="largest request body in MiB (413 above)"),
     max_pixels: int = typer.Option(25_000_000, help="largest image in pixels, refused from its header (413)"),
+    max_work_mb: float = typer.Option(2048.0, help="most MiB predicting one image may allocate, estimated from "
+                                      "its header (413 above; the estimate counts tiles, logits and the answer)"),
+    max_aspect: float = typer.Option(100.0, help="most extreme aspect ratio (long side / short side) accepted (413)"),
     timeout: float = typer.Option(30.0, help="seconds a request may take before it is answered 408"),
+    header_timeout: float = typer.Option(10.0, help="seconds a client has to send a request's headers (408, closed)"),
+    max_connections: int = typer.Option(256, help="open connections at once; more get 503 and are closed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
 ) -> None:
     """Serve a model over HTTP: POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, a web page at /."""
@@ -275,7 +280,8 @@ def serve_command(
 
     options = ServeOptions(host=host, port=port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                           timeout_s=timeout, threads=threads)
+                           max_work_bytes=int(max_work_mb * 2**20), max_aspect=max_aspect, timeout_s=timeout,
+                           header_timeout_s=header_timeout, max_connections=max_connections, threads=threads)
     serve(model, options, backend=backend, access_log=not quiet)
 
 

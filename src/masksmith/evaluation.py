@@ -14,6 +14,7 @@ from masksmith.data.masks import read_mask
 from masksmith.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.errors import DataError, MasksmithError
 from masksmith.html_report import ThumbnailKeeper, write_html_report
+from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.predict import Predictor
 from masksmith.report import write_report
@@ -71,8 +72,10 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     failed: list[dict[str, str]] = []
     # Thumbnails are made as the images pass (never all full images in memory), only for the page.
     keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
+    budget = WorkBudget.offline()
     for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
         try:
+            check_file(predictor, sample.image, budget)  # before decoding: an image too costly to predict
             image, truth = _read_pair(predictor, sample, encoding)
         except DataError as error:
             # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.

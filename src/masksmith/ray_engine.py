@@ -28,6 +28,7 @@ import numpy as np
 
 from masksmith.data.inputs import InputImage
 from masksmith.errors import ConfigError, MasksmithError
+from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.predict import PredictReport
 from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
 
@@ -99,6 +100,7 @@ class Segmenter:
         self.predictor = load_models(list(models), **load_options)
         self.out_dir, self.batch_size = Path(out_dir), batch_size
         self.threshold, self.mask_format, self.overlay_images = threshold, mask_format, overlay_images
+        self.budget = WorkBudget.offline()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [InputImage(Path(path), Path(relative)) for path, relative in zip(rows["path"], rows["relative"])]
@@ -112,7 +114,9 @@ class Segmenter:
 
     def _predict_batch(self, items: list[InputImage]) -> dict[str, tuple[str, str]]:
         """Decode, predict as one batch, encode and write: {path: (mask written, "") or ("", why not)}."""
-        arrays, readable, failed = read_batch(items, self.predictor.meta.in_channels)
+        answer = "overlay" if self.overlay_images else "mask"
+        arrays, readable, failed = read_batch(items, self.predictor.meta.in_channels,
+                                              lambda path: check_file(self.predictor, path, self.budget, answer))
         outcome = {str(path): ("", reason) for path, reason in failed}
         if arrays:
             try:

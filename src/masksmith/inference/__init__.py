@@ -1,0 +1,1 @@
+"""Inference: what running a trained model on images takes and costs."""
