@@ -36,6 +36,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def require_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be created in it, before any work is done: a ConfigError
+    naming the folder and the cause (read-only file system, permission denied, no space) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".masksmith-write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{folder}: cannot write there: {error.strerror or error}") from None
+    return folder
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -28,7 +28,14 @@ from masksmith.errors import MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
-from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.predict_io import (
+    PredictionPlan,
+    check_mask_format,
+    plan_predictions,
+    read_batch,
+    write_failures,
+    write_prediction,
+)
 
 if TYPE_CHECKING:
     from masksmith.annotations import PredictionSink
@@ -333,7 +340,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
-                  sinks: Sequence[PredictionSink] = ()) -> PredictReport:
+                  sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
     A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
@@ -341,10 +348,13 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
     `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.
+    `plan`: these inputs' plan_predictions, when the caller made it already (predict checks it before it
+    claims OUT).
     """
     check_mask_format(mask_format)
     out_dir = Path(out_dir)
-    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    if plan is None:
+        plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     planned = [(item.path, item.relative) for item in plan.items]
     refuse_overwrite([path for path, _ in planned], [target for sink in sinks for target in sink.plan(planned)])
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)

@@ -308,11 +308,12 @@ def convert_labelme(
     visualize: bool = True,
     progress: bool = True,
 ) -> ConvertReport:
-    """Convert every Labelme ``*.json`` in `src_dir` into a VOC-style dataset in `out_dir`."""
+    """Convert every Labelme ``*.json`` in `src_dir` (hidden files left out) into a VOC-style dataset in `out_dir`."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise DataError(f"{src_dir}: not a folder")
-    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file())
+    # Hidden files are no annotations (macOS's ._name.json, predict's .masksmith-predict.json).
+    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file() and not path.name.startswith("."))
     if not json_paths:
         raise DataError(f"{src_dir}: no Labelme *.json files in this folder")
     found, grouped, images = _scan(json_paths)
