@@ -21,6 +21,7 @@ from torch import nn
 
 from masksmith import __version__
 from masksmith.config import InputSize, size_pair
+from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.fileio import atomic_path
@@ -109,6 +110,15 @@ class BundleMeta(BaseModel):
         for key, value in options.items():
             _check_option(value, key)
         return options
+
+    @field_validator("class_names")
+    @classmethod
+    def _valid_class_names(cls, names: list[str]) -> list[str]:
+        # Predict writes them into labels.txt and coco.json, evaluate into legends and reports: one line each.
+        problem = class_names_problem(names)
+        if problem is not None:
+            raise ValueError(problem)
+        return names
 
     @field_validator("tta_flips")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Sequence, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError
 from masksmith.registry import did_you_mean
@@ -153,6 +154,14 @@ class TrainConfig(BaseModel):
     out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...",
                             json_schema_extra=flags("--out", "-o"))
     quiet: bool = Field(False, description="no progress bars or tables", json_schema_extra=flags("-q"))
+
+    @field_validator("classes")
+    @classmethod
+    def _valid_class_names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # A list enters here; a classes file is checked by the same rule when it is read (data.classes).
+        if isinstance(value, list) and (problem := class_names_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("channels")
     @classmethod

@@ -40,6 +40,7 @@ from masksmith.data.convert import (
     write_class_names,
     write_sample,
 )
+from masksmith.data.classes import class_name_problem
 from masksmith.data.convert.nesting import parse_json
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
@@ -89,6 +90,8 @@ def coco_classes(categories: list[Any], where: str = "categories") -> tuple[list
             raise DataError(f"{where}: category {number} needs an integer 'id' and a text 'name', got {category!r}")
         if category["id"] in seen_ids:
             raise DataError(f"{where}: category id {category['id']} is listed twice")
+        if (problem := class_name_problem(category["name"])) is not None:
+            raise DataError(f"{where}: category id {category['id']}: {problem}")
         seen_ids[category["id"]] = category["name"]
     ordered = sorted(seen_ids.items())
     background = [(cid, name) for cid, name in ordered if name.strip().lower() in BACKGROUND_NAMES]

@@ -48,6 +48,7 @@ from masksmith.data.convert import (
     write_sample,
 )
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
+from masksmith.data.classes import class_name_problem, validate_class_names
 from masksmith.data.convert.nesting import parse_json
 from masksmith.data.limits import open_image
 from masksmith.data.images import read_image
@@ -79,7 +80,7 @@ def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str
     if isinstance(labels, (str, Path)):
         path = Path(labels)
         try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").split("\n")  # splitlines would split at \x1c, \u2028 too
         except FileNotFoundError:
             raise DataError(f"{path}: labels file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -89,7 +90,7 @@ def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str
         lines, where = list(labels), "labels"
     else:
         raise ConfigError(f"labels must be a labels.txt path or a list of strings, got {labels!r}")
-    names = [line.strip() for line in lines if line.strip()]
+    names = validate_class_names([line.strip() for line in lines if line.strip()], where)
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -149,6 +150,8 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
     label = shape.get("label")
     if not isinstance(label, str):
         raise _fail(json_path, f"{where} has no text 'label'")
+    if (problem := class_name_problem(label)) is not None:
+        raise _fail(json_path, f"{where}: {problem}")
     where = f"shape {number} ({label!r})"
     shape_type = shape.get("shape_type") or "polygon"  # Labelme's default, and old files omit it
     if not isinstance(shape_type, str) or shape_type not in SHAPE_TYPES:
@@ -293,7 +296,7 @@ def _scan(json_paths: list[Path]) -> tuple[set[str], bool, list[Path]]:
                 pass  # the conversion itself reports the missing image
         for shape in data["shapes"]:
             if isinstance(shape, dict):
-                if isinstance(shape.get("label"), str):
+                if class_name_problem(shape.get("label")) is None:  # a bad label fails its own file only
                     labels.add(shape["label"])
                 grouped |= shape.get("group_id") is not None
     return labels, grouped, images
