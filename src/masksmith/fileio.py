@@ -16,23 +16,47 @@ from masksmith.errors import ConfigError
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[^.]+)?\.tmp")
 
 
+def _os_error_of(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or the one a writer wrapped (torch.save raises a RuntimeError whose
+    context is the failed write), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+
+    A failed write (a full disk, a read-only folder) is raised as an OSError naming `path` (not the temporary
+    file, nor the scratch file a writer may use on its own: Lightning's goes through the system's temp folder),
+    also where the writer wraps it in its own exception (torch.save's RuntimeError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp creates 0600 files, and some writers (safetensors) replace the temp file with their own
         # 0600 one: after writing, give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except Exception as error:
+        cause = _os_error_of(error)
+        # errno None: not a failed system call but a writer's own complaint (PIL raises OSError for those).
+        if cause is None or cause.errno is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from error
     finally:
         # Also on KeyboardInterrupt; only a hard kill (SIGKILL) leaves one behind, for remove_stale_temps.
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

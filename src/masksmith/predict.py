@@ -24,7 +24,7 @@ from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
-from masksmith.errors import MasksmithError
+from masksmith.errors import ConfigError, MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -47,6 +47,13 @@ BLENDS = ("gaussian", "linear")
 # Crop-trained models switch to tiles when an image side exceeds this many times the training size:
 # whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
 AUTO_TILE_FACTOR = 2.0
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """A binary model's foreground threshold, strictly between 0 and 1 (NaN refused too); None: the model's own."""
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
 
 
 def _blend_weights(size: int, overlap: int, blend: str, at_start: bool, at_end: bool) -> torch.Tensor:

@@ -44,6 +44,7 @@ from masksmith.data.classes import class_name_problem
 from masksmith.data.convert.nesting import parse_json
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["coco_classes", "convert_coco", "rle_counts"]
@@ -302,7 +303,7 @@ def convert_coco(
             pass  # reported when that image's turn comes
     out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
     refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=instances)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     stems: dict[str, str] = {}
     for image_id, entry in tqdm(images.items(), desc="converting coco", unit="img", disable=not progress):

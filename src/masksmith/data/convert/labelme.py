@@ -53,6 +53,7 @@ from masksmith.data.convert.nesting import parse_json
 from masksmith.data.limits import open_image
 from masksmith.data.images import read_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "convert_labelme", "read_labels", "shape_to_mask"]
@@ -336,7 +337,7 @@ def convert_labelme(
     refuse_overwriting_sources(out_dir, src_dir, inputs, [p.stem for p in json_paths],
                                visualize=visualize, objects=write_objects)
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     for json_path in tqdm(json_paths, desc="converting labelme", unit="file", disable=not progress):
         try:
