@@ -116,8 +116,13 @@ def test_a_damaged_record_is_one_line_with_resume_and_replaced_without(tmp_path,
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
-def test_a_folder_another_prediction_writes_into_is_refused_at_once(tmp_path, models, photos, engine):
+def test_a_folder_another_prediction_writes_into_is_refused_at_once(tmp_path, models, photos, engine, monkeypatch):
     out = tmp_path / "out"
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the lock was checked")
+
+    monkeypatch.setattr("masksmith.ensemble.load_models", no_loading)
     with folder_lock(out, kind="prediction"):
         result = _predict(models[0], photos, "--out", out, "--engine", engine)
     assert result.exit_code == 2, result.output

@@ -204,6 +204,7 @@ def predict(
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.ensemble import load_models, split_models
+    from masksmith.fileio import refuse_if_locked
     from masksmith.predict import check_threshold, predict_files
     from masksmith.predict_io import check_mask_format, plan_predictions
     from masksmith.predict_record import PredictionRecord, prediction_output
@@ -218,35 +219,35 @@ def predict(
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
     if engine == "ray":
-        from masksmith.ray_engine import RayOptions, predict_with_ray
+        from masksmith.ray_engine import RayOptions, import_ray, predict_with_ray
 
+        import_ray()  # a missing extra is named before OUT is made
         if annotation_format != "png" or rank:
             raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
                                  "use --engine local for them")
         ray_options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
                                  gpus_per_actor=gpus_per_actor, load_options=load_options)
+    refuse_if_locked(out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
+    predictor = load_models(models, **load_options) if engine == "local" else None
+    # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
+    plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
     record = PredictionRecord.of(models, {
         "--threshold": threshold, "--tta": tta, "--tile": tile, "--overlap": overlap, "--blend": blend,
         "--mask-format": mask_format, "--format": annotation_format,
         "--polygon-tolerance": polygon_tolerance if annotation_format == "labelme" else None,
         "--overlay": overlay}, inputs)
-    passes: int | None = None  # forward passes per image, known here for the local engine
-    # Planned first: outputs that would replace an input are refused before OUT is touched. Claimed before the
-    # model loads: a second prediction into OUT, or a resume with another model, fails at once.
-    plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
-    with prediction_output(out, record, resume=resume):
-        if engine == "ray":
+    with prediction_output(out, record, resume=resume):  # locked, checked against a resumed folder, recorded
+        if predictor is None:
             report = predict_with_ray(models, inputs, out, options=ray_options, overlay_images=overlay,
                                       threshold=threshold, mask_format=mask_format, resume=resume,
                                       progress=not quiet, plan=plan)
         else:
-            predictor = load_models(models, **load_options)
-            passes = predictor.tta_passes
             sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
                                      tolerance=polygon_tolerance, rank=rank)
             report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
                                    batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
                                    resume=resume, plan=plan)
+    passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
                                                                  if report.skipped else ""))
     if tta and report.written:

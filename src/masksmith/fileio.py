@@ -137,6 +137,30 @@ def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _in_use(folder: Path, kind: str, fd: int) -> ConfigError:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return ConfigError(f"{folder}: in use by another {kind}{f' (pid {pid})' if pid.isdigit() else ''}; "
+                       "wait for it to finish or choose another folder")
+
+
+def refuse_if_locked(folder: str | os.PathLike, kind: str = "process") -> None:
+    """The ConfigError folder_lock would raise while another process holds `folder`'s lock, found without taking
+    the lock or creating anything: a check before slow work (loading a model), not a replacement for the lock."""
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file, so no holder: folder_lock decides when it is taken
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(folder, kind, fd) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[None]:
     """Hold an exclusive lock on `folder` (its `.lock` file) for a `kind` of job; a second one fails at once."""
@@ -149,9 +173,7 @@ def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[No
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise ConfigError(f"{folder}: in use by another {kind}{f' (pid {pid})' if pid.isdigit() else ''}; "
-                              "wait for it to finish or choose another folder") from None
+            raise _in_use(folder, kind, fd) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:

@@ -1,8 +1,8 @@
 """Palettes, overlays, image/truth/prediction grids, training curves and evaluation plots.
 
 Modules: ``colors`` (palette, indexed mask PNGs, colorize), ``overlays`` (colors over images, image
-bytes and files), ``gallery`` (comparison grids), ``plots`` (curves, confusion matrix, per-class bars), ``text`` (file and class
-names as one printable line, safe to draw).
+bytes and files), ``gallery`` (comparison grids), ``plots`` (curves, confusion matrix, per-class bars),
+``text`` (file and class names as one printable line, safe to draw).
 Import the public names from here: ``from masksmith.visualize import overlay``.
 
 Conventions
