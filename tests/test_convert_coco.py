@@ -145,8 +145,9 @@ def test_classes_in_category_id_order_with_background_first(tmp_path: Path) -> N
 
 def test_category_name_that_is_not_one_line_is_refused() -> None:
     # class_names.txt holds a name a line: "cat\nrat" would come back as two classes.
-    for name in ("cat\nrat", " cat", "", "tab\there"):
-        with pytest.raises(DataError, match="cannot be a line of a class list"):
+    for name, problem in (("cat\nrat", "line break"), (" cat", "spaces at its start"), ("", "is empty"),
+                          ("tab\there", "line break")):
+        with pytest.raises(DataError, match=problem):
             coco_classes([{"id": 1, "name": name}])
 
 

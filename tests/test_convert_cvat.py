@@ -241,7 +241,7 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
     ("<annotations><version>1.1</version><track id='0' label='car'/></annotations>", "a 'CVAT for video' export"),
     ("<annotations><version>1.1</version></annotations>", "no <image> elements"),
     ("<annotations><meta><task><labels><label><name>a\nb</name></label></labels></task></meta>"
-     "<image id='0' name='a.png' width='50' height='40'/></annotations>", "cannot be a line of a class list"),
+     "<image id='0' name='a.png' width='50' height='40'/></annotations>", "holds a line break"),
 ])
 def test_broken_or_hostile_xml_is_an_error_naming_it(tmp_path: Path, content: str, fragment: str) -> None:
     _image(tmp_path / "images" / "a.png")

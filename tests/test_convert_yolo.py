@@ -246,7 +246,7 @@ def test_label_file_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
     ("nc: 3\nnames: [a, b]\n", "nc is 3 but 'names' lists 2 classes"),
     ("names: {a: cat}\n", "class id 'a' in 'names' is not a non-negative integer"),
     ("names: [cat, cat]\n", "label names repeat"),
-    ("names: [\"cat\\nrat\"]\n", "cannot be a line of a class list"),
+    ("names: [\"cat\\nrat\"]\n", "holds a line break"),
     ("names: [[nested]]\n", "has a name that is not text"),
     # A YAML "billion laughs": aliases nest 9 levels of 9, yet safe_load shares them, and the list is refused.
     ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"

@@ -258,7 +258,7 @@ def test_predict_lists_links_and_folders_it_cannot_read(tmp_path, bundle):
     assert "dangling.png: broken symbolic link" in result.output
     assert "x.png: is a folder" in result.output
     # The masks of the readable images, and the unreadable entries listed in failures.csv.
-    assert sorted(os.listdir(tmp_path / "out")) == ["failures.csv", "good.png"]
+    assert sorted(n for n in os.listdir(tmp_path / "out") if not n.startswith(".")) == ["failures.csv", "good.png"]
     assert "dangling.png" in (tmp_path / "out" / "failures.csv").read_text()
     # The same entries found through a glob are listed too, not dropped.
     result = _predict(bundle, str(inputs / "*.png"), "--out", str(tmp_path / "out2"))
@@ -336,3 +336,30 @@ def test_one_rgb_mask_among_binary_masks_is_named(tmp_path):
         detect_encoding(sorted((root / "masks").iterdir()), foreground=0)
     [problem] = check_dataset(root, foreground=0, workers=1, progress=False).by_code("mask_encoding")
     assert "a1.png: is an RGB color mask" in problem.message
+
+
+# --- manifests ---------------------------------------------------------------------------------------------------
+
+
+def test_a_csv_manifest_with_two_path_columns_is_an_error(tmp_path):
+    from masksmith.data.manifest import read_manifest
+    from masksmith.errors import DataError
+
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,label,path\na.png,x,b.png\n")
+    with pytest.raises(DataError, match=r"list\.csv: the header has 2 'path' columns; keep one"):
+        read_manifest(manifest)
+
+
+def test_a_parquet_manifest_with_two_path_columns_is_an_error(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    from masksmith.data.manifest import read_manifest
+    from masksmith.errors import DataError
+
+    manifest = tmp_path / "list.parquet"
+    parquet.write_table(pyarrow.Table.from_arrays([pyarrow.array(["a.png"]), pyarrow.array(["b.png"])],
+                                                  names=["path", "path"]), manifest)
+    with pytest.raises(DataError, match=r"list\.parquet: 2 columns are named 'path'; keep one"):
+        read_manifest(manifest)

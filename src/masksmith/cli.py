@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,16 +21,36 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True, highlight=False)
 
 
+def _error_line(message: str) -> None:
+    # Escaped: a message such as "pip install 'masksmith[serve]'" must not be read as markup.
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def os_error_message(error: OSError) -> str:
+    """A failed system call as one line: the file it names and the system's reason (No space left on device,
+    Read-only file system, Permission denied, Disk quota exceeded, ...)."""
+    cause = error.strerror or str(error)
+    if error.filename is None:
+        return cause
+    name = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes, os.PathLike)) else error.filename
+    return f"{name}: {cause}"
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a MasksmithError into one red line and exit code 2, instead of a traceback."""
+    """Turn a MasksmithError, or a failed read or write of a file (an OSError: a full disk, a read-only folder),
+    into one red line and exit code 2, instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except MasksmithError as error:
-            # Escaped: a message such as "pip install 'masksmith[serve]'" must not be read as markup.
-            err.print(f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
+            _error_line(str(error))
+            raise typer.Exit(2) from None
+        except OSError as error:
+            if error.errno is None:  # not a failed system call: a library's own complaint, a bug to see whole
+                raise
+            _error_line(os_error_message(error))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -74,12 +95,13 @@ app.command("train")(user_errors(_train))
 def check(
     data: Path = typer.Argument(..., help="dataset folder"),
     classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    foreground: Optional[int] = typer.Option(None, min=0, max=65535,
+                                             help="binary masks: the pixel value meaning foreground"),
     palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
     ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(255, help="mask value that marks pixels to ignore"),
-    workers: Optional[int] = typer.Option(None, help="worker processes [default: all cores]"),
+    ignore_index: int = typer.Option(255, min=0, max=255, help="mask value that marks pixels to ignore"),
+    workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
                                        "[default: runs/check-DATANAME]"),
     json_output: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
@@ -151,12 +173,13 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
-    batch_size: int = typer.Option(4, "--batch-size", "-b"),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
-    tile: Optional[int] = typer.Option(None, help="predict in tiles of this many pixels [default: automatic for "
-                                       "crop-trained models on images over 2x the training size]"),
-    overlap: Optional[int] = typer.Option(None, help="tile overlap in pixels [default: tile/4]"),
+    tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "
+                                       "[default: automatic for crop-trained models on images over 2x the "
+                                       "training size]"),
+    overlap: Optional[int] = typer.Option(None, min=0, max=65536, help="tile overlap in pixels [default: tile/4]"),
     blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
     tta: bool = typer.Option(False, "--tta", help="average over flipped copies: the flips the model was trained "
                              "with (default/light/elastic: 4 forward passes per image, upright: 2)"),
@@ -172,42 +195,59 @@ def predict(
                                "(pip install 'masksmith[ray]')"),
     address: Optional[str] = typer.Option(None, help="ray: the cluster to join (auto, or HOST:PORT) "
                                           "[default: a local Ray instance]"),
-    actors: Optional[int] = typer.Option(None, help="ray: model replicas [default: the cluster's CPUs / --threads]"),
-    threads: int = typer.Option(1, help="ray: CPUs (and torch threads) per actor"),
+    actors: Optional[int] = typer.Option(None, min=1, max=100_000,
+                                         help="ray: model replicas [default: the cluster's CPUs / --threads]"),
+    threads: int = typer.Option(1, min=1, max=1024, help="ray: CPUs (and torch threads) per actor"),
     gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="ray: GPUs per actor (with --device cuda)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.ensemble import load_models, split_models
-    from masksmith.predict import predict_files
+    from masksmith.fileio import refuse_if_locked
+    from masksmith.predict import check_threshold, predict_files
+    from masksmith.predict_io import check_mask_format, plan_predictions
+    from masksmith.predict_record import PredictionRecord, prediction_output
 
     models, inputs = split_models(bundle, inputs)
     if not inputs:
         raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
     check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
+    check_mask_format(mask_format)
+    check_threshold(threshold)
     if engine not in ("local", "ray"):
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
-    passes: int | None = None  # forward passes per image, known here for the local engine
     if engine == "ray":
-        from masksmith.ray_engine import RayOptions, predict_with_ray
+        from masksmith.ray_engine import RayOptions, import_ray, predict_with_ray
 
+        import_ray()  # a missing extra is named before OUT is made
         if annotation_format != "png" or rank:
             raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
                                  "use --engine local for them")
-        options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
-                             gpus_per_actor=gpus_per_actor, load_options=load_options)
-        report = predict_with_ray(models, inputs, out, options=options, overlay_images=overlay, threshold=threshold,
-                                  mask_format=mask_format, resume=resume, progress=not quiet)
-    else:
-        predictor = load_models(models, **load_options)
-        passes = predictor.tta_passes
-        sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
-                                 tolerance=polygon_tolerance, rank=rank)
-        report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
-                               batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
-                               resume=resume)
+        ray_options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
+                                 gpus_per_actor=gpus_per_actor, load_options=load_options)
+    refuse_if_locked(out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
+    predictor = load_models(models, **load_options) if engine == "local" else None
+    # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
+    plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
+    record = PredictionRecord.of(models, {
+        "--threshold": threshold, "--tta": tta, "--tile": tile, "--overlap": overlap, "--blend": blend,
+        "--mask-format": mask_format, "--format": annotation_format,
+        "--polygon-tolerance": polygon_tolerance if annotation_format == "labelme" else None,
+        "--overlay": overlay}, inputs)
+    with prediction_output(out, record, resume=resume):  # locked, checked against a resumed folder, recorded
+        if predictor is None:
+            report = predict_with_ray(models, inputs, out, options=ray_options, overlay_images=overlay,
+                                      threshold=threshold, mask_format=mask_format, resume=resume,
+                                      progress=not quiet, plan=plan)
+        else:
+            sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
+                                     tolerance=polygon_tolerance, rank=rank)
+            report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
+                                   batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
+                                   resume=resume, plan=plan)
+    passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
                                                                  if report.skipped else ""))
     if tta and report.written:
@@ -237,7 +277,7 @@ def export_command(
     int8: bool = typer.Option(False, "--int8", help="static int8 quantization of the convolutions"),
     calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="images for int8 calibration "
                                                     "(files, folders or globs; real images)"),
-    opset: int = typer.Option(18, help="ONNX opset"),
+    opset: int = typer.Option(18, min=7, max=30, help="ONNX opset"),
 ) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
     from masksmith.steps import export

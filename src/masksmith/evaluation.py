@@ -13,10 +13,11 @@ from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.html_report import ThumbnailKeeper, write_html_report
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
-from masksmith.predict import Predictor
+from masksmith.predict import Predictor, check_threshold
 from masksmith.report import write_report
 
 GALLERY_EACH = 3
@@ -59,12 +60,16 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
     `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only)."""
+    check_threshold(threshold)
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
     if in_memory and tta:
         raise MasksmithError("tta is an option of a model loaded from a file; give Predictor(..., tta=True) instead")
     predictor = bundle if in_memory else load_models(bundle, tta=tta)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
+    if out is None:
+        out = (Path(".") if in_memory else models_home(bundle)) / f"evaluate-{split}"  # type: ignore[arg-type]
+    out_dir = require_writable(out)  # before the first prediction, not after the last
     encoding = MaskEncoding.from_dict(meta.mask_encoding)
     confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     per_image: list[dict[str, Any]] = []
@@ -101,9 +106,6 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     result["failed"] = failed
     result["per_image"] = per_image
     result["confusion_matrix"] = confusion.matrix.tolist()
-    if out is None:
-        out = (Path(".") if in_memory else models_home(bundle)) / f"evaluate-{split}"  # type: ignore[arg-type]
-    out_dir = Path(out)
     gallery = _gallery_rows(predictor, scored, per_image, encoding, threshold)
     write_report(out_dir, result, predictor, gallery)
     result["out"] = str(out_dir)

@@ -24,12 +24,19 @@ from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
-from masksmith.errors import MasksmithError
+from masksmith.errors import ConfigError, MasksmithError
 from masksmith.fileio import refuse_overwrite
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
-from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.predict_io import (
+    PredictionPlan,
+    check_mask_format,
+    plan_predictions,
+    read_batch,
+    write_failures,
+    write_prediction,
+)
 
 if TYPE_CHECKING:
     from masksmith.annotations import PredictionSink
@@ -41,6 +48,13 @@ BLENDS = ("gaussian", "linear")
 # Crop-trained models switch to tiles when an image side exceeds this many times the training size:
 # whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
 AUTO_TILE_FACTOR = 2.0
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """A binary model's foreground threshold, strictly between 0 and 1 (NaN refused too); None: the model's own."""
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
 
 
 def _blend_weights(size: int, overlap: int, blend: str, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -378,7 +392,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
-                  sinks: Sequence[PredictionSink] = ()) -> PredictReport:
+                  sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
     A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
@@ -386,10 +400,13 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
     `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.
+    `plan`: these inputs' plan_predictions, when the caller made it already (predict checks it before it
+    claims OUT).
     """
     check_mask_format(mask_format)
     out_dir = Path(out_dir)
-    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    if plan is None:
+        plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     planned = [(item.path, item.relative) for item in plan.items]
     refuse_overwrite([path for path, _ in planned], [target for sink in sinks for target in sink.plan(planned)])
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)

@@ -30,7 +30,14 @@ from masksmith.data.inputs import InputImage
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.predict import PredictReport
-from masksmith.predict_io import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.predict_io import (
+    PredictionPlan,
+    check_mask_format,
+    plan_predictions,
+    read_batch,
+    write_failures,
+    write_prediction,
+)
 
 INSTALL_HINT = "pip install 'masksmith[ray]'"
 # Ray keeps every block's metadata on the driver: a million one-batch blocks would cost more than the rows.
@@ -154,16 +161,18 @@ def _rows(items: Sequence[InputImage]) -> Iterator[dict[str, Any]]:
 def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path, *,
                      options: RayOptions = RayOptions(), overlay_images: bool = False,
                      threshold: float | None = None, mask_format: str = "palette", resume: bool = False,
-                     progress: bool = True) -> PredictReport:
+                     progress: bool = True, plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT with a Ray Data pipeline (see the module's text).
 
     The same outputs as `predict.predict_files`: OUT/<relative path>.png masks, overlays, OUT/failures.csv;
-    `resume` skips images whose outputs exist. `report.seconds` is the pipeline's wall time.
+    `resume` skips images whose outputs exist. `report.seconds` is the pipeline's wall time. `plan`: the
+    inputs' plan_predictions, when the caller made it already.
     """
     check_mask_format(mask_format)
     ray = import_ray()
     out_dir = Path(out_dir)
-    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    if plan is None:
+        plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)
     if plan.items:
         started_here = _connect(ray, options.address)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import MasksmithError
-from masksmith.fileio import refuse_overwrite, write_text_atomic
+from masksmith.fileio import refuse_overwrite, require_writable, write_text_atomic
 
 if TYPE_CHECKING:
     from masksmith.data.check import CheckReport
@@ -34,10 +34,12 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
     and OUT/fingerprint.json (default OUT: runs/check-DATANAME). Problems are in the report, not raised."""
     from masksmith.data.check import check_dataset, write_fingerprint
 
+    folder = Path(out) if out is not None else Path("runs") / f"check-{Path(data).resolve().name}"
+    if Path(data).is_dir():  # a missing DATA is check_dataset's one-line error, before a folder is made for it
+        require_writable(folder)  # before the check, which may read for minutes
     report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
                            ignore_index=ignore_index, workers=workers, progress=progress, palette=palette,
                            ignore_color=tuple(ignore_color) if ignore_color else None)
-    folder = Path(out) if out is not None else Path("runs") / f"check-{Path(data).resolve().name}"
     report_path = folder / "report.json"
     write_text_atomic(report_path, json.dumps(report.to_dict(), indent=1))
     return CheckResult(report, report_path, write_fingerprint(report, folder / "fingerprint.json"))
@@ -54,4 +56,5 @@ def export(bundle: str | Path, out: str | Path | None = None, *, export_format: 
     bundle = Path(bundle)
     target = Path(out) if out is not None else bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
     refuse_overwrite([bundle], [target])
+    require_writable(target.parent)
     return export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration)

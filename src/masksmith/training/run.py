@@ -17,7 +17,7 @@ from masksmith import __version__
 from masksmith.config import TrainConfig, UserConfig, config_to_yaml, resolve_user_config, user_config_from
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError
-from masksmith.fileio import folder_lock, remove_stale_temps, write_text_atomic
+from masksmith.fileio import folder_lock, remove_stale_temps, require_writable, write_text_atomic
 from masksmith.runlog import RunLog
 from masksmith.training.fit import fit
 from masksmith.training.network import build_network, check_names, model_arguments
@@ -45,6 +45,8 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
     check_launch(user.config, launch)  # every process of a launch fails alike here, before reading data
     if not launch.leader:
         return follow(launch, user.config, callbacks)
+    # Made only now that the config is valid, and proven writable before any data is read.
+    require_writable(run_dir)
     from masksmith.training.cross_validation import is_fold_folder, train_folds  # it runs these stages
 
     if user.config.folds is not None or (resume is not None and is_fold_folder(run_dir)):

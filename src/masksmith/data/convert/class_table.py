@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
-from masksmith.data.classes import check_class_name
+from masksmith.data.classes import class_name_problem
 from masksmith.data.convert import IGNORE_INDEX
 from masksmith.data.encoding import MAX_CLASSES
 from masksmith.errors import DataError
@@ -38,7 +38,8 @@ def class_table(entries: Sequence[tuple[Hashable, str]], where: str, *,
         if key in keys_seen:
             raise DataError(f"{where}: label {key!r} is listed twice")
         keys_seen.add(key)
-        check_class_name(name, where)
+        if (problem := class_name_problem(name)) is not None:
+            raise DataError(f"{where}: {problem}")
     ignored = [(key, name) for key, name in entries if ignore_label and name == IGNORE_LABEL]
     labels = [(key, name) for key, name in entries if (key, name) not in ignored]
     background = [(key, name) for key, name in labels if name.strip().lower() in BACKGROUND_NAMES]
@@ -61,7 +62,8 @@ def class_table(entries: Sequence[tuple[Hashable, str]], where: str, *,
 def read_label_lines(path: Path) -> list[str]:
     """The lines of a labels file (one label a line), stripped; blank lines skipped."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # Split at line ends only: splitlines would also split a name at \x1c or \u2028, silently.
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise DataError(f"{path}: labels file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -44,8 +44,10 @@ from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import MAX_INSTANCE_ID
 from masksmith.data.convert.polygons import fill_polygons
+from masksmith.data.classes import class_name_problem
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["coco_classes", "convert_coco", "rle_counts"]
@@ -75,6 +77,8 @@ def coco_classes(categories: list[Any], where: str = "categories") -> tuple[list
             raise DataError(f"{where}: category {number} needs an integer 'id' and a text 'name', got {category!r}")
         if category["id"] in seen_ids:
             raise DataError(f"{where}: category id {category['id']} is listed twice")
+        if (problem := class_name_problem(category["name"])) is not None:
+            raise DataError(f"{where}: category id {category['id']}: {problem}")
         seen_ids[category["id"]] = category["name"]
     # COCO's ignore is iscrowd; a category is a class whatever its name.
     return class_table(sorted(seen_ids.items()), where, ignore_label=False)
@@ -251,7 +255,7 @@ def convert_coco(
             pass  # reported when that image's turn comes
     out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
     refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=instances)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     stems: dict[str, str] = {}
     for image_id, entry in tqdm(images.items(), desc="converting coco", unit="img", disable=not progress):

@@ -47,6 +47,7 @@ from masksmith.data.convert.paint import Region, paint
 from masksmith.data.convert.polygons import fill_polygons
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["convert_cvat", "cvat_mask"]
@@ -306,6 +307,7 @@ def convert_cvat(
             pass  # reported when that image's turn comes
     stems = list(dict.fromkeys(Path(name.replace("\\", "/")).stem for _, name in scan.images))
     refuse_overwriting_sources(out_dir, images_dir, sources, stems, visualize=visualize, objects=instances)
+    require_writable(out_dir)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,11 @@ from masksmith.data.convert.class_table import IGNORE_LABEL, read_label_lines
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import MAX_INSTANCE_ID
+from masksmith.data.classes import class_name_problem, validate_class_names
 from masksmith.data.limits import open_image
 from masksmith.data.images import read_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "convert_labelme", "read_labels", "shape_to_mask"]
@@ -81,7 +83,7 @@ def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str
         lines, where = list(labels), "labels"
     else:
         raise ConfigError(f"labels must be a labels.txt path or a list of strings, got {labels!r}")
-    names = [line.strip() for line in lines if line.strip()]
+    names = validate_class_names([line.strip() for line in lines if line.strip()], where)
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -130,6 +132,8 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
     label = shape.get("label")
     if not isinstance(label, str):
         raise _fail(json_path, f"{where} has no text 'label'")
+    if (problem := class_name_problem(label)) is not None:
+        raise _fail(json_path, f"{where}: {problem}")
     where = f"shape {number} ({label!r})"
     shape_type = shape.get("shape_type") or "polygon"  # Labelme's default, and old files omit it
     if not isinstance(shape_type, str) or shape_type not in SHAPE_TYPES:
@@ -274,7 +278,7 @@ def _scan(json_paths: list[Path]) -> tuple[set[str], bool, list[Path]]:
                 pass  # the conversion itself reports the missing image
         for shape in data["shapes"]:
             if isinstance(shape, dict):
-                if isinstance(shape.get("label"), str):
+                if class_name_problem(shape.get("label")) is None:  # a bad label fails its own file only
                     labels.add(shape["label"])
                 grouped |= shape.get("group_id") is not None
     return labels, grouped, images
@@ -289,11 +293,12 @@ def convert_labelme(
     visualize: bool = True,
     progress: bool = True,
 ) -> ConvertReport:
-    """Convert every Labelme ``*.json`` in `src_dir` into a VOC-style dataset in `out_dir`."""
+    """Convert every Labelme ``*.json`` in `src_dir` (hidden files left out) into a VOC-style dataset in `out_dir`."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise DataError(f"{src_dir}: not a folder")
-    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file())
+    # Hidden files are no annotations (macOS's ._name.json, predict's .masksmith-predict.json).
+    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file() and not path.name.startswith("."))
     if not json_paths:
         raise DataError(f"{src_dir}: no Labelme *.json files in this folder")
     found, grouped, images = _scan(json_paths)
@@ -313,7 +318,7 @@ def convert_labelme(
     refuse_overwriting_sources(out_dir, src_dir, inputs, [p.stem for p in json_paths],
                                visualize=visualize, objects=write_objects)
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     for json_path in tqdm(json_paths, desc="converting labelme", unit="file", disable=not progress):
         try:

@@ -45,6 +45,7 @@ from masksmith.data.convert.paint import Region, paint
 from masksmith.data.convert.polygons import fill_polygons
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["MAX_EXPORT_BYTES", "convert_labelstudio"]
@@ -246,6 +247,7 @@ def convert_labelstudio(
     classes, class_index = class_table([(name, name) for name in names], labels_source)
     refuse_overwriting_sources(out_dir, images_dir, sources, list(dict.fromkeys(stems)), visualize=visualize,
                                objects=instances)
+    require_writable(out_dir)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
     out_dir.mkdir(parents=True, exist_ok=True)

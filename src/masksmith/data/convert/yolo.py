@@ -45,6 +45,7 @@ from masksmith.data.convert.paint import Region, paint
 from masksmith.data.discover import SPLIT_DIR_NAMES, is_image_file
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
+from masksmith.fileio import require_writable
 from masksmith.visualize import default_colors
 
 __all__ = ["MAX_LABEL_FILE_BYTES", "convert_yolo", "yolo_classes"]
@@ -252,6 +253,7 @@ def convert_yolo(
     sources = [yaml_path] + [p for image, label, _ in images for p in (image, label) if p.is_file()]
     refuse_overwriting_sources(out_dir, src_dir, sources, list(dict.fromkeys(i.stem for i, _, _ in images)),
                                visualize=visualize, objects=instances)
+    require_writable(out_dir)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
     out_dir.mkdir(parents=True, exist_ok=True)
