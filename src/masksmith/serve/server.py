@@ -6,7 +6,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from masksmith.errors import ConfigError
 from masksmith.serve import require_serve_extra
@@ -41,8 +41,6 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
           out: TextIO = sys.stdout) -> None:
     """Load the model, print the URL, model, backend and threads, and serve until Ctrl-C (which drains)."""
     require_serve_extra()
-    import uvicorn
-
     from masksmith.serve.app import create_app
     from masksmith.serve.model import ServedModel
 
@@ -61,10 +59,19 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     print(f"  limits   {options.max_upload_bytes / 2**20:g} MiB upload, {options.max_pixels} pixels, "
           f"{options.timeout_s:g} s per request{'; token required' if options.token else ''}", file=out)
     print("  Ctrl-C stops accepting requests and finishes those in flight", file=out, flush=True)
+    run_app(app, sock, options.timeout_s, access_log=access_log)
+
+
+def run_app(app: Any, sock: socket.socket, timeout_s: float, *, access_log: bool = True) -> None:
+    """Serve an ASGI app on a bound socket with uvicorn until Ctrl-C, which drains requests in flight
+    (`masksmith serve` and `masksmith label` both run here); closes the socket."""
+    require_serve_extra()
+    import uvicorn
+
     logging.getLogger("masksmith.serve").setLevel(logging.INFO)
     config = uvicorn.Config(app, log_level="info", access_log=access_log, lifespan="on",
                             # Ctrl-C: wait for requests in flight, at most one request time limit.
-                            timeout_graceful_shutdown=int(options.timeout_s) + 1)
+                            timeout_graceful_shutdown=int(timeout_s) + 1)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
