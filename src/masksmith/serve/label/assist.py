@@ -20,9 +20,10 @@ def connected_region(mask: np.ndarray, x: int, y: int) -> tuple[int, tuple[int, 
     that class reachable from (x, y)."""
     height, width = mask.shape
     flood = np.zeros((height + 2, width + 2), np.uint8)  # OpenCV's flood mask has a one-pixel border
-    # Exact equality (both differences 0) on the class indices; only the flood mask is written.
+    # Exact equality (both differences 0) on the class indices; only the flood mask is written (OpenCV still
+    # wants a writable image: a copy).
     _, _, _, (left, top, box_w, box_h) = cv2.floodFill(
-        np.ascontiguousarray(mask), flood, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        np.array(mask, np.uint8), flood, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
     region = flood[1 + top:1 + top + box_h, 1 + left:1 + left + box_w].astype(bool)
     return int(mask[y, x]), (int(left), int(top), int(box_w), int(box_h)), region
 
