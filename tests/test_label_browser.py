@@ -227,6 +227,36 @@ def test_two_tabs_the_older_save_gets_the_conflict(browser, shapes):
     assert np.all(final[30] == 2) and not np.array_equal(final, after_first) and not errors
 
 
+@pytest.mark.parametrize("kind", ["membrane", "folder without masks"])
+def test_a_stroke_saved_in_membrane_and_fresh_folder_encodings(browser, tmp_path, kind):
+    from masksmith.serve.label.store import LabelOptions
+
+    if kind == "membrane":  # 0/255 binary masks, 0 = membrane (the foreground)
+        data = copy_some(REPO / "examples" / "membrane", tmp_path / "membrane", ["0", "1"])
+        (data / "masks" / "1.png").unlink()
+        options, name, target = LabelOptions(foreground=0), "images/1.png", data / "masks" / "1.png"
+    else:  # photos only: masks go beside them as NAME_mask.png, which train pairs
+        data = tmp_path / "photos"
+        data.mkdir()
+        shutil.copy(REPO / "examples" / "membrane" / "test" / "0.png", data / "slice.png")
+        (data / "classes.txt").write_text("background\nmembrane\n")
+        options, name, target = LabelOptions(), "slice.png", data / "slice_mask.png"
+    errors: list[str] = []
+    with live_server(make_app(open_session(data, options))) as (url, _):
+        page = _open(browser, url, errors)
+        _show(page, name)
+        assert page.evaluate("document.body.dataset.start") == "empty"
+        page.keyboard.press("1")
+        _drag(page, ((20, 256), (490, 256)))
+        _save(page)
+        page.close()
+    written = read_png(target)
+    distance = _distance_to_segment(written.shape, (20, 256), (490, 256))
+    marked = written == 0 if kind == "membrane" else written == 1
+    assert set(np.unique(written).tolist()) == ({0, 255} if kind == "membrane" else {0, 1})
+    assert np.all(marked[distance <= 5]) and not np.any(marked[distance > 7.5]) and not errors
+
+
 def test_editor_screenshot_on_clothing(browser, ccp_dir, tmp_path):
     names = ["0002", "0005", "0011", "0014", "0023", "0042"]
     data = copy_some(ccp_dir, tmp_path / "clothing", names, extras=("classes.txt",))
@@ -246,8 +276,13 @@ def test_editor_screenshot_on_clothing(browser, ccp_dir, tmp_path):
         page.mouse.move(*_client(page, 320, 300))
         shot = tmp_path / "label.png"
         page.screenshot(path=str(shot))
+        page.keyboard.press("Escape")
+        _save(page)
         page.close()
     assert shot.stat().st_size > 50_000 and not errors
+    original, written = read_png(ccp_dir / "masks" / "0002.png"), read_png(data / "masks" / "0002.png")
+    changed = written != original
+    assert changed.any() and np.all(written[changed] == 9)  # the stroke, and nothing else
     if os.environ.get("MASKSMITH_UPDATE_SCREENSHOT"):
         (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, REPO / "docs" / "images" / "label.png")
