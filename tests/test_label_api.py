@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -33,7 +34,7 @@ from masksmith.serve.label.store import LabelOptions  # noqa: E402
 from masksmith.serve.model import ServedModel  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
 from tests.label_helpers import LOCAL, copy_some, deflated, inflated, make_app, open_session, read_png, save  # noqa: E402
-from tests.serve_helpers import png_bytes, train_tiny  # noqa: E402
+from tests.serve_helpers import bomb_png, png_bytes, train_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -574,13 +575,19 @@ def test_a_model_with_other_classes_is_refused(trained, tmp_path):
         open_session(data, model=ServedModel.load(bundle))
 
 
-def test_bad_images_are_a_clear_422(shapes):
+def test_bad_and_oversized_images_are_a_clear_422(shapes):
     (shapes / "images" / "s07.jpg").write_bytes(b"not a jpeg")
+    (shapes / "images" / "s06.jpg").unlink()
+    (shapes / "images" / "bomb.png").write_bytes(bomb_png())  # 10^10 pixels declared: never decoded
     with client_of(shapes) as client:
-        image = image_id("images/s07.jpg")
-        assert client.get(f"/api/images/{image}").status_code == 422
-        response = client.get(f"/api/images/{image}/image")
-        assert response.status_code == 422 and "s07.jpg" in response.json()["error"]
+        for name, words in (("images/s07.jpg", "s07.jpg"), ("images/bomb.png", "decompression bomb")):
+            image = image_id(name)
+            assert client.get(f"/api/images/{image}").status_code == 422
+            response = client.get(f"/api/images/{image}/image")
+            assert response.status_code == 422 and words in response.json()["error"], response.text
+            refused = save(client, image, np.zeros((40, 56), np.uint8), "none", "empty")
+            assert refused.status_code == 422 and words in refused.json()["error"]
+        assert client.get("/api/session").json()["images"] == 8
 
 
 def test_tiff_and_rotated_images_are_sent_upright_as_png(tmp_path):
@@ -600,3 +607,47 @@ def test_tiff_and_rotated_images_are_sent_upright_as_png(tmp_path):
             response = client.get(f"/api/images/{image_id(name)}/image")
             assert response.headers["content-type"] == "image/png"
             assert np.asarray(Image.open(io.BytesIO(response.content))).shape[:2] == shape
+
+
+def test_the_command_serves_the_page_on_loopback(shapes):
+    import subprocess
+    import sys
+
+    import httpx
+
+    process = subprocess.Popen([sys.executable, "-c", "from masksmith.cli import main; main()", "label", str(shapes),
+                                "--port", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("masksmith label: http://127.0.0.1:"), first
+        url = first.split()[2]
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert "8 images, 6 with a mask; 3 classes, index masks" in lines[0]
+        assert lines[1].strip().startswith("retrain  masksmith train")
+        assert httpx.get(f"{url}api/session", timeout=30).json()["images"] == 8
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and '<script src="/static/label/label.js">' in page.text
+        # Scripts and styles come from files only, so a Content-Security-Policy of 'self' allows the page.
+        assert page.text.count("<script") == page.text.count("<script src=") and "<style" not in page.text
+        assert not re.search(r"<[^>]*\son[a-z]+\s*=", page.text)  # no inline event handlers
+        for asset in ("/static/label/label.js", "/static/label/label.css", "/static/style.css"):
+            assert httpx.get(url.rstrip("/") + asset, timeout=30).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_split_folders_an_unlabelled_test_split_gets_its_masks_folder(tmp_path, make_image_mask_pairs):
+    data = tmp_path / "splits"
+    make_image_mask_pairs(data / "train" / "images", data / "train" / "masks", ["a", "b"], size=(12, 16))
+    make_image_mask_pairs(data / "val" / "images", data / "val" / "masks", ["c"], size=(12, 16))
+    make_image_mask_pairs(data / "test" / "images", tmp_path / "unused", ["d"], size=(12, 16))
+    with client_of(data) as client:
+        rows = client.get("/api/queue").json()["images"]
+        assert [(row["name"], row["state"]) for row in rows] == [
+            ("test/images/d.png", "unlabelled"), ("train/images/a.png", "labelled"),
+            ("train/images/b.png", "labelled"), ("val/images/c.png", "labelled")]
+        mask = np.ones((12, 16), np.uint8)
+        assert save(client, image_id("test/images/d.png"), mask, "none", "empty").status_code == 200
+    assert np.array_equal(read_png(data / "test" / "masks" / "d.png"), mask)
+    assert sorted(discover_dataset(data).splits) == ["test", "train", "val"]

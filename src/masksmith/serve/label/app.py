@@ -10,9 +10,9 @@ and a POST from a browser must come from the page's own origin.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
+import shlex
 import zlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,7 +32,7 @@ from masksmith.serve.label.assist import region_document
 from masksmith.serve.label.layout import Entry
 from masksmith.serve.label.predictions import Predictions
 from masksmith.serve.label.store import NO_MASK, STARTS, Conflict, LabelOptions, LabelStore, decode_png_mask
-from masksmith.serve.model import ServedModel
+from masksmith.serve.model import ServedModel, file_checksum
 from masksmith.serve.options import is_loopback
 from masksmith.serve.upload import Rejected, read_body
 
@@ -113,10 +113,10 @@ class Session:
 
     def command(self) -> str:
         """The command that retrains from the current model on the masks so far."""
-        parts = ["masksmith", "train", _quote(self.data)]
+        parts = ["masksmith", "train", shlex.quote(self.data)]
         if self.model is not None:
-            parts += ["--init", _quote(str(self.model.path))]
-        parts += ["--max-time", "5", "--out", _quote(str(self.next_run()))]
+            parts += ["--init", shlex.quote(str(self.model.path))]
+        parts += ["--max-time", "5", "--out", shlex.quote(str(self.next_run()))]
         if any(not self.store.has_mask(entry) for entry in self.store.entries.values()):
             parts.append("--skip-unpaired")  # train on the labelled images; the rest wait for the page
         options = self.options
@@ -124,7 +124,7 @@ class Session:
                             ("--palette", options.palette), ("--ignore-index", options.ignore_index),
                             ("--mask-suffix", options.mask_suffix)):
             if value is not None:
-                parts += [flag, _quote(str(value))]
+                parts += [flag, shlex.quote(str(value))]
         if options.ignore_color is not None:
             parts += ["--ignore-color", ",".join(str(v) for v in options.ignore_color)]
         return " ".join(parts)
@@ -148,7 +148,7 @@ class Session:
         if self.model is not None:
             candidates.append(self.model.path)
         for path in candidates:
-            if path.is_file() and (self.model is None or _checksum(path) != self.model.checksum):
+            if path.is_file() and (self.model is None or file_checksum(path) != self.model.checksum):
                 return path
         return None
 
@@ -170,20 +170,6 @@ class Session:
             "command": self.command(), "next_model": str(self.next_run() / "model.msb"),
             "left_out": store.listing.left_out[:20], "left_out_count": len(store.listing.left_out),
         }
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
-def _checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
 
 
 # --- requests ---------------------------------------------------------------------------------------------
@@ -246,7 +232,10 @@ async def _upload(request: Request, session: Session, entry: Entry) -> np.ndarra
     body = await read_body(request, session.max_upload_bytes)
     if not body:
         raise Rejected(400, "empty mask upload (0 bytes)")
-    height, width = await run_in_threadpool(session.store.image_size, entry)
+    try:
+        height, width = await run_in_threadpool(session.store.image_size, entry)
+    except MasksmithError as error:
+        raise Rejected(422, str(error)) from None
     if media == "image/png":
         try:
             return await run_in_threadpool(decode_png_mask, body, "mask upload")
