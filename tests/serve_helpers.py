@@ -76,7 +76,9 @@ def live_server(app: Any, access_log: bool = False) -> Iterator[tuple[str, Any]]
     from masksmith.serve.server import bind, server_config, url_of
 
     sock = bind("127.0.0.1", 0)
-    config = server_config(app, app.state.options, access_log=access_log,
+    options = app.state.options
+    config = server_config(app, timeout_s=options.timeout_s, header_timeout_s=options.header_timeout_s,
+                           max_connections=options.max_connections, access_log=access_log,
                            log_level="info" if access_log else "warning")
     config.timeout_graceful_shutdown = 30
     server = uvicorn.Server(config)

@@ -325,6 +325,42 @@ def serve_command(
     serve(model, options, backend=backend, access_log=not quiet)
 
 
+@app.command("label")
+@user_errors
+def label_command(
+    data: Path = typer.Argument(..., help="dataset folder (images/ + masks/, split folders, VOC, or a folder of images)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model bundle (model.msb) or ONNX export: its "
+                                         "predictions start each mask, rank the queue and drive the region assist"),
+    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first "
+                                          "[default: DATA/classes.txt]"),
+    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
+    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
+    ignore_index: Optional[int] = typer.Option(None, help="mask value that marks pixels to ignore [default: 255]"),
+    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
+    port: int = typer.Option(8001, help="TCP port (0: a free one)"),
+    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_LABEL_TOKEN", help="bearer token required on "
+                                        "every route (in a browser, open /?token=TOKEN once)"),
+    threads: Optional[int] = typer.Option(None, help="compute threads of the model [default: one per core]"),
+    max_upload_mb: float = typer.Option(64.0, help="largest mask upload in MiB (413 above)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
+) -> None:
+    """Label DATA in the browser: draw and correct masks, saved in the dataset's own encoding."""
+    from masksmith.serve import require_serve_extra
+
+    require_serve_extra()
+    from masksmith.serve.label.server import label
+    from masksmith.serve.label.store import LabelOptions
+    from masksmith.train_options import parse_color
+
+    color = tuple(parse_color(ignore_color)) if ignore_color is not None else None
+    options = LabelOptions(classes=classes, foreground=foreground, palette=palette, ignore_color=color,
+                           ignore_index=ignore_index, mask_suffix=mask_suffix)
+    label(data, model, options, host=host, port=port, token=token, threads=threads,
+          max_upload_bytes=int(max_upload_mb * 2**20), access_log=not quiet)
+
+
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
 app.add_typer(convert_app, name="convert")
 

@@ -142,6 +142,10 @@ class TrainConfig(BaseModel):
     weights: str | None = planned(
         None, description="initial weights: imagenet (unet encoders: the installed weights packages; smp: its hub) or a local .safetensors/.pth file "
                           "(whole model or encoder alone); default: random")
+    init: str | None = Field(
+        None, description="fine-tune from a model bundle (RUN/model.msb): its weights are the starting point, and its "
+                          "architecture, input size, channels and normalization are the run's unless given; its "
+                          "classes must be the data's")
     binary_head: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="binary data: 2-class softmax or a 1-channel sigmoid head")
     threshold: float = Field(0.5, gt=0, lt=1, allow_inf_nan=False, description="binary: foreground probability threshold at prediction")

@@ -58,20 +58,25 @@ class ServeOptions:
             raise ConfigError(f"serve: port must be 0..65535, got {self.port}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"serve: threads must be at least 1, got {self.threads}")
-        if self.token is not None and not self.token.strip():
-            raise ConfigError("serve: --token is empty")
         unknown = sorted(set(self.formats) - set(ACCEPTED_FORMATS))
         if unknown:
             raise ConfigError(f"serve: unknown image formats {unknown}; choose from {', '.join(ACCEPTED_FORMATS)}")
-        if not is_loopback(self.host) and self.token is None:
-            # Anyone who can reach the port could run the model (and read its card): require a secret.
-            raise ConfigError(f"serve: binding to {self.host} exposes the model beyond this machine; "
-                              "give --token SECRET (clients send 'Authorization: Bearer SECRET')")
+        # Anyone who can reach the port could run the model (and read its card): require a secret.
+        check_binding(self.host, self.token, "serve", "the model")
 
     @property
     def budget(self) -> WorkBudget:
         """The work budget every upload is checked against, from its header, before decoding."""
         return WorkBudget(self.max_work_bytes, self.max_aspect)
+
+
+def check_binding(host: str, token: str | None, command: str, exposed: str) -> None:
+    """The one rule for where a masksmith server listens: loopback freely, any other address only with a token."""
+    if token is not None and not token.strip():
+        raise ConfigError(f"{command}: --token is empty")
+    if not is_loopback(host) and token is None:
+        raise ConfigError(f"{command}: binding to {host} exposes {exposed} beyond this machine; "
+                          "give --token SECRET (clients send 'Authorization: Bearer SECRET')")
 
 
 def is_loopback(host: str) -> bool:

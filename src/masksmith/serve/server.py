@@ -91,19 +91,19 @@ def connection_room(wanted: int) -> int:
     return room
 
 
-def server_config(app: Any, options: ServeOptions, *, max_connections: int | None = None, access_log: bool = True,
-                  log_level: str = "info") -> Any:
-    """The uvicorn.Config masksmith serves with (the tests' live servers use it too)."""
+def server_config(app: Any, *, timeout_s: float, header_timeout_s: float, max_connections: int,
+                  access_log: bool = True, log_level: str = "info") -> Any:
+    """The uvicorn.Config masksmith's servers run with (`serve`, `label`, the tests' live servers): the
+    limited h11 protocol, the accept backlog, a drain on Ctrl-C and the token-blind access log."""
     import uvicorn
 
     from masksmith.serve.connections import ConnectionLimits, limited_protocol
 
-    limits = ConnectionLimits(max_connections or options.max_connections, options.header_timeout_s,
-                              options.timeout_s + BODY_GRACE_S)
+    limits = ConnectionLimits(max_connections, header_timeout_s, timeout_s + BODY_GRACE_S)
     config = uvicorn.Config(app, http=limited_protocol(limits), log_level=log_level, access_log=access_log,
                             lifespan="on", backlog=ACCEPT_BATCH,
                             # Ctrl-C: wait for requests in flight, at most one request time limit.
-                            timeout_graceful_shutdown=int(options.timeout_s) + 1)
+                            timeout_graceful_shutdown=int(timeout_s) + 1)
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(existing, RedactToken) for existing in access.filters):
         access.addFilter(RedactToken())
@@ -114,8 +114,6 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
           out: TextIO = sys.stdout) -> None:
     """Load the model, print the URL, model, backend and threads, and serve until Ctrl-C (which drains)."""
     require_serve_extra()
-    import uvicorn
-
     from masksmith.serve.app import create_app
     from masksmith.serve.model import ServedModel
 
@@ -140,8 +138,17 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     print(f"  clients  {connections} connections at once{fewer}, headers within {options.header_timeout_s:g} s",
           file=out)
     print("  Ctrl-C stops accepting requests and finishes those in flight", file=out, flush=True)
+    run_app(server_config(app, timeout_s=options.timeout_s, header_timeout_s=options.header_timeout_s,
+                          max_connections=connections, access_log=access_log), sock)
+
+
+def run_app(config: Any, sock: socket.socket) -> None:
+    """Serve a uvicorn.Config (server_config) on a bound socket until Ctrl-C, which drains requests in
+    flight (`masksmith serve` and `masksmith label` both run here); closes the socket."""
+    require_serve_extra()
+    import uvicorn
+
     logging.getLogger("masksmith.serve").setLevel(logging.INFO)
-    config = server_config(app, options, max_connections=connections, access_log=access_log)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

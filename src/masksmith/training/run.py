@@ -17,11 +17,12 @@ from masksmith import __version__
 from masksmith.config import TrainConfig, UserConfig, config_to_yaml, resolve_user_config, user_config_from
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError
-from masksmith.fileio import folder_lock, remove_stale_temps, require_writable, write_text_atomic
+from masksmith.fileio import folder_lock, refuse_overwrite, remove_stale_temps, require_writable, write_text_atomic
 from masksmith.runlog import RunLog
 from masksmith.training.fit import fit
 from masksmith.training.network import build_network, check_names, model_arguments
 from masksmith.parallel import Launch, check_launch, detect_launch, processes
+from masksmith.training.init_bundle import check_init_classes, load_init_weights, with_init
 from masksmith.training.handoff import Decision, Leader, describe, follower_config, leading, receive
 from masksmith.training.outputs import TrainResult, train_result, write_bundle, write_results
 from masksmith.training.planning import check_and_plan
@@ -90,7 +91,10 @@ def user_options(data: str | Path | None, config: str | Path | TrainConfig | Non
             user = user_config_from(config, **overrides)
         else:
             user = resolve_user_config(config, **overrides)
+        user = with_init(user)  # --init: the bundle's network options, before anything plans around them
         run_dir = next_run_dir(user.config.out)
+        if user.config.init is not None:
+            refuse_overwrite([user.config.init], [run_dir / "model.msb"])
     return user.with_values({"out": str(run_dir)}), run_dir
 
 
@@ -145,6 +149,8 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
         user, checked = check_and_plan(user, run_dir, log, found)
     arguments = model_arguments(user.config)  # the plan may have chosen an encoder and its weights
     data = prepare_data(user, arguments, log, fixed_split, found=found, checked=checked)
+    if user.config.init is not None:
+        check_init_classes(user.config.init, data.class_names)
     if data.normalization_from != "config":
         user = user.with_values({"mean": data.mean, "std": data.std})
     config = user.config
@@ -153,6 +159,8 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
         if leader is not None:
             leader.publish(Decision(run_dir, resume, user))
     network = build_network(config, arguments, data.channels, data.num_classes, log)
+    if config.init is not None and not resume:  # a resumed run continues from its own checkpoint
+        load_init_weights(network, config.init, log)
     log.info(f"model {config.model} ({sum(p.numel() for p in network.parameters()) / 1e6:.2f} M parameters); "
              f"run folder {run_dir}")
     if processes(config) > 1:
