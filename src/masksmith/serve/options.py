@@ -13,6 +13,7 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP", "GIF")
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 AUTO_BATCH_LIMIT = 8  # the largest batch size tried when --max-batch is measured at startup
+SERVE_DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ServeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     timeout_s: float = 30.0
     threads: int | None = None
+    device: str = "cpu"  # where the PyTorch backend runs: cpu, cuda, or auto (cuda when there is one)
     formats: tuple[str, ...] = ACCEPTED_FORMATS
 
     def __post_init__(self) -> None:
@@ -45,6 +47,8 @@ class ServeOptions:
             raise ConfigError(f"serve: port must be 0..65535, got {self.port}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"serve: threads must be at least 1, got {self.threads}")
+        if self.device not in SERVE_DEVICES:
+            raise ConfigError(f"serve: device must be one of {', '.join(SERVE_DEVICES)}, got {self.device!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("serve: --token is empty")
         unknown = sorted(set(self.formats) - set(ACCEPTED_FORMATS))

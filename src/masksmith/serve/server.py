@@ -46,7 +46,7 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     from masksmith.serve.app import create_app
     from masksmith.serve.model import ServedModel
 
-    model = ServedModel.load(model_path, backend=backend, threads=options.threads)
+    model = ServedModel.load(model_path, backend=backend, threads=options.threads, device=options.device)
     app = create_app(model, options)
     sock = bind(options.host, options.port)
     url = url_of(sock)
@@ -56,7 +56,7 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     print(f"  model    {model_path}  id {model.model_id}  ({meta.num_classes} classes: "
           f"{', '.join(meta.class_names[:6])}{' …' if meta.num_classes > 6 else ''})", file=out)
     batches = f"batches up to {options.max_batch} images" if options.max_batch else "batch size measured at startup"
-    print(f"  backend  {model.predictor.backend_name}, {model.threads} threads; {batches} "
+    print(f"  backend  {model.predictor.backend_name} on {model.predictor.device}, {model.threads} threads; {batches} "
           f"(wait {options.max_wait_ms:g} ms), queue {options.max_queue}", file=out)
     print(f"  limits   {options.max_upload_bytes / 2**20:g} MiB upload, {options.max_pixels} pixels, "
           f"{options.timeout_s:g} s per request{'; token required' if options.token else ''}", file=out)
