@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -47,7 +48,11 @@ def main() -> None:
                         help="SIDExBATCH or HEIGHTxWIDTHxBATCH")
     parser.add_argument("--sub-batches", nargs="*", type=int, default=[1, 2, 4, 8],
                         help="sub-batch sizes of a batch of 8 timed at each size of --cells (none: skip)")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="process: CPU seconds of this process (steadier on a shared machine; with 1 thread the "
+                             "wall time a quiet machine would show, with more it counts threads waiting too)")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     cells = [parse_cell(cell) for cell in args.cells]
     bundle = args.bundle or DEMO / "model.msb"
     if not bundle.exists():
@@ -62,14 +67,14 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
     print(f"{label(meta)} ({bundle}), {torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}; "
-          f"sub-batches of at most {CPU_SUB_BATCH_PIXELS} pixels")
+          f"sub-batches of at most {CPU_SUB_BATCH_PIXELS} pixels; {args.clock} clock")
 
     rows: dict[str, dict[tuple[int, int, int], str]] = {name: {} for name in backends}
     equal: dict[tuple[int, int, int], float] = {}
     for height, width, batch in cells:
         images = torch.randn(batch, meta.in_channels, height, width)
         calls = {name: partial(backend, images) for name, backend in backends.items()}
-        times = time_interleaved(calls, args.seconds)
+        times = time_interleaved(calls, args.seconds, clock=clock)
         for name in backends:
             rows[name][height, width, batch] = rate(times[name], batch)
         equal[height, width, batch] = float((backends["eager"](images) - backends["eager, whole batch"](images))
@@ -97,7 +102,7 @@ def main() -> None:
                                        sub_batch_pixels=n * height * width)
                 calls[name, n] = partial(backend, images)
         torch.set_num_threads(args.threads)
-        times = time_interleaved(calls, args.seconds)
+        times = time_interleaved(calls, args.seconds, clock=clock)
         for name in ("eager", "optimized"):
             size = f"{height}²" if height == width else f"{height}×{width}"
             print(f"| {name} | {size} | " + " | ".join(rate(times[name, n], 8) for n in args.sub_batches) + " |")
