@@ -70,10 +70,8 @@ def train_demo_model(name: str, out: Path) -> Path:
 Backend = Callable[[torch.Tensor], torch.Tensor]
 
 
-def time_interleaved(calls: dict, seconds: float, least: int = 3,
-                     clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Seconds of every call of each zero-argument function, calling them in turn (order reversed every round),
-    measured by `clock` (time.process_time: CPU seconds of this process, which others' load does not add to)."""
+def time_interleaved(calls: dict, seconds: float, least: int = 3) -> dict:
+    """Seconds of every call of each zero-argument function, calling them in turn (order reversed every round)."""
     for call in calls.values():  # warm-up: allocator, kernel selection, ORT's first-run graph work
         call()
     times: dict = {name: [] for name in calls}
@@ -81,9 +79,9 @@ def time_interleaved(calls: dict, seconds: float, least: int = 3,
     deadline = time.perf_counter() + seconds * len(calls)
     while len(times[order[0]]) < least or time.perf_counter() < deadline:
         for name in order:
-            started = clock()
+            started = time.perf_counter()
             calls[name]()
-            times[name].append(clock() - started)
+            times[name].append(time.perf_counter() - started)
         order.reverse()
     return times
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from masksmith.backends import (CPU_SUB_BATCH_PIXELS, Backend, OnnxBackend, TorchBackend, fold_batchnorm,
-                                network_to_onnx, open_backend, sub_batch_size)
+from masksmith.backends import Backend, OnnxBackend, TorchBackend, fold_batchnorm, network_to_onnx, open_backend
 from masksmith.bundle import BundleMeta, load_network, save_bundle
 from masksmith.errors import MasksmithError
 from masksmith.models import build_model
@@ -152,62 +151,6 @@ def test_torch_backend_sets_the_thread_count_it_reports():
         assert np.isfinite(backend(torch.randn(1, 3, 16, 16)).numpy()).all()
     finally:
         torch.set_num_threads(before)
-
-
-class _BatchRecorder(torch.nn.Module):
-    """A 1x1 convolution that records the batch size of every call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        self.calls: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.append(len(x))
-        return self.conv(x)
-
-
-@pytest.mark.parametrize("side, batch, calls", [(512, 8, [1] * 8), (256, 8, [4, 4]), (256, 6, [4, 2]),
-                                                (128, 8, [8]), (1024, 2, [1, 1])])
-def test_a_cpu_batch_runs_in_sub_batches_that_fit_the_pixel_limit(side, batch, calls):
-    network = _BatchRecorder()
-    logits = TorchBackend(network, optimize=False)(torch.randn(batch, 1, side, side))
-    assert network.calls == calls
-    assert all(n * side * side <= max(CPU_SUB_BATCH_PIXELS, side * side) for n in network.calls)
-    assert logits.shape == (batch, 2, side, side) and logits.is_contiguous()
-
-
-@pytest.mark.parametrize("optimize", [False, True])
-def test_sub_batched_logits_equal_the_whole_batch_in_one_call(optimize):
-    before = torch.get_num_threads()
-    try:
-        network = _network()
-        images = torch.randn(5, 3, 40, 56)
-        with torch.no_grad():
-            expected = network.eval()(images)
-        # 2 images per call: sub-batches of 2, 2 and 1.
-        split = TorchBackend(network, optimize=optimize, threads=before, sub_batch_pixels=2 * 40 * 56)(images)
-        whole = TorchBackend(network, optimize=optimize, threads=before, sub_batch_pixels=None)(images)
-    finally:
-        torch.set_num_threads(before)
-    scale = max(1.0, float(expected.abs().max()))
-    assert split.shape == whole.shape == expected.shape and split.dtype == torch.float32
-    assert float((split - whole).abs().max()) < 1e-5 * scale
-    assert float((split - expected).abs().max()) < 1e-5 * scale
-
-
-def test_a_gpu_or_no_limit_gets_the_whole_batch_in_one_call():
-    assert sub_batch_size(torch.device("cuda"), 512, 512) is None  # a GPU wants large batches
-    assert sub_batch_size(torch.device("cuda:1"), 4096, 4096) is None
-    assert sub_batch_size(torch.device("cpu"), 512, 512, pixels=None) is None
-    assert sub_batch_size(torch.device("cpu"), 512, 512) == 1
-    assert sub_batch_size(torch.device("cpu"), 100, 50, pixels=20_000) == 4
-    assert sub_batch_size(torch.device("cpu"), 5000, 5000) == 1  # never fewer than one image
-    network = _BatchRecorder()
-    TorchBackend(network, optimize=False, sub_batch_pixels=None)(torch.randn(8, 1, 512, 512))
-    assert network.calls == [8]
-    with pytest.raises(MasksmithError, match="sub_batch_pixels must be a positive number of pixels or None, got 0"):
-        TorchBackend(_network(), optimize=False, sub_batch_pixels=0)
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error(bundle, monkeypatch):

@@ -23,18 +23,13 @@ import torch
 from torch import nn
 
 from masksmith.bundle import METADATA_KEY, BundleMeta, OnnxHeader, load_network, onnx_header, parse_onnx_header
+from masksmith.cpu_memory import keep_freed_memory
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import input_multiple, pad_to_multiple
 
 BACKENDS = ("torch", "onnx")
 # Opset 18 is the lowest the torch.export-based exporter implements natively (17 needs a conversion pass).
 DEFAULT_OPSET = 18
-# On a CPU the PyTorch network runs a batch in sub-batches of at most this many input pixels (one 512² image, four
-# 256² ones). Its memory-bound layers (BatchNorm, activations, padding, upsampling, concatenation) read and write
-# whole feature maps; a sub-batch's maps stay in the last-level cache, a whole batch's stream through DRAM, and
-# the convolutions wait on the same traffic: unsplit, the EfficientNet-Lite0 U-Net ran 512² images slower per
-# image at batch 8 than at batch 1 (benchmarks/eager_batch.py measures both, and the sub-batch sizes).
-CPU_SUB_BATCH_PIXELS = 512 * 512
 
 
 def physical_cores() -> int:
@@ -94,41 +89,26 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
     return folded
 
 
-def sub_batch_size(device: torch.device, height: int, width: int,
-                   pixels: int | None = CPU_SUB_BATCH_PIXELS) -> int | None:
-    """Images per network call for H x W inputs: on a CPU as many as `pixels` holds (at least one); None (the
-    whole batch at once) on a GPU, which wants large batches, or when `pixels` is None."""
-    if pixels is None or device.type != "cpu":
-        return None
-    return max(1, pixels // max(1, height * width))
-
-
 class TorchBackend:
-    """The PyTorch network, optionally optimized for inference (BN folded, channels_last, threads).
-
-    On a CPU a batch runs in sub-batches of at most `sub_batch_pixels` input pixels (CPU_SUB_BATCH_PIXELS; None:
-    the whole batch in one call). In eval mode no layer mixes the images of a batch, so the logits are the same.
-    """
+    """The PyTorch network, optionally optimized for inference (BN folded, channels_last, threads)."""
 
     name = "torch"
 
     def __init__(self, network: nn.Module, device: str | torch.device = "cpu", optimize: bool = True, *,
-                 threads: int | None = None, meta: BundleMeta | None = None,
-                 sub_batch_pixels: int | None = CPU_SUB_BATCH_PIXELS):
+                 threads: int | None = None, meta: BundleMeta | None = None):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MasksmithError(f"device {device}: no CUDA GPU found (torch.cuda.is_available() is False); "
                                  "use --device cpu or auto")
         self.optimize = optimize
         self.meta = meta
-        if sub_batch_pixels is not None and sub_batch_pixels < 1:
-            raise MasksmithError(f"sub_batch_pixels must be a positive number of pixels or None, got {sub_batch_pixels}")
-        self.sub_batch_pixels = sub_batch_pixels
         # Read from the network as given: folding copies the module, and the multiple is the network's contract.
         self.multiple = input_multiple(network)
         network = network.eval()
         if optimize:
             network = fold_batchnorm(network)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a batch's feature maps would otherwise be unmapped and faulted in anew per layer
         if self.device.type == "cpu" and (optimize or threads):
             # torch's thread count is per process: this sets it for every network, which is what a
             # process serving one model wants. One per physical core: hyper-threads share vector units.
@@ -145,17 +125,7 @@ class TorchBackend:
         batch = batch.to(self.device)
         if self.optimize:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        size = sub_batch_size(self.device, batch.shape[-2], batch.shape[-1], self.sub_batch_pixels)
-        if size is None or size >= len(batch):
-            return self.network(batch).float().contiguous().cpu()
-        logits: torch.Tensor | None = None
-        for start in range(0, len(batch), size):
-            part = self.network(batch[start:start + size])
-            if logits is None:  # one output tensor filled in place: no second copy of the logits as torch.cat makes
-                logits = torch.empty((len(batch), *part.shape[1:]), dtype=torch.float32)
-            logits[start:start + size] = part
-        assert logits is not None
-        return logits
+        return self.network(batch).float().contiguous().cpu()
 
 
 @contextlib.contextmanager
