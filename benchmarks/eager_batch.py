@@ -189,7 +189,8 @@ def main() -> None:
                                                                   for name, peak in peaks.items()))
     if train_cells:
         print("\nTraining step, ms per image of the best step (median step), page faults per image")
-        print("| precision | malloc | " + " | ".join(f"{size_label(h, w)}, batch {b}" for h, w, b in train_cells) + " |")
+        print("| precision | malloc | " + " | ".join(f"{size_label(h, w)}, batch {b}" for h, w, b in train_cells)
+              + " |")
         print("|---|---" + "|---" * len(train_cells) + "|")
         for precision in ("fp32", "bf16"):
             for name in workers:

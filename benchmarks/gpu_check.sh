@@ -117,8 +117,8 @@ SERVER=$!
 URL=""
 for _ in $(seq 600); do  # up to 60 s for the model to load and the URL to be printed
     URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$CHECK/serve.log" | head -1 || true)
-    [[ -n "$URL" ]] && "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + 'readyz', timeout=2)" \
-        "$URL" 2> /dev/null && break
+    READY="import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + 'readyz', timeout=2)"
+    [[ -n "$URL" ]] && "$PY" -c "$READY" "$URL" 2> /dev/null && break
     kill -0 "$SERVER" 2> /dev/null || { cat "$CHECK/serve.log" >&2; echo "gpu_check.sh: serve exited" >&2; exit 1; }
     URL=""
     sleep 0.1
