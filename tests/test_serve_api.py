@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -275,6 +276,18 @@ def test_binding_beyond_loopback_without_a_token_is_refused():
     assert ServeOptions(host="::1").token is None
     with pytest.raises(ConfigError, match="max_batch"):
         ServeOptions(max_batch=0)
+
+
+def test_serve_runs_the_torch_backend_on_the_device_asked_for(trained, served, monkeypatch):
+    assert served.card["device"] == "cpu" and str(served.predictor.device) == "cpu"  # the default
+    with pytest.raises(ConfigError, match="serve: device must be one of cpu, cuda, auto, got 'gpu'"):
+        ServeOptions(device="gpu")
+    _, bundle, _ = trained
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ServedModel.load(bundle, device="auto").card["device"] == "cpu"  # auto: CUDA only when there is one
+    with pytest.raises(MasksmithError, match=r"^device cuda: no CUDA GPU found") as error:
+        ServedModel.load(bundle, device="cuda")
+    assert "\n" not in str(error.value)
 
 
 def test_web_page_and_its_files_are_served_without_any_cdn(client):

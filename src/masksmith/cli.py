@@ -297,6 +297,7 @@ def serve_command(
                                         help="bearer token required on every route but /healthz"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
     threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the torch backend runs (onnx: the CPU)"),
     max_batch: Optional[int] = typer.Option(None, help="most images run together in one batch (1: batching off) "
                                             "[default: the size of 1..8 with the most images/s, measured at startup]"),
     max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
@@ -321,7 +322,8 @@ def serve_command(
     options = ServeOptions(host=host, port=port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
                            max_work_bytes=int(max_work_mb * 2**20), max_aspect=max_aspect, timeout_s=timeout,
-                           header_timeout_s=header_timeout, max_connections=max_connections, threads=threads)
+                           header_timeout_s=header_timeout, max_connections=max_connections, threads=threads,
+                           device=device)
     serve(model, options, backend=backend, access_log=not quiet)
 
 

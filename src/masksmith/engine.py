@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from masksmith.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.config import TrainConfig
+from masksmith.cpu_memory import keep_freed_memory
 from masksmith.fileio import write_text_atomic
 from masksmith.losses import build_loss
 from masksmith.metrics import ConfusionMatrix, per_image_dice
@@ -223,8 +224,11 @@ class SegmentationModule(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        """Check the freeze options against the model before the first epoch."""
+        """Check the freeze options against the model before the first epoch; keep freed tensor memory in every
+        training process (ddp_spawn's start fresh)."""
         from masksmith.errors import ConfigError
+
+        keep_freed_memory()
 
         if (self.config.freeze_encoder_epochs or self.config.encoder_lr is not None) and self.encoder is None:
             raise ConfigError(f"model {self.config.model!r} has no encoder: freeze_encoder_epochs and encoder_lr "

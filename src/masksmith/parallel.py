@@ -85,13 +85,23 @@ def spawns(config: TrainConfig) -> bool:
 
 
 def lightning_precision(config: TrainConfig) -> str:
-    """The config's precision as Lightning names it; auto is 16-bit mixed on CUDA, 32-bit elsewhere."""
+    """The config's precision as Lightning names it (precision_for), checked against the device."""
     gpu = accelerator(config.device) == "gpu"
-    if config.precision == "auto":
-        return "16-mixed" if gpu else "32-true"
     if config.precision == "16-mixed" and not gpu:
         raise ConfigError("precision 16-mixed needs a CUDA GPU; on the CPU use bf16-mixed or 32")
-    return "32-true" if config.precision == "32" else config.precision
+    return precision_for(config.precision, gpu)
+
+
+def precision_for(precision: str, gpu: bool) -> str:
+    """A config precision as Lightning names it; auto is 16-bit mixed on CUDA, 32-bit elsewhere."""
+    if precision == "auto":
+        return "16-mixed" if gpu else "32-true"
+    return "32-true" if precision == "32" else precision
+
+
+def process_group_backend(device: str) -> str:
+    """The torch.distributed backend of a run's processes, as Lightning picks it: nccl on GPUs, gloo on CPUs."""
+    return "nccl" if accelerator(device) == "gpu" else "gloo"
 
 
 def check_launch(config: TrainConfig, launch: Launch) -> None:

@@ -44,9 +44,9 @@ def file_checksum(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def load_predictor(path: Path, backend: str | None, threads: int | None) -> Predictor:
+def load_predictor(path: Path, backend: str | None, threads: int | None, device: str = "cpu") -> Predictor:
     """The Predictor `predict` would build (TTA off, automatic tiling), with `threads` compute threads."""
-    return Predictor.load(path, device="cpu", backend=backend, threads=threads)
+    return Predictor.load(path, device=device, backend=backend, threads=threads)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -92,12 +92,13 @@ class ServedModel:
     card: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None) -> "ServedModel":
-        """Load a .msb bundle (PyTorch) or an .onnx export (ONNX Runtime)."""
+    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None,
+             device: str = "cpu") -> "ServedModel":
+        """Load a .msb bundle (PyTorch on `device`) or an .onnx export (ONNX Runtime, on the CPU)."""
         path = Path(path)
         if not path.is_file():
             raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
-        predictor = load_predictor(path, backend, threads)
+        predictor = load_predictor(path, backend, threads, device)
         model = cls(path, predictor, file_checksum(path), predictor.backend.threads)
         model.card = model._card()
         return model
@@ -116,6 +117,7 @@ class ServedModel:
         return {
             "id": self.model_id, "checksum": self.checksum, "file": self.path.name,
             "architecture": meta.model, "backend": self.predictor.backend_name, "threads": self.threads,
+            "device": str(self.predictor.device),
             "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
                         for i, name in enumerate(meta.class_names)],
             "input": {"size": meta.size, "resize": meta.resize, "channels": meta.in_channels,

@@ -19,6 +19,7 @@ AUTO_BATCH_LIMIT = 8  # the largest batch size tried when --max-batch is measure
 DEFAULT_MAX_CONNECTIONS = 256
 # Seconds a client has to send a request's headers (from connecting, or from the end of the previous answer).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+SERVE_DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ServeOptions:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     threads: int | None = None
+    device: str = "cpu"  # where the PyTorch backend runs: cpu, cuda, or auto (cuda when there is one)
     formats: tuple[str, ...] = ACCEPTED_FORMATS
 
     def __post_init__(self) -> None:
@@ -58,6 +60,8 @@ class ServeOptions:
             raise ConfigError(f"serve: port must be 0..65535, got {self.port}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"serve: threads must be at least 1, got {self.threads}")
+        if self.device not in SERVE_DEVICES:
+            raise ConfigError(f"serve: device must be one of {', '.join(SERVE_DEVICES)}, got {self.device!r}")
         unknown = sorted(set(self.formats) - set(ACCEPTED_FORMATS))
         if unknown:
             raise ConfigError(f"serve: unknown image formats {unknown}; choose from {', '.join(ACCEPTED_FORMATS)}")

@@ -118,7 +118,7 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     from masksmith.serve.model import ServedModel
 
     connections = connection_room(options.max_connections)
-    model = ServedModel.load(model_path, backend=backend, threads=options.threads)
+    model = ServedModel.load(model_path, backend=backend, threads=options.threads, device=options.device)
     app = create_app(model, options)
     sock = bind(options.host, options.port)
     url = url_of(sock)
@@ -128,7 +128,7 @@ def serve(model_path: str | Path, options: ServeOptions, *, backend: str | None 
     print(f"  model    {model_path}  id {model.model_id}  ({meta.num_classes} classes: "
           f"{', '.join(meta.class_names[:6])}{' …' if meta.num_classes > 6 else ''})", file=out)
     batches = f"batches up to {options.max_batch} images" if options.max_batch else "batch size measured at startup"
-    print(f"  backend  {model.predictor.backend_name}, {model.threads} threads; {batches} "
+    print(f"  backend  {model.predictor.backend_name} on {model.predictor.device}, {model.threads} threads; {batches} "
           f"(wait {options.max_wait_ms:g} ms), queue {options.max_queue}", file=out)
     print(f"  limits   {options.max_upload_bytes / 2**20:g} MiB upload, {options.max_pixels} pixels, "
           f"{options.max_work_bytes / 2**20:g} MiB of work and aspect {options.max_aspect:g}:1 per image, "

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from masksmith import __version__
 from masksmith.config import TrainConfig, UserConfig, config_to_yaml, resolve_user_config, user_config_from
+from masksmith.cpu_memory import keep_freed_memory
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError
 from masksmith.fileio import folder_lock, refuse_overwrite, remove_stale_temps, require_writable, write_text_atomic
@@ -41,6 +42,7 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
     `config`: a YAML file or a TrainConfig (its constructor's fields count as given, as keyword options do).
     `callbacks`: extra Lightning callbacks (profiling, custom logging), added to masksmith's own.
     """
+    keep_freed_memory()  # before the plan times its steps: they run as training will
     user, run_dir = user_options(data, config, resume, options)
     launch = detect_launch()
     check_launch(user.config, launch)  # every process of a launch fails alike here, before reading data
