@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import masksmith
 import masksmith.data.discover as discover_module
 import masksmith.training.stages as stages_module
 from masksmith.data.check import check_dataset

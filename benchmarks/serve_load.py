@@ -12,6 +12,15 @@ load average, for three batch settings: the default (batch size measured at star
 recovery run after it. The offline baseline is Predictor.predict_batch on the same images at batch
 1 and at its best batch size, measured before and after the server runs (the higher counts: other
 processes on a shared machine slow one or the other). Every request goes to 127.0.0.1 only, and every loop ends by the clock.
+
+    python benchmarks/serve_load.py [BUNDLE] --attack [--seconds 20] [--clients 2] [--attackers 2]
+
+The attack mode measures what the issue-32 audit's uploads do to other clients: a server started as
+the audit started it (`--max-queue 16`, every other setting at its default) takes N small clients for
+`--seconds` alone, then a fresh one takes the same clients while `--attackers` loops post, one after the
+other, the audit's PNGs: a 1 x 24,000,000 strip (70 KB) and a blank 4999 x 5000 image (24 KB). It prints
+the small requests' p50/p95/p99 beside each other, what the attack's requests were answered, how often
+/readyz said not ready, and each server's peak memory.
 """
 
 from __future__ import annotations
@@ -167,6 +176,78 @@ def run_load(url: str, bodies: list[bytes], clients: int, seconds: float) -> Loa
     return load
 
 
+def attack_bodies() -> dict[str, bytes]:
+    """The audit's uploads: a strip of 1 x 24,000,000 pixels and a blank 4999 x 5000 image, as small PNGs."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    bodies = {}
+    for name, mode, size in (("1x24M strip", "RGB", (24_000_000, 1)), ("blank 4999x5000", "L", (4999, 5000))):
+        buffer = BytesIO()
+        Image.new(mode, size).save(buffer, format="PNG")
+        bodies[name] = buffer.getvalue()
+    return bodies
+
+
+async def _attacker(url: str, bodies: dict[str, bytes], until: float, answers: dict[str, int]) -> None:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=1)) as client:
+        while time.perf_counter() < until:
+            for name, body in bodies.items():
+                try:
+                    response = await client.post(f"{url}v1/segment", content=body,
+                                                 headers={"content-type": "image/png"})
+                    key = f"{name} {response.status_code}"
+                except httpx.TransportError:
+                    key = f"{name} failed"
+                answers[key] = answers.get(key, 0) + 1
+
+
+async def _readiness(url: str, until: float, samples: list[bool]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.perf_counter() < until:
+            samples.append((await client.get(f"{url}readyz")).status_code == 200)
+            await asyncio.sleep(0.25)
+
+
+def run_attack(url: str, bodies: list[bytes], clients: int, attackers: int, seconds: float,
+               attack: dict[str, bytes]) -> tuple[Load, dict[str, int], list[bool]]:
+    """`clients` small clients for `seconds`, beside `attackers` loops posting the attack's images (0: none)."""
+    load, answers, ready = Load(), {}, []
+
+    async def main() -> None:
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(_client(url, bodies, until, load, i) for i in range(clients)),
+                             *(_attacker(url, attack, until, answers) for _ in range(attackers)),
+                             _readiness(url, until, ready))
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    load.seconds = time.perf_counter() - started
+    return load, answers, ready
+
+
+def attack_table(bundle: Path, bodies: list[bytes], clients: int, attackers: int, seconds: float) -> None:
+    """The small clients' latency without and with the audit's attack, each on a fresh server."""
+    attack = attack_bodies()
+    print("| run | small clients | small ok | p50 ms | p95 ms | p99 ms | small errors | attack's answers "
+          "| /readyz not ready | peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for label, count in (("without attack", 0), (f"attack, {attackers} loops", attackers)):
+        server = Server(bundle, "--max-queue", "16")
+        try:
+            load, answers, ready = run_attack(server.url, bodies, clients, count, seconds, attack)
+            memory = server.peak_mb()
+        finally:
+            server.stop()
+        ms = [1000 * v for v in load.latencies]
+        errors = sum(n for status, n in load.statuses.items() if status != 200) + load.failures
+        answered = ", ".join(f"{n}x {key}" for key, n in sorted(answers.items())) or "-"
+        unready = f"{ready.count(False)}/{len(ready)}"
+        print(f"| {label} | {clients} | {load.count(200)} | {percentile(ms, 50):.0f} | {percentile(ms, 95):.0f} | "
+              f"{percentile(ms, 99):.0f} | {errors} | {answered} | {unready} | {memory:.0f} |", flush=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -189,12 +270,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--attack", action="store_true", help="small clients' latency with and without the "
+                        "issue-32 audit's uploads (uses the first --clients value)")
+    parser.add_argument("--attackers", type=int, default=2, help="attack loops in --attack mode")
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or demo_network_bundle(Path(tmp) / "demo-network.msb")
         files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         bodies = [p.read_bytes() for p in files]
+        if args.attack:
+            print(f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}")
+            print(f"model {bundle.name}, {len(files)} images from {args.images}, {os.cpu_count()} CPUs, "
+                  f"{args.seconds:g} s per run\n")
+            attack_table(bundle, bodies, clients[0], args.attackers, args.seconds)
+            return
         print(f"model {bundle.name}, {len(files)} images from {args.images}, {os.cpu_count()} CPUs, "
               f"{args.seconds:g} s per run\n")
         sizes = (1, 2, 4, 8, 16)

@@ -13,8 +13,10 @@ torch.autocast(bfloat16) (what `--precision bf16-mixed` runs on a CPU), and in e
 is `unet[:ENCODER][:BASE_CHANNELS][:sSTRIDE][@HxW[:BATCH]]`; `unet:16` is the classic U-Net with 16 base
 channels, `:s4` a decoder that stops at stride 4 (-m decoder_stride=4).
 All rows are timed interleaved (one step of each in turn, the order reversed every round), so other load on the
-machine slows them alike; each number is the median step. bfloat16 pays where the CPU has AMX or AVX-512 BF16
-(`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be slower.
+machine slows them alike; each number is the median step. Freed tensor memory is kept as masksmith's training keeps
+it (masksmith.core.cpu_memory); MASKSMITH_SYSTEM_MALLOC=1 times the steps with glibc's malloc as it ships. bfloat16
+pays where the CPU has AMX or AVX-512 BF16 (`lscpu | grep -o 'amx_bf16\\|avx512_bf16'`); elsewhere it can be
+slower.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from speed import training_step  # noqa: E402  (the plain loop's step, shared wi
 
 from masksmith.cli.options import parse_size as parse_size_flag  # noqa: E402
 from masksmith.config import size_pair  # noqa: E402
+from masksmith.core.cpu_memory import keep_freed_memory  # noqa: E402
 from masksmith.models.encoders import ENCODERS  # noqa: E402
 from masksmith.models.registry import build_model  # noqa: E402
 
@@ -82,6 +85,7 @@ def main() -> None:
                         default=["unet:efficientnet_lite0", "unet:efficientnet_lite0:16", "unet:efficientnet_lite0:s4",
                                  "unet:16@128x128:16"])
     args = parser.parse_args()
+    keep_freed_memory()
 
     rows = []
     for spec in args.models:
@@ -114,7 +118,7 @@ def main() -> None:
         for row in (rows if round_index % 2 == 0 else rows[::-1]):
             row["times"].append(run(row))
 
-    print(f"threads: {torch.get_num_threads()}, classes: {args.classes}")
+    print(f"threads: {torch.get_num_threads()}, classes: {args.classes}, freed memory kept: {keep_freed_memory()}")
     print("| model | input, batch | encoder | memory format | fp32 ms/img | bf16 ms/img | bf16 speed-up |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: |")
     for fp32, bf16 in zip(rows[0::2], rows[1::2]):

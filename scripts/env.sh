@@ -1,5 +1,6 @@
-# Sourced by demo.sh and test.sh: create .venv with the pinned CPU torch and masksmith, then activate it.
+# Sourced by demo.sh and test.sh: create .venv with the light CPU torch and masksmith, then activate it.
 # Usage: source scripts/env.sh [EXTRAS]   (EXTRAS: optional-dependency groups such as "test,pretrained")
+# The wheel of torch is chosen here (requirements/cpu.txt), not by the package, which accepts a range.
 extra="${1:-}"
 venv="${MASKSMITH_VENV:-.venv}"
 stamp="$venv/.installed${extra:+-$extra}"
@@ -11,8 +12,8 @@ stamp="$venv/.installed${extra:+-$extra}"
     python3 -m venv "$venv"
   fi
   # Reinstall only when the project's dependencies changed since the last install.
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements/cpu.txt -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements/cpu.txt -e ".${extra:+[$extra]}"
     touch "$stamp"
   fi
 ) 9>"$venv.lock"

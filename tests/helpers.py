@@ -118,3 +118,25 @@ def tiny_trained_bundle(root: Path) -> Path:
     return masksmith.train(data, out=str(root / "run"), size=16, epochs=1, batch_size=2,
                            model_options={"base_channels": 4, "depth": 2}, early_stopping=0, quiet=True, auto=False,
                            num_workers=0).bundle
+
+
+def read_png(path: Path) -> np.ndarray:
+    """The pixel values of an image file (a converted mask: its class or instance indices)."""
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def write_image(path: Path, height: int = 40, width: int = 50) -> Path:
+    """A one-colour RGB PNG/JPEG of the given size at `path` (folders made), for converter tests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), (90, 120, 150)).save(path)
+    return path
+
+
+def dense_rectangle(x0: float, y0: float, x1: float, y1: float, count: int = 1_000_000) -> np.ndarray:
+    """[count, 2] points walking the outline of a box, count / 4 to a side: a huge polygon of known area."""
+    steps = np.linspace(0, 1, count // 4, endpoint=False)
+    return np.vstack([np.c_[x0 + (x1 - x0) * steps, np.full_like(steps, y0)],
+                      np.c_[np.full_like(steps, x1), y0 + (y1 - y0) * steps],
+                      np.c_[x1 - (x1 - x0) * steps, np.full_like(steps, y1)],
+                      np.c_[np.full_like(steps, x0), y1 - (y1 - y0) * steps]])

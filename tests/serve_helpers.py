@@ -68,14 +68,20 @@ def tiff_rgba16(height: int = 24, width: int = 30) -> bytes:
 
 
 @contextlib.contextmanager
-def live_server(app: Any) -> Iterator[tuple[str, Any]]:
-    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yield (base URL, server)."""
+def live_server(app: Any, access_log: bool = False) -> Iterator[tuple[str, Any]]:
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread, configured as `masksmith serve`
+    runs it (its protocol, limits and log filter); yield (base URL, server)."""
     import uvicorn
 
-    from masksmith.serve.server import bind, url_of
+    from masksmith.serve.server import bind, server_config, url_of
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
+    options = app.state.options
+    config = server_config(app, timeout_s=options.timeout_s, header_timeout_s=options.header_timeout_s,
+                           max_connections=options.max_connections, access_log=access_log,
+                           log_level="info" if access_log else "warning")
+    config.timeout_graceful_shutdown = 30
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -9,19 +9,19 @@ read and validated here by the same code; `load_network` is how anyone gets a bu
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
-from masksmith.config import InputSize, size_pair
+from masksmith.config import InputSize, check_model_option, size_pair
 from masksmith.core.fileio import atomic_path
 from masksmith.core.version import __version__
+from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
@@ -36,35 +36,11 @@ ONNX_FORMAT_VERSION = 1
 METADATA_KEY = "masksmith"  # the metadata key in both the safetensors header and the ONNX metadata_props
 MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
 MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
-MAX_OPTION_INT = 65536  # no architecture option (channels, depth, kernel) is legitimately larger
-MAX_OPTION_NESTING = 4
 
 Parsed = TypeVar("Parsed")
 Count = Annotated[int, Field(strict=True)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 ColorValue = Annotated[int, Field(strict=True, ge=0, le=255)]
-
-
-def _check_option(value: Any, where: str, depth: int = 0) -> None:
-    """Architecture options are small JSON values: bounded numbers, strings, short lists or mappings of them."""
-    if depth > MAX_OPTION_NESTING:
-        raise ValueError(f"{where} is nested too deeply")
-    if value is None or isinstance(value, (bool, str)):
-        return
-    if isinstance(value, int):
-        if abs(value) > MAX_OPTION_INT:
-            raise ValueError(f"{where} = {value} is out of range (at most {MAX_OPTION_INT})")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} = {value} is not a finite number")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_option(item, f"{where}[{index}]", depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_option(item, f"{where}.{key}", depth + 1)
-    else:
-        raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
 
 
 def validation_reason(error: ValidationError, limit: int = 3) -> str:
@@ -107,8 +83,17 @@ class BundleMeta(BaseModel):
     def _small_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         # Bounded before any network is built: base_channels=200000 would ask for terabytes.
         for key, value in options.items():
-            _check_option(value, key)
+            check_model_option(value, key)
         return options
+
+    @field_validator("class_names")
+    @classmethod
+    def _valid_class_names(cls, names: list[str]) -> list[str]:
+        # Predict writes them into labels.txt and coco.json, evaluate into legends and reports: one line each.
+        problem = class_names_problem(names)
+        if problem is not None:
+            raise ValueError(problem)
+        return names
 
     @field_validator("tta_flips")
     @classmethod
@@ -169,8 +154,11 @@ def save_bundle(path: str | Path, state_dict: dict[str, torch.Tensor], meta: Bun
     path = Path(path)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "meta": meta.model_dump(mode="json")}
+    # Serialized in memory and written by Python: a full disk is then an OSError naming the file, where
+    # safetensors' own writer raises an error of its own type.
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(header)})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        tmp.write_bytes(data)
     return path
 
 

@@ -6,6 +6,7 @@ to the run folder as commented YAML so a run can be repeated from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from masksmith.core.registry import did_you_mean
+from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError
 
@@ -27,8 +29,47 @@ MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused
 Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
 # One side for square inputs, or [height, width]: what the config, the plan and the bundle store.
 InputSize = Union[Side, Annotated[list[Side], Field(min_length=2, max_length=2)]]
+MAX_OPTION_INT = 65536  # no architecture option (channels, depth, kernel) is legitimately larger
+MAX_OPTION_NESTING = 4
+# Bounds of the numeric options: far beyond any real run, near enough that a typo fails here, with the option's
+# name, instead of as an overflow deep inside PyTorch after the run folder exists.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 4096
+MAX_LEARNING_RATE = 10.0
+MAX_MINUTES = 525_600  # a year
+MAX_WORKERS = 256
+MAX_WEIGHT = 1e6  # class weights, gradient clip
+MAX_PIXEL_VALUE = 65535  # 16-bit masks
+MAX_IMAGE_PIXELS = 1 << 40
+ChannelMean = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+ChannelStd = Annotated[float, Field(ge=1e-6, le=10, allow_inf_nan=False)]
+ClassWeight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+ColorValue = Annotated[int, Field(ge=0, le=255)]
 # The validation metrics the trainer logs each epoch (engine.SegmentationModule): what `monitor` may name.
 MONITORED_METRICS = ("val_dice", "val_miou", "val_iou", "val_pixel_accuracy", "val_image_dice", "val_loss")
+
+
+def check_model_option(value: Any, where: str, depth: int = 0) -> None:
+    """Architecture options are small JSON values: bounded numbers, strings, short lists or mappings of them
+    (ValueError otherwise). The config checks them when given, the bundle when read."""
+    if depth > MAX_OPTION_NESTING:
+        raise ValueError(f"{where} is nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_OPTION_INT:
+            raise ValueError(f"{where} = {value} is out of range (at most {MAX_OPTION_INT})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} = {value} is not a finite number")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_model_option(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_model_option(item, f"{where}.{key}", depth + 1)
+    else:
+        raise ValueError(f"{where} has an unsupported type {type(value).__name__}")
 
 
 def planned(default: Any = ..., **field: Any) -> Any:
@@ -58,12 +99,13 @@ class TrainConfig(BaseModel):
         None, description="class names: a classes.txt file (one per line) or a list; default: inferred")
     mask_suffix: str | None = Field(None, description="mask file suffix such as _mask (common ones are found anyway)")
     foreground: int | None = Field(
-        None, description="binary masks: the pixel value that means foreground (ISBI membrane: 0); default: non-zero")
+        None, ge=0, le=MAX_PIXEL_VALUE, description="binary masks: the pixel value that means foreground (ISBI membrane: 0); default: non-zero")
     ignore_index: int = Field(DEFAULT_IGNORE_INDEX, ge=0, le=255, description="mask value that counts for no loss and no metric")
     palette: str | None = Field(
         None, description="RGB color masks: a palette file (CVAT labelmap.txt, name,r,g,b or r g b name); default: colors found")
-    ignore_color: list[int] | None = Field(None, description="RGB color masks: the color that marks ignored pixels")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share when the data has no val folder")
+    ignore_color: Annotated[list[ColorValue], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="RGB color masks: the color that marks ignored pixels")
+    val_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False, description="validation share when the data has no val folder")
     folds: int | None = Field(
         None, ge=2, le=100, description="k-fold cross-validation: one model per seeded fold of the train (+val) "
                                         "images in RUN/fold_K/ (splits.json; test is left out), out-of-fold scores "
@@ -72,19 +114,19 @@ class TrainConfig(BaseModel):
     skip_invalid: bool = Field(
         False, description="skip (and list) unreadable or inconsistent pairs instead of failing")
     max_image_pixels: int | None = Field(
-        None, ge=1, description="refuse (before decoding) images with more pixels than this, as possible "
+        None, ge=1, le=MAX_IMAGE_PIXELS, description="refuse (before decoding) images with more pixels than this, as possible "
                                 "decompression bombs; default: $MASKSMITH_MAX_IMAGE_PIXELS or 89478485")
     size: InputSize = planned(
         256, description="network input size in pixels: one side (square) or [height, width] (the plan keeps the images' aspect ratio)")
     resize: ResizeMode = planned(
         "resize", description="resize: whole image to size; random_crop: train on crops, predict on whole images")
     channels: int | None = planned(None, description="input channels, 1 or 3; default: from the images")
-    mean: list[float] | None = planned(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
-    std: list[float] | None = planned(None, description="normalization std per channel; default: ImageNet / 0.25")
+    mean: list[ChannelMean] | None = planned(None, description="normalization mean per channel (0..1 scale); default: ImageNet / 0.5")
+    std: list[ChannelStd] | None = planned(None, description="normalization std per channel; default: ImageNet / 0.25")
     augment: str | list[dict[str, Any]] = planned(
         "default", description="augmentation preset (see `masksmith augmentations`) or a list of albumentations transforms")
     repeat_threshold: float = Field(
-        0.0, ge=0, le=1, description="repeat-factor sampling (LVIS): a training image holding a class found in fewer "
+        0.0, ge=0, le=1, allow_inf_nan=False, description="repeat-factor sampling (LVIS): a training image holding a class found in fewer "
                                      "than this share of the images is drawn sqrt(this / the class's share) times as "
                                      "often (its rarest class decides); 0: every image alike")
 
@@ -100,31 +142,35 @@ class TrainConfig(BaseModel):
     weights: str | None = planned(
         None, description="initial weights: imagenet (unet encoders: the installed weights packages; smp: its hub) or a local .safetensors/.pth file "
                           "(whole model or encoder alone); default: random")
+    init: str | None = Field(
+        None, description="fine-tune from a model bundle (RUN/model.msb): its weights are the starting point, and its "
+                          "architecture, input size, channels and normalization are the run's unless given; its "
+                          "classes must be the data's")
     binary_head: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="binary data: 2-class softmax or a 1-channel sigmoid head")
-    threshold: float = Field(0.5, gt=0, lt=1, description="binary: foreground probability threshold at prediction")
+    threshold: float = Field(0.5, gt=0, lt=1, allow_inf_nan=False, description="binary: foreground probability threshold at prediction")
 
     # --- optimisation -----------------------------------------------------------------------
     loss: str = planned("dice+ce", description="loss or weighted sum: ce, bce, dice, focal, e.g. 0.5*dice+ce")
-    class_weights: list[float] | None = planned(None, description="per-class loss weights")
+    class_weights: list[ClassWeight] | None = planned(None, description="per-class loss weights")
     optimizer: Optimizer = Field("adam", description="adam, adamw, sgd (momentum 0.9, nesterov) or rmsprop")
-    lr: float = planned(1e-3, gt=0, description="learning rate (the plan's pretrained encoder: 2e-3)")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    lr: float = planned(1e-3, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False, description="learning rate (the plan's pretrained encoder: 2e-3)")
+    weight_decay: float = Field(0.0, ge=0, le=MAX_LEARNING_RATE, allow_inf_nan=False, description="weight decay")
     freeze_encoder_epochs: int = planned(
-        0, ge=0, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
+        0, ge=0, le=MAX_EPOCHS, description="train this many epochs with the encoder frozen (weights and BatchNorm statistics), then unfreeze it")
     frozen_stages: int = planned(
         0, ge=0, le=5, description="keep the first N stages of a built-in pretrained encoder (the stem and the layers "
                                    "down to stride 2^N) frozen for the whole run, weights and BatchNorm statistics: "
                                    "no gradient is computed at their high resolutions (mmseg's frozen_stages)")
     encoder_lr: float | None = planned(
-        None, gt=0, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, "
+        None, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False, description="learning rate of the encoder's parameters; default: lr / 10 with freeze_encoder_epochs, "
                                 "else lr (the plan's pretrained encoder: lr / 2)")
     scheduler: Scheduler = Field("cosine", description="learning-rate schedule: none, cosine, poly, plateau")
-    epochs: int = planned(50, ge=1, description="maximum number of epochs")
-    batch_size: int = planned(8, ge=1, description="images per training step", json_schema_extra=flags("-b"))
+    epochs: int = planned(50, ge=1, le=MAX_EPOCHS, description="maximum number of epochs")
+    batch_size: int = planned(8, ge=1, le=MAX_BATCH_SIZE, description="images per training step", json_schema_extra=flags("-b"))
     max_time: float | None = Field(
-        None, gt=0, description="stop cleanly after this many minutes and keep the best model")
-    early_stopping: int = planned(10, ge=0, description="stop after this many epochs without improvement (0: off)")
+        None, gt=0, le=MAX_MINUTES, allow_inf_nan=False, description="stop cleanly after this many minutes and keep the best model")
+    early_stopping: int = planned(10, ge=0, le=MAX_EPOCHS, description="stop after this many epochs without improvement (0: off)")
     monitor: str = Field(
         "val_dice", description="validation metric for early stopping and the best checkpoint: "
                                 + ", ".join(MONITORED_METRICS))
@@ -132,9 +178,9 @@ class TrainConfig(BaseModel):
         "best", description="the epoch whose weights model.msb gets: best (by --monitor) or last (the end of the "
                             "schedule, as nnU-Net's final checkpoint; for a small validation set, with "
                             "--early-stopping 0)")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    grad_clip: float | None = Field(None, gt=0, le=MAX_WEIGHT, allow_inf_nan=False, description="clip the gradient norm to this value")
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="keep an exponential moving average of the weights (this decay per step, "
+        None, gt=0, lt=1, allow_inf_nan=False, description="keep an exponential moving average of the weights (this decay per step, "
                                       "e.g. 0.999; Lightning's EMAWeightAveraging): validation, the best checkpoint "
                                       "and the model bundle use the averaged weights")
     precision: Precision = planned(
@@ -142,17 +188,33 @@ class TrainConfig(BaseModel):
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels_last memory format: auto = CUDA only")
 
     # --- run --------------------------------------------------------------------------------
-    seed: int = Field(42, description="random seed (split, initialisation, augmentation)")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed (split, initialisation, augmentation)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     devices: int = Field(1, ge=1, le=256, description="processes (GPUs, or CPU processes) per node; more than 1 trains with DDP")
     num_nodes: int = Field(1, ge=1, le=4096, description="machines (torchrun or SLURM starts the processes on each)")
     strategy: Strategy = Field(
         "auto", description="Lightning strategy with several processes: auto (ddp), ddp, ddp_spawn (one command starts them all)")
-    num_workers: int | None = Field(None, ge=0, description="data-loading worker processes; default: by CPU count",
+    num_workers: int | None = Field(None, ge=0, le=MAX_WORKERS, description="data-loading worker processes; default: by CPU count",
                                     json_schema_extra=flags("--workers", "--num-workers"))
     out: str | None = Field(None, description="run folder; default: runs/train, runs/train2, ...",
                             json_schema_extra=flags("--out", "-o"))
     quiet: bool = Field(False, description="no progress bars or tables", json_schema_extra=flags("-q"))
+
+    @field_validator("model_options")
+    @classmethod
+    def _small_model_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # The same bounds a bundle's options obey, checked before a network of that size is built.
+        for key, value in options.items():
+            check_model_option(value, key)
+        return options
+
+    @field_validator("classes")
+    @classmethod
+    def _valid_class_names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # A list enters here; a classes file is checked by the same rule when it is read (data.classes).
+        if isinstance(value, list) and (problem := class_names_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("channels")
     @classmethod
@@ -195,7 +257,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown option {where!r}{did_you_mean(where, TrainConfig.model_fields)}")
         else:
-            parts.append(f"{where}: {item['msg']}")
+            parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
@@ -229,6 +291,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text (UTF-8) config file: byte {error.start} is "
+                          f"{error.object[error.start:error.start + 1]!r}") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:

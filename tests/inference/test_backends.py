@@ -159,3 +159,12 @@ def test_torch_backend_sets_the_thread_count_it_reports():
         assert np.isfinite(backend(torch.randn(1, 3, 16, 16)).numpy()).all()
     finally:
         torch.set_num_threads(before)
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(bundle, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(MasksmithError, match=rf"^device {device}: no CUDA GPU found") as error:
+            open_backend(bundle, device=device)
+        assert "\n" not in str(error.value)
+    assert open_backend(bundle, device="auto").device.type == "cpu"

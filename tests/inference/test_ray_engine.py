@@ -55,7 +55,9 @@ def _predict(args: list[str]) -> tuple[int, str]:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    # Hidden: the folder's lock (holding a process id) and its record (masksmith.inference.record).
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 @pytest.mark.slow

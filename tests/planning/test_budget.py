@@ -37,7 +37,8 @@ def _linear_timer(per_megapixel: dict[str | None, float], bf16_speedup: float = 
     """A step timer linear in pixels; bfloat16 steps `bf16_speedup` times faster. Records each call."""
     calls = []
 
-    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None, frozen_stages=0):
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None, frozen_stages=0,
+              device="cpu"):
         calls.append((encoder, size, precision))
         timer.options.append(model_options)
         timer.frozen_stages.append(frozen_stages)
@@ -318,6 +319,28 @@ def test_no_precision_is_planned_on_cuda() -> None:
                                      timer=timer, encoders=["efficientnet_lite0"])
     assert "precision" not in {c.option for c in choices}  # auto: 16-bit mixed on CUDA
     assert BFLOAT16 not in {precision for _, _, precision in calls}
+
+
+@pytest.mark.parametrize("given, precision", [({}, budget.FLOAT16), ({"precision": "auto"}, budget.FLOAT16),
+                                               ({"precision": "32"}, FLOAT32), ({"precision": BFLOAT16}, BFLOAT16)])
+def test_on_a_gpu_the_candidates_are_timed_there_in_the_precision_it_trains_with(given, precision) -> None:
+    calls = []
+
+    def timer(encoder, size, batch, channels, num_classes, precision, model_options=None, frozen_stages=0,
+              device="cpu"):
+        calls.append((device, precision))
+        return 0.05 * batch * size[0] * size[1] / 1e6  # a GPU's step: every size fits the budget
+
+    choices, timed = budget.plan_network(_fingerprint(550, 825, 803), given=set(given), known=given, device="cuda",
+                                         max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert calls and set(calls) == {("cuda", precision)}
+    assert {row["precision"] for row in timed} == {precision}
+    chosen = {c.option: c.value for c in choices}
+    assert chosen["size"] == [768, 512] and "precision" not in chosen  # the GPU cap: short side 512
+    cpu_calls = len(calls)
+    budget.plan_network(_fingerprint(550, 825, 803), given={"precision"}, known={"precision": "32"}, device="cpu",
+                        max_time=15, epochs=50, timer=timer, encoders=["efficientnet_lite0"])
+    assert {device for device, _ in calls[cpu_calls:]} == {"cpu"}
 
 
 def test_a_budget_raises_the_epochs_cap_so_that_the_budget_ends_training() -> None:

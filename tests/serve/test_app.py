@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -161,8 +162,14 @@ def _hostile():
     return [
         ("empty body", b"", "image.png", 400, "empty upload"),
         ("truncated PNG", truncated[: len(truncated) // 2], "cut.png", 422, "cannot decode"),
+        # PIL cannot even identify these: their signatures say what they are, so they are broken, not unknown.
+        ("PNG cut after its signature", truncated[:12], "cut.png", 422, "a truncated or damaged PNG file"),
+        ("PNG cut after its header chunk", truncated[:35], "cut.png", 422, "a truncated or damaged PNG file"),
+        ("JPEG cut after its signature", b"\xff\xd8\xff\xe0", "cut.jpg", 422, "a truncated or damaged JPEG file"),
         ("text named .png", b"this is not an image\n" * 8, "notes.png", 415, "not an image"),
-        ("decompression bomb", bomb_png(), "bomb.png", 413, "decompression bomb"),
+        ("decompression bomb", bomb_png(), "bomb.png", 413, "decompression bomb: too many pixels, over the limit "
+                                                                "of 1000000 (raise it with --max-pixels)"),
+        ("over 89.5 MP", bomb_png(10_000, 9_000), "huge.png", 413, "(raise it with --max-pixels)"),
         ("over the pixel limit", bomb_png(2000, 1000), "big.png", 413, "over the limit of 1000000"),
         ("oversized body", b"\x89PNG" + bytes(2 << 20), "huge.png", 413, "over the limit of 1048576 bytes"),
     ]
@@ -194,9 +201,10 @@ def test_odd_but_valid_images_get_masks_at_their_own_size(client, trained, tmp_p
     _, bundle, _ = trained
     tiff = tiff_rgba16()
     cases = {"pixel.png": png_bytes(np.full((1, 1, 3), 200, np.uint8)),
-             "strip.png": png_bytes(np.tile(np.arange(20000, dtype=np.uint16) % 251, (20, 1)).astype(np.uint8)),
+             # 100:1, the widest aspect ratio accepted by default
+             "strip.png": png_bytes(np.tile(np.arange(2000, dtype=np.uint16) % 251, (20, 1)).astype(np.uint8)),
              "rgba16.tif": tiff}
-    shapes = {"pixel.png": (1, 1), "strip.png": (20, 20000), "rgba16.tif": (24, 30)}
+    shapes = {"pixel.png": (1, 1), "strip.png": (20, 2000), "rgba16.tif": (24, 30)}
     for name, data in cases.items():
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(data)
@@ -210,7 +218,7 @@ def test_odd_but_valid_images_get_masks_at_their_own_size(client, trained, tmp_p
 
 def test_crop_trained_binary_model_tiles_long_images_and_takes_a_threshold(tmp_path):
     bundle = binary_crop_bundle(tmp_path / "binary.msb")
-    strip = png_bytes(np.random.default_rng(1).integers(0, 255, (20, 3000, 3), dtype=np.uint8))
+    strip = png_bytes(np.random.default_rng(1).integers(0, 255, (30, 3000, 3), dtype=np.uint8))
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "strip.png").write_bytes(strip)
     predict_files(Predictor.load(bundle), [tmp_path / "in"], tmp_path / "out", threshold=0.4, progress=False)
@@ -268,6 +276,18 @@ def test_binding_beyond_loopback_without_a_token_is_refused():
     assert ServeOptions(host="::1").token is None
     with pytest.raises(ConfigError, match="max_batch"):
         ServeOptions(max_batch=0)
+
+
+def test_serve_runs_the_torch_backend_on_the_device_asked_for(trained, served, monkeypatch):
+    assert served.card["device"] == "cpu" and str(served.predictor.device) == "cpu"  # the default
+    with pytest.raises(ConfigError, match="serve: device must be one of cpu, cuda, auto, got 'gpu'"):
+        ServeOptions(device="gpu")
+    _, bundle, _ = trained
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ServedModel.load(bundle, device="auto").card["device"] == "cpu"  # auto: CUDA only when there is one
+    with pytest.raises(MasksmithError, match=r"^device cuda: no CUDA GPU found") as error:
+        ServedModel.load(bundle, device="cuda")
+    assert "\n" not in str(error.value)
 
 
 def test_web_page_and_its_files_are_served_without_any_cdn(client):

@@ -54,7 +54,12 @@ def test_page_segments_an_upload_and_offers_the_downloads(model_and_image, tmp_p
         # --no-sandbox: Chromium's sandbox cannot start as root (CI runs as root).
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
-        page.goto(url)
+        # Everything the page's Content-Security-Policy blocks is recorded: the page must need none of it.
+        page.add_init_script("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+                             "e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));")
+        answer = page.goto(url)
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-frame-options"] == "DENY" and answer.headers["x-content-type-options"] == "nosniff"
         page.wait_for_function("document.getElementById('model-id').textContent.length > 0")
         card = page.locator("#card-facts").inner_text()
         assert "red box" in card and "shapes" in card and "results.json" in card
@@ -91,6 +96,7 @@ def test_page_segments_an_upload_and_offers_the_downloads(model_and_image, tmp_p
 
         page.fill("#opacity", "55")
         page.dispatch_event("#opacity", "input")
+        assert page.evaluate("window.cspViolations") == []
         shot = tmp_path / "serve.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -19,16 +20,36 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True, highlight=False)
 
 
+def _error_line(message: str) -> None:
+    # Escaped: a message such as "pip install 'masksmith[serve]'" must not be read as markup.
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def os_error_message(error: OSError) -> str:
+    """A failed system call as one line: the file it names and the system's reason (No space left on device,
+    Read-only file system, Permission denied, Disk quota exceeded, ...)."""
+    cause = error.strerror or str(error)
+    if error.filename is None:
+        return cause
+    name = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes, os.PathLike)) else error.filename
+    return f"{name}: {cause}"
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a MasksmithError into one red line and exit code 2, instead of a traceback."""
+    """Turn a MasksmithError, or a failed read or write of a file (an OSError: a full disk, a read-only folder),
+    into one red line and exit code 2, instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except MasksmithError as error:
-            # Escaped: a message such as "pip install 'masksmith[serve]'" must not be read as markup.
-            err.print(f"[red]error:[/red] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
+            _error_line(str(error))
+            raise typer.Exit(2) from None
+        except OSError as error:
+            if error.errno is None:  # not a failed system call: a library's own complaint, a bug to see whole
+                raise
+            _error_line(os_error_message(error))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -73,12 +94,13 @@ app.command("train")(user_errors(_train))
 def check(
     data: Path = typer.Argument(..., help="dataset folder"),
     classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    foreground: Optional[int] = typer.Option(None, min=0, max=65535,
+                                             help="binary masks: the pixel value meaning foreground"),
     palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
     ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(255, help="mask value that marks pixels to ignore"),
-    workers: Optional[int] = typer.Option(None, help="worker processes [default: all cores]"),
+    ignore_index: int = typer.Option(255, min=0, max=255, help="mask value that marks pixels to ignore"),
+    workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
                                        "[default: runs/check-DATANAME]"),
     json_output: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
@@ -150,12 +172,13 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
-    batch_size: int = typer.Option(4, "--batch-size", "-b"),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
-    tile: Optional[int] = typer.Option(None, help="predict in tiles of this many pixels [default: automatic for "
-                                       "crop-trained models on images over 2x the training size]"),
-    overlap: Optional[int] = typer.Option(None, help="tile overlap in pixels [default: tile/4]"),
+    tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "
+                                       "[default: automatic for crop-trained models on images over 2x the "
+                                       "training size]"),
+    overlap: Optional[int] = typer.Option(None, min=0, max=65536, help="tile overlap in pixels [default: tile/4]"),
     blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
     tta: bool = typer.Option(False, "--tta", help="average over flipped copies: the flips the model was trained "
                              "with (default/light/elastic: 4 forward passes per image, upright: 2)"),
@@ -171,42 +194,59 @@ def predict(
                                "(pip install 'masksmith[ray]')"),
     address: Optional[str] = typer.Option(None, help="ray: the cluster to join (auto, or HOST:PORT) "
                                           "[default: a local Ray instance]"),
-    actors: Optional[int] = typer.Option(None, help="ray: model replicas [default: the cluster's CPUs / --threads]"),
-    threads: int = typer.Option(1, help="ray: CPUs (and torch threads) per actor"),
+    actors: Optional[int] = typer.Option(None, min=1, max=100_000,
+                                         help="ray: model replicas [default: the cluster's CPUs / --threads]"),
+    threads: int = typer.Option(1, min=1, max=1024, help="ray: CPUs (and torch threads) per actor"),
     gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="ray: GPUs per actor (with --device cuda)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
+    from masksmith.core.fileio import refuse_if_locked
     from masksmith.inference.ensemble import load_models, split_models
-    from masksmith.inference.predictor import predict_files
+    from masksmith.inference.files import check_mask_format, plan_predictions
+    from masksmith.inference.predictor import check_threshold, predict_files
+    from masksmith.inference.record import PredictionRecord, prediction_output
 
     models, inputs = split_models(bundle, inputs)
     if not inputs:
         raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
     check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
+    check_mask_format(mask_format)
+    check_threshold(threshold)
     if engine not in ("local", "ray"):
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
-    passes: int | None = None  # forward passes per image, known here for the local engine
     if engine == "ray":
-        from masksmith.inference.ray_engine import RayOptions, predict_with_ray
+        from masksmith.inference.ray_engine import RayOptions, import_ray, predict_with_ray
 
+        import_ray()  # a missing extra is named before OUT is made
         if annotation_format != "png" or rank:
             raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
                                  "use --engine local for them")
-        options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
-                             gpus_per_actor=gpus_per_actor, load_options=load_options)
-        report = predict_with_ray(models, inputs, out, options=options, overlay_images=overlay, threshold=threshold,
-                                  mask_format=mask_format, resume=resume, progress=not quiet)
-    else:
-        predictor = load_models(models, **load_options)
-        passes = predictor.tta_passes
-        sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
-                                 tolerance=polygon_tolerance, rank=rank)
-        report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
-                               batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
-                               resume=resume)
+        ray_options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
+                                 gpus_per_actor=gpus_per_actor, load_options=load_options)
+    refuse_if_locked(out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
+    predictor = load_models(models, **load_options) if engine == "local" else None
+    # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
+    plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
+    record = PredictionRecord.of(models, {
+        "--threshold": threshold, "--tta": tta, "--tile": tile, "--overlap": overlap, "--blend": blend,
+        "--mask-format": mask_format, "--format": annotation_format,
+        "--polygon-tolerance": polygon_tolerance if annotation_format == "labelme" else None,
+        "--overlay": overlay}, inputs)
+    with prediction_output(out, record, resume=resume):  # locked, checked against a resumed folder, recorded
+        if predictor is None:
+            report = predict_with_ray(models, inputs, out, options=ray_options, overlay_images=overlay,
+                                      threshold=threshold, mask_format=mask_format, resume=resume,
+                                      progress=not quiet, plan=plan)
+        else:
+            sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
+                                     tolerance=polygon_tolerance, rank=rank)
+            report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
+                                   batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
+                                   resume=resume, plan=plan)
+    passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
                                                                  if report.skipped else ""))
     if tta and report.written:
@@ -236,7 +276,7 @@ def export_command(
     int8: bool = typer.Option(False, "--int8", help="static int8 quantization of the convolutions"),
     calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="images for int8 calibration "
                                                     "(files, folders or globs; real images)"),
-    opset: int = typer.Option(18, help="ONNX opset"),
+    opset: int = typer.Option(18, min=7, max=30, help="ONNX opset"),
 ) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
     from masksmith.inference.export import export
@@ -256,13 +296,19 @@ def serve_command(
                                         help="bearer token required on every route but /healthz"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
     threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the torch backend runs (onnx: the CPU)"),
     max_batch: Optional[int] = typer.Option(None, help="most images run together in one batch (1: batching off) "
                                             "[default: the size of 1..8 with the most images/s, measured at startup]"),
     max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
     max_queue: int = typer.Option(64, help="waiting requests before new ones get 503 + Retry-After"),
     max_upload_mb: float = typer.Option(32.0, help="largest request body in MiB (413 above)"),
     max_pixels: int = typer.Option(25_000_000, help="largest image in pixels, refused from its header (413)"),
+    max_work_mb: float = typer.Option(2048.0, help="most MiB predicting one image may allocate, estimated from "
+                                      "its header (413 above; the estimate counts tiles, logits and the answer)"),
+    max_aspect: float = typer.Option(100.0, help="most extreme aspect ratio (long side / short side) accepted (413)"),
     timeout: float = typer.Option(30.0, help="seconds a request may take before it is answered 408"),
+    header_timeout: float = typer.Option(10.0, help="seconds a client has to send a request's headers (408, closed)"),
+    max_connections: int = typer.Option(256, help="open connections at once; more get 503 and are closed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
 ) -> None:
     """Serve a model over HTTP: POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, a web page at /."""
@@ -274,12 +320,57 @@ def serve_command(
 
     options = ServeOptions(host=host, port=port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                           timeout_s=timeout, threads=threads)
+                           max_work_bytes=int(max_work_mb * 2**20), max_aspect=max_aspect, timeout_s=timeout,
+                           header_timeout_s=header_timeout, max_connections=max_connections, threads=threads,
+                           device=device)
     serve(model, options, backend=backend, access_log=not quiet)
+
+
+@app.command("label")
+@user_errors
+def label_command(
+    data: Path = typer.Argument(..., help="dataset folder (images/ + masks/, split folders, VOC, or a folder of images)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model bundle (model.msb) or ONNX export: its "
+                                         "predictions start each mask, rank the queue and drive the region assist"),
+    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first "
+                                          "[default: DATA/classes.txt]"),
+    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
+    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
+    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
+    ignore_index: Optional[int] = typer.Option(None, help="mask value that marks pixels to ignore [default: 255]"),
+    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
+    port: int = typer.Option(8001, help="TCP port (0: a free one)"),
+    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_LABEL_TOKEN", help="bearer token required on "
+                                        "every route (in a browser, open /?token=TOKEN once)"),
+    threads: Optional[int] = typer.Option(None, help="compute threads of the model [default: one per core]"),
+    max_upload_mb: float = typer.Option(64.0, help="largest mask upload in MiB (413 above)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
+) -> None:
+    """Label DATA in the browser: draw and correct masks, saved in the dataset's own encoding."""
+    from masksmith.serve import require_serve_extra
+
+    require_serve_extra()
+    from masksmith.cli.options import parse_color
+    from masksmith.serve.label.server import label
+    from masksmith.serve.label.store import LabelOptions
+
+    color = tuple(parse_color(ignore_color)) if ignore_color is not None else None
+    options = LabelOptions(classes=classes, foreground=foreground, palette=palette, ignore_color=color,
+                           ignore_index=ignore_index, mask_suffix=mask_suffix)
+    label(data, model, options, host=host, port=port, token=token, threads=threads,
+          max_upload_bytes=int(max_upload_mb * 2**20), access_log=not quiet)
 
 
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
 app.add_typer(convert_app, name="convert")
+
+
+# Options every converter takes (shared objects: typer only reads them).
+_INSTANCES = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
+                          "(at most 254 instances an image)")
+_VIZ = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays")
+_QUIET = typer.Option(False, "--quiet", "-q")
 
 
 def _finish_conversion(report: Any, out: Path) -> None:
@@ -294,8 +385,8 @@ def convert_labelme_command(
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
     labels: Optional[Path] = typer.Option(None, help="labels.txt: __ignore__, _background_, then the classes"),
     instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/"),
-    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
 ) -> None:
     """Labelme JSON → JPEGImages/, SegmentationClass/ (palette PNG), class_names.txt."""
     from masksmith.data.convert import convert_labelme
@@ -310,15 +401,68 @@ def convert_coco_command(
     annotations: Path = typer.Argument(..., help="COCO annotations JSON (polygons or RLE)"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
-                                   "(at most 254 instances an image)"),
-    visualize: bool = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
 ) -> None:
     """COCO instances → index masks; category ids mapped to contiguous classes; iscrowd → ignore."""
     from masksmith.data.convert import convert_coco
 
     report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet, instances=instances)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("yolo")
+@user_errors
+def convert_yolo_command(
+    src: Path = typer.Argument(..., help="YOLO dataset folder: data.yaml, images/ and labels/ (per split)"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    data: Optional[Path] = typer.Option(None, help="the dataset YAML with the class names [default: SRC/data.yaml]"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """YOLO segmentation labels (Ultralytics, Roboflow) → index masks; later lines over earlier ones."""
+    from masksmith.data.convert import convert_yolo
+
+    report = convert_yolo(src, out, data, instances=instances, visualize=visualize, progress=not quiet)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("labelstudio")
+@user_errors
+def convert_labelstudio_command(
+    export: Path = typer.Argument(..., help="Label Studio JSON export (polygon and brush labels)"),
+    images: Path = typer.Argument(..., help="folder holding the images"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    labels: Optional[Path] = typer.Option(None, help="labels file, one label a line, in class order "
+                                          "[default: the labels used, sorted]"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """Label Studio polygons and brushes → index masks; regions in the order they were made."""
+    from masksmith.data.convert import convert_labelstudio
+
+    report = convert_labelstudio(export, images, out, labels, instances=instances, visualize=visualize,
+                                 progress=not quiet)
+    _finish_conversion(report, out)
+
+
+@convert_app.command("cvat")
+@user_errors
+def convert_cvat_command(
+    annotations: Path = typer.Argument(..., help="CVAT for images 1.1 annotations.xml"),
+    images: Path = typer.Argument(..., help="folder holding the images"),
+    out: Path = typer.Argument(..., help="output folder (VOC layout)"),
+    instances: bool = _INSTANCES,
+    visualize: bool = _VIZ,
+    quiet: bool = _QUIET,
+) -> None:
+    """CVAT polygons, boxes and masks → index masks, stacked by z_order as CVAT's mask export does."""
+    from masksmith.data.convert import convert_cvat
+
+    report = convert_cvat(annotations, images, out, instances=instances, visualize=visualize, progress=not quiet)
     _finish_conversion(report, out)
 
 

@@ -60,7 +60,10 @@ def _kind(name: str, annotation: Any) -> str:
         return "int"
     if annotation is float:
         return "float"
-    if origin is list and typing.get_args(annotation) in ((float,), (int,)):
+    # A bounded element (Annotated[float, Field(ge=...)]) is read like a plain one.
+    elements = [typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+                for arg in typing.get_args(annotation)]
+    if origin is list and elements in ([float], [int]):
         return "floats"
     if origin is dict:
         return "pairs"

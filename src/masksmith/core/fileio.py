@@ -16,24 +16,62 @@ from masksmith.errors import ConfigError
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[^.]+)?\.tmp")
 
 
+def _os_error_of(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or the one a writer wrapped (torch.save raises a RuntimeError whose
+    context is the failed write), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+
+    A failed write (a full disk, a read-only folder) is raised as an OSError naming `path` (not the temporary
+    file, nor the scratch file a writer may use on its own: Lightning's goes through the system's temp folder),
+    also where the writer wraps it in its own exception (torch.save's RuntimeError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp creates 0600 files, and some writers (safetensors) replace the temp file with their own
         # 0600 one: after writing, give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except Exception as error:
+        cause = _os_error_of(error)
+        # errno None: not a failed system call but a writer's own complaint (PIL raises OSError for those).
+        if cause is None or cause.errno is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from error
     finally:
         # Also on KeyboardInterrupt; only a hard kill (SIGKILL) leaves one behind, for remove_stale_temps.
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def require_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be created in it, before any work is done: a ConfigError
+    naming the folder and the cause (read-only file system, permission denied, no space) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".masksmith-write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{folder}: cannot write there: {error.strerror or error}") from None
+    return folder
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -99,6 +137,30 @@ def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _in_use(folder: Path, kind: str, fd: int) -> ConfigError:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return ConfigError(f"{folder}: in use by another {kind}{f' (pid {pid})' if pid.isdigit() else ''}; "
+                       "wait for it to finish or choose another folder")
+
+
+def refuse_if_locked(folder: str | os.PathLike, kind: str = "process") -> None:
+    """The ConfigError folder_lock would raise while another process holds `folder`'s lock, found without taking
+    the lock or creating anything: a check before slow work (loading a model), not a replacement for the lock."""
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file, so no holder: folder_lock decides when it is taken
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(folder, kind, fd) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[None]:
     """Hold an exclusive lock on `folder` (its `.lock` file) for a `kind` of job; a second one fails at once."""
@@ -111,9 +173,7 @@ def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[No
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise ConfigError(f"{folder}: in use by another {kind}{f' (pid {pid})' if pid.isdigit() else ''}; "
-                              "wait for it to finish or choose another folder") from None
+            raise _in_use(folder, kind, fd) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:

@@ -56,7 +56,7 @@ def is_image_file(path: Path) -> bool:
     )
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Visible image files directly inside `folder`, sorted by name."""
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
@@ -94,7 +94,7 @@ def _name_list(names: list[str]) -> str:
     return shown
 
 
-def _find_child_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+def find_child_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     """The first sub-folder of `root` whose name matches one of `names` (case-insensitive, in order)."""
     children = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     for name in names:
@@ -103,7 +103,7 @@ def _find_child_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _mask_stem_keys(image_stem: str, suffixes: tuple[str, ...]) -> list[str]:
+def mask_stem_keys(image_stem: str, suffixes: tuple[str, ...]) -> list[str]:
     """Mask stems that belong to an image: its own stem, or stem + one of the suffixes."""
     return [image_stem] + [image_stem + s for s in suffixes]
 
@@ -164,7 +164,7 @@ def _pair(images: list[Path], masks: list[Path], *, image_dir: Path, mask_dir: P
     claimed: dict[Path, Path] = {}
     missing: list[Path] = []
     for stem, image in sorted(by_image_stem.items()):
-        candidates = [m for key in _mask_stem_keys(stem, suffixes) for m in masks_by_stem.get(key, [])]
+        candidates = [m for key in mask_stem_keys(stem, suffixes) for m in masks_by_stem.get(key, [])]
         if not candidates:
             missing.append(image)
             continue
@@ -190,9 +190,9 @@ def _pairing_message(pairing: Pairing, *, image_dir: Path, mask_dir: Path, mask_
     # A broken link or a folder named like an image is reported for what it is, and its partner is
     # not also reported as "unpaired": that would blame the wrong file.
     broken_stems = {p.stem for p in broken}
-    partner_stems = {key for stem in broken_stems for key in _mask_stem_keys(stem, suffixes)}
+    partner_stems = {key for stem in broken_stems for key in mask_stem_keys(stem, suffixes)}
     missing = [p.name for p in pairing.unpaired_images
-               if broken_stems.isdisjoint(_mask_stem_keys(p.stem, suffixes))]
+               if broken_stems.isdisjoint(mask_stem_keys(p.stem, suffixes))]
     extra = [p.name for p in pairing.unpaired_masks if p.stem not in partner_stems]
     if not (missing or extra or broken):
         return None
@@ -267,26 +267,26 @@ def _discover_split_folders(root: Path, found: _Found) -> bool:
             raise DataError(
                 f"{root}: both {matches[0].name}/ and {matches[1].name}/ look like the {key} split; keep one"
             )
-        if matches and _find_child_dir(matches[0], IMAGE_DIR_NAMES) is not None:
+        if matches and find_child_dir(matches[0], IMAGE_DIR_NAMES) is not None:
             split_dirs[key] = matches[0]
     if not split_dirs:
         return False
     for key, split_dir in split_dirs.items():
-        image_dir = _find_child_dir(split_dir, IMAGE_DIR_NAMES)
-        mask_dir = _find_child_dir(split_dir, MASK_DIR_NAMES)
+        image_dir = find_child_dir(split_dir, IMAGE_DIR_NAMES)
+        mask_dir = find_child_dir(split_dir, MASK_DIR_NAMES)
         assert image_dir is not None
         if mask_dir is None:
             # An unlabelled test split (images only) is common; say so instead of failing the labelled ones.
             found.discovery.splits_left_out[key] = split_dir
             continue
-        found.pair(key, _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+        found.pair(key, image_files(image_dir), image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
     if not found.discovery.splits:
         names = ", ".join(p.name for p in split_dirs.values())
         raise DataError(f"{root}: split folders found ({names}) but none has a masks folder")
     return True
 
 
-def _voc_mask_dir(root: Path) -> Path:
+def voc_mask_dir(root: Path) -> Path:
     """SegmentationClass if it holds PNGs, else the first SegmentationClass* folder that does."""
     candidates = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("SegmentationClass"))
     candidates.sort(key=lambda p: p.name != "SegmentationClass")  # stable: the plain name first
@@ -308,17 +308,17 @@ def _read_split_ids(path: Path) -> list[str]:
 def _discover_voc(root: Path, found: _Found) -> None:
     """Layout 2: PASCAL VOC (JPEGImages, SegmentationClass, optional ImageSets/Segmentation)."""
     image_dir = root / "JPEGImages"
-    mask_dir = _voc_mask_dir(root)
+    mask_dir = voc_mask_dir(root)
     split_dir = root / "ImageSets" / "Segmentation"
     split_files = {key: split_dir / f"{key}.txt" for key in VOC_SPLITS if (split_dir / f"{key}.txt").is_file()}
     if not split_files:
-        found.pair("all", _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+        found.pair("all", image_files(image_dir), image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
         return
 
-    images = {p.stem: p for p in _image_files(image_dir)}
+    images = {p.stem: p for p in image_files(image_dir)}
     suffixes = MASK_SUFFIXES if found.mask_suffix is None else (found.mask_suffix,)
     masks: dict[str, list[Path]] = {}
-    for p in _image_files(mask_dir):
+    for p in image_files(mask_dir):
         masks.setdefault(p.stem, []).append(p)
     # The split files list the ids to use; other JPEGs are expected, so nothing is "unpaired" here.
     broken = [p for folder in (image_dir, mask_dir) for p in unusable_entries(folder)]
@@ -328,7 +328,7 @@ def _discover_voc(root: Path, found: _Found) -> None:
             raise DataError(f"{txt}: split file lists no ids")
         samples, bad = [], []
         for sample_id in dict.fromkeys(ids):  # de-duplicated, order kept
-            candidates = [m for k in _mask_stem_keys(sample_id, suffixes) for m in masks.get(k, [])]
+            candidates = [m for k in mask_stem_keys(sample_id, suffixes) for m in masks.get(k, [])]
             if len(candidates) > 1:
                 names = " and ".join(c.name for c in candidates)
                 raise DataError(f"{mask_dir}: id {sample_id} has more than one candidate mask: {names}; keep one")
@@ -346,17 +346,17 @@ def _discover_voc(root: Path, found: _Found) -> None:
 
 def _discover_flat(root: Path, found: _Found) -> bool:
     """Layout 3: root/images + root/masks; False when root has no such pair of folders."""
-    image_dir = _find_child_dir(root, IMAGE_DIR_NAMES)
-    mask_dir = _find_child_dir(root, MASK_DIR_NAMES)
+    image_dir = find_child_dir(root, IMAGE_DIR_NAMES)
+    mask_dir = find_child_dir(root, MASK_DIR_NAMES)
     if image_dir is None or mask_dir is None:
         return False
-    found.pair("all", _image_files(image_dir), _image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
+    found.pair("all", image_files(image_dir), image_files(mask_dir), image_dir=image_dir, mask_dir=mask_dir)
     return True
 
 
 def _discover_single_folder(root: Path, found: _Found) -> bool:
     """Layout 4: one folder with both a.png and a_mask.png; False when no file carries a mask suffix."""
-    files = _image_files(root)
+    files = image_files(root)
     suffixes = MASK_SUFFIXES if found.mask_suffix is None else (found.mask_suffix,)
     masks = [p for p in files if any(p.stem.endswith(s) and len(p.stem) > len(s) for s in suffixes)]
     if not masks:
@@ -458,7 +458,7 @@ def list_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, 
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = _image_files(path)
+            found = image_files(path)
             bad = unusable_entries(path)
             if not found and not bad:
                 expected = ", ".join(IMAGE_EXTENSIONS)

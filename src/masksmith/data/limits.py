@@ -67,29 +67,37 @@ def image_pixel_limit(limit: int | None) -> Iterator[None]:
         _configured = previous
 
 
-def too_large_message(where: str, what: str, width: int | None, height: int | None, limit: int) -> str:
-    """The one-line refusal; width/height None when PIL refused the header before giving a size."""
+def too_large_message(where: str, what: str, width: int | None, height: int | None, limit: int,
+                      setting: str | None = None) -> str:
+    """The one-line refusal; width/height None when PIL refused the header before giving a size.
+
+    `setting`: what raises the limit where it was set (e.g. serve's --max-pixels); by default the
+    process-wide setting.
+    """
     size = f"{width}x{height} = {width * height} pixels" if width and height else "too many pixels"
     return (f"{where}: {what} refused as a possible decompression bomb: {size}, over the limit of {limit} "
-            f"(raise it with max_image_pixels or {ENV_VAR})")
+            f"(raise it with {setting or f'max_image_pixels or {ENV_VAR}'})")
 
 
-def check_pixels(where: str | os.PathLike, what: str, width: int, height: int) -> None:
-    """Raise ImageTooLarge when width x height exceeds the limit."""
-    limit = max_image_pixels()
+def check_pixels(where: str | os.PathLike, what: str, width: int, height: int, limit: int | None = None,
+                 setting: str | None = None) -> None:
+    """Raise ImageTooLarge when width x height exceeds the limit (default: the process-wide one)."""
+    limit = max_image_pixels() if limit is None else limit
     if width * height > limit:
-        raise ImageTooLarge(too_large_message(str(where), what, width, height, limit))
+        raise ImageTooLarge(too_large_message(str(where), what, width, height, limit, setting))
 
 
 @contextlib.contextmanager
-def open_image(source: str | os.PathLike | IO[bytes], what: str = "image",
-               where: str | None = None) -> Iterator[Image.Image]:
+def open_image(source: str | os.PathLike | IO[bytes], what: str = "image", where: str | None = None, *,
+               limit: int | None = None, setting: str | None = None) -> Iterator[Image.Image]:
     """Image.open(source), refused with ImageTooLarge (naming `where`) before decoding when it is too large.
 
+    `limit` and `setting`: a pixel limit other than the process-wide one, and what raises it (its
+    flag), for callers with a limit of their own (`masksmith serve --max-pixels`).
     Other errors (missing, not an image) propagate as PIL raises them, for the caller to word.
     """
     where = where if where is not None else str(source) if isinstance(source, (str, os.PathLike)) else "image data"
-    limit = max_image_pixels()
+    limit = max_image_pixels() if limit is None else limit
     # PIL refuses by its own limit inside Image.open, before masksmith sees a size; keep its limit at least
     # ours so masksmith's decides (PIL's MAX_IMAGE_PIXELS = None means the user switched PIL's off).
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
@@ -100,8 +108,8 @@ def open_image(source: str | os.PathLike | IO[bytes], what: str = "image",
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(Path(source) if isinstance(source, os.PathLike) else source)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(too_large_message(where, what, None, None, limit)) from None
+        raise ImageTooLarge(too_large_message(where, what, None, None, limit, setting)) from None
     with image:
         width, height = image.size
-        check_pixels(where, what, width, height)
+        check_pixels(where, what, width, height, limit, setting)
         yield image

@@ -27,7 +27,7 @@ from masksmith.data.palette import color_text, pack_colors, unpack_colors
 from masksmith.errors import ConfigError, DataError
 
 __all__ = ["ColorLookup", "RawMask", "binary_classes", "binary_strays", "classify_colors", "decode_mask",
-           "encode_mask", "load_raw_mask", "read_mask", "read_mask_values", "write_mask"]
+           "encode_mask", "load_raw_mask", "read_mask", "read_mask_values", "writable_mask_suffix", "write_mask"]
 
 
 @dataclass
@@ -359,11 +359,22 @@ def encode_mask(mask: np.ndarray, encoding: MaskEncoding, ignore_index: int = DE
 _WRITE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
-def write_mask(path: str | Path, mask: np.ndarray, encoding: MaskEncoding, ignore_index: int = DEFAULT_IGNORE_INDEX) -> Path:
-    """Write a class-index mask in the dataset's own encoding (.png, .tif/.tiff or .npy; lossless only), atomically."""
+def writable_mask_suffix(path: str | Path) -> bool:
+    """Whether `write_mask` writes this file type (.png, .tif/.tiff or .npy: lossless ones)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in _WRITE_FORMATS or suffix == NPY_SUFFIX
+
+
+def write_mask(path: str | Path, mask: np.ndarray, encoding: MaskEncoding, ignore_index: int = DEFAULT_IGNORE_INDEX,
+               *, palette: np.ndarray | None = None) -> Path:
+    """Write a class-index mask in the dataset's own encoding (.png, .tif/.tiff or .npy; lossless only), atomically.
+
+    palette: a 256x3 uint8 table; index masks are then written as palette images (VOC's form: the values
+    are the class indices, the palette only shows them), as a dataset of palette PNGs stores its masks.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in _WRITE_FORMATS and suffix != NPY_SUFFIX:
+    if not writable_mask_suffix(path):
         raise ConfigError(
             f"{path}: masks are written as .png, .tif/.tiff or .npy (lossless); {suffix or 'no suffix'} is not one"
         )
@@ -373,7 +384,11 @@ def write_mask(path: str | Path, mask: np.ndarray, encoding: MaskEncoding, ignor
             with open(tmp, "wb") as handle:  # a handle: np.save would append .npy to the temporary name
                 np.save(handle, encoded, allow_pickle=False)
         else:
-            Image.fromarray(encoded).save(tmp, format=_WRITE_FORMATS[suffix])
+            image = Image.fromarray(encoded)
+            if palette is not None and encoding.kind == "index":
+                # putpalette turns the "L" image into "P" without touching the values (convert() would remap).
+                image.putpalette(np.asarray(palette, np.uint8).reshape(-1, 3)[:256].tobytes(), rawmode="RGB")
+            image.save(tmp, format=_WRITE_FORMATS[suffix])
     return path
 
 

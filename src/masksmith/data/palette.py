@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masksmith.data.classes import class_name_problem
 from masksmith.errors import DataError
 
 Color = tuple[int, int, int]
@@ -92,7 +93,7 @@ def read_palette_file(path: str | Path) -> tuple[list[str], list[Color]]:
     name_line: dict[str, int] = {}
     color_line: dict[Color, tuple[int, str]] = {}
     header_allowed = True
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # not splitlines: it also splits at \x1c, \u2028
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -106,6 +107,8 @@ def read_palette_file(path: str | Path) -> tuple[list[str], list[Color]]:
         header_allowed = False
         name, color = parsed
         name = name if name is not None else f"class_{len(colors)}"
+        if (problem := class_name_problem(name)) is not None:
+            raise DataError(f"{where}: {problem}")
         if color in color_line:
             first_line, first_name = color_line[color]
             raise DataError(

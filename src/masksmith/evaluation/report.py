@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from masksmith.core.fileio import write_text_atomic
-from masksmith.visualize import plot_confusion, plot_per_class, save_comparison_grid
+from masksmith.visualize import drawable_text, plot_confusion, plot_per_class, save_comparison_grid
 
 if TYPE_CHECKING:
     from masksmith.inference.predictor import Predictor
@@ -28,6 +29,16 @@ def _number(value: Any) -> str:
     return "absent" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def markdown_cell(text: Any) -> str:
+    """Text for one cell of a Markdown table: one line (drawable_text), with the characters that would end the
+    cell, escape the next character, or start an HTML tag, a link or code escaped (emphasis is left alone:
+    class_1 stays readable in the file)."""
+    line = drawable_text(text)
+    for char in "\\|<>[]`":
+        line = line.replace(char, "\\" + char)
+    return line
+
+
 def per_class_table(result: dict[str, Any], title: str = "per-class results") -> Table:
     """A rich table of the per-class metrics followed by the summary."""
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
@@ -36,7 +47,8 @@ def per_class_table(result: dict[str, Any], title: str = "per-class results") ->
         table.add_column(headers.get(column, column), justify="left" if column == "name" else "right",
                          no_wrap=column != "name")
     for row in result["per_class"]:
-        table.add_row(*(_number(row.get(column)) for column in PER_CLASS_COLUMNS))
+        # Escaped: rich reads [...] in a cell as markup, and a class name may hold brackets.
+        table.add_row(*(escape(_number(row.get(column))) for column in PER_CLASS_COLUMNS))
     return table
 
 
@@ -65,11 +77,12 @@ def write_report(out_dir: Path, result: dict[str, Any], predictor: "Predictor", 
     if gallery:
         save_comparison_grid(gallery, out_dir / "gallery.png", predictor.colors, class_names=names,
                              ignore_index=predictor.meta.ignore_index)
-    lines = [f"# Evaluation: {result.get('split')} split, {result.get('images')} images", "",
+    lines = [f"# Evaluation: {markdown_cell(result.get('split'))} split, {result.get('images')} images", "",
              "| metric | value |", "| --- | --- |"]
     lines += [f"| {key} | {_number(result[key])} |" for key in SUMMARY_KEYS if key in result]
     lines += ["", "| " + " | ".join(PER_CLASS_COLUMNS) + " |", "|" + " --- |" * len(PER_CLASS_COLUMNS)]
-    lines += ["| " + " | ".join(_number(row.get(c)) for c in PER_CLASS_COLUMNS) + " |" for row in result["per_class"]]
+    lines += ["| " + " | ".join(markdown_cell(_number(row.get(c))) for c in PER_CLASS_COLUMNS) + " |"
+              for row in result["per_class"]]
     lines += ["", "![confusion](confusion.png)", "", "![per-class IoU](per_class.png)", ""]
     if gallery:
         lines += ["Best and worst images by Dice (image | truth | prediction | overlay):", "", "![gallery](gallery.png)", ""]

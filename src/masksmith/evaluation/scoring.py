@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from masksmith.core.fileio import require_writable
 from masksmith.data.discover import Sample, discover, random_split_pool
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
@@ -16,7 +17,8 @@ from masksmith.evaluation.html_report import ThumbnailKeeper, write_html_report
 from masksmith.evaluation.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.evaluation.report import write_report
 from masksmith.inference.ensemble import EnsemblePredictor, load_models, models_home
-from masksmith.inference.predictor import Predictor
+from masksmith.inference.predictor import Predictor, check_threshold
+from masksmith.inference.work_budget import WorkBudget, check_file
 
 GALLERY_EACH = 3
 
@@ -58,12 +60,16 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
     `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only)."""
+    check_threshold(threshold)
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
     if in_memory and tta:
         raise MasksmithError("tta is an option of a model loaded from a file; give Predictor(..., tta=True) instead")
     predictor = bundle if in_memory else load_models(bundle, tta=tta)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
+    if out is None:
+        out = (Path(".") if in_memory else models_home(bundle)) / f"evaluate-{split}"  # type: ignore[arg-type]
+    out_dir = require_writable(out)  # before the first prediction, not after the last
     encoding = MaskEncoding.from_dict(meta.mask_encoding)
     confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     per_image: list[dict[str, Any]] = []
@@ -71,8 +77,10 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     failed: list[dict[str, str]] = []
     # Thumbnails are made as the images pass (never all full images in memory), only for the page.
     keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
+    budget = WorkBudget.offline()
     for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
         try:
+            check_file(predictor, sample.image, budget)  # before decoding: an image too costly to predict
             image, truth = _read_pair(predictor, sample, encoding)
         except DataError as error:
             # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
@@ -98,9 +106,6 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     result["failed"] = failed
     result["per_image"] = per_image
     result["confusion_matrix"] = confusion.matrix.tolist()
-    if out is None:
-        out = (Path(".") if in_memory else models_home(bundle)) / f"evaluate-{split}"  # type: ignore[arg-type]
-    out_dir = Path(out)
     gallery = _gallery_rows(predictor, scored, per_image, encoding, threshold)
     write_report(out_dir, result, predictor, gallery)
     result["out"] = str(out_dir)

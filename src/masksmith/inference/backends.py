@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from masksmith.bundle import METADATA_KEY, BundleMeta, OnnxHeader, load_network, onnx_header, parse_onnx_header
+from masksmith.core.cpu_memory import keep_freed_memory
 from masksmith.core.devices import torch_device
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -97,6 +98,9 @@ class TorchBackend:
     def __init__(self, network: nn.Module, device: str | torch.device = "cpu", optimize: bool = True, *,
                  threads: int | None = None, meta: BundleMeta | None = None):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise MasksmithError(f"device {device}: no CUDA GPU found (torch.cuda.is_available() is False); "
+                                 "use --device cpu or auto")
         self.optimize = optimize
         self.meta = meta
         # Read from the network as given: folding copies the module, and the multiple is the network's contract.
@@ -104,6 +108,8 @@ class TorchBackend:
         network = network.eval()
         if optimize:
             network = fold_batchnorm(network)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a batch's feature maps would otherwise be unmapped and faulted in anew per layer
         if self.device.type == "cpu" and (optimize or threads):
             # torch's thread count is per process: this sets it for every network, which is what a
             # process serving one model wants. One per physical core: hyper-threads share vector units.

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from masksmith.bundle import BundleMeta, load_network, onnx_header
-from masksmith.core.fileio import atomic_path, refuse_overwrite
+from masksmith.core.fileio import atomic_path, refuse_overwrite, require_writable
 from masksmith.errors import MasksmithError
 from masksmith.inference.backends import DEFAULT_OPSET, OnnxBackend, network_to_onnx, quiet_exporter, set_onnx_header
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -185,8 +185,13 @@ def upsampling_as_depth_to_space(model: Any) -> Any:
 def quantize_int8(fp32: bytes, batches: Sequence[torch.Tensor], multiple: int) -> bytes:
     """Static int8 quantization (QDQ, uint8 activations, per-channel 7-bit int8 weights), calibrated on `batches`."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self, input_name: str):
@@ -289,4 +294,5 @@ def export(bundle: str | Path, out: str | Path | None = None, *, export_format: 
     bundle = Path(bundle)
     target = Path(out) if out is not None else bundle.with_suffix(".int8.onnx" if int8 else ".onnx")
     refuse_overwrite([bundle], [target])
+    require_writable(target.parent)
     return export_onnx(bundle, target, opset=opset, int8=int8, calibration=calibration)

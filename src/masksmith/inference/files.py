@@ -11,7 +11,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -84,12 +84,17 @@ def plan_predictions(inputs: Sequence[str | Path], out_dir: str | Path, *, overl
     return plan
 
 
-def read_batch(items: Iterable[InputImage], channels: int
+def read_batch(items: Iterable[InputImage], channels: int, admit: Callable[[Path], None] | None = None
                ) -> tuple[list[np.ndarray], list[InputImage], list[tuple[Path, str]]]:
-    """Decode a batch: (arrays, the items they belong to, [(path, reason)] for the unreadable ones)."""
+    """Decode a batch: (arrays, the items they belong to, [(path, reason)] for the unreadable ones).
+
+    `admit(path)` runs before a file is decoded and may refuse it with a MasksmithError (the work budget).
+    """
     arrays, readable, failed = [], [], []
     for item in items:
         try:
+            if admit is not None:
+                admit(item.path)
             arrays.append(read_image(item.path, channels=channels))
             readable.append(item)
         except MasksmithError as error:

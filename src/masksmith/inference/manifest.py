@@ -102,6 +102,10 @@ def _csv_entries(path: Path) -> list[str]:
             if PATH_COLUMN not in columns:
                 shown = ", ".join(repr(name) for name in columns[:10])
                 raise DataError(f"{path}: no {PATH_COLUMN!r} column in the header (columns: {shown})")
+            if columns.count(PATH_COLUMN) > 1:
+                # DictReader would keep the last one's value and silently drop the first's.
+                raise DataError(f"{path}: the header has {columns.count(PATH_COLUMN)} {PATH_COLUMN!r} columns; "
+                                "keep one")
             for row in reader:
                 where = f"row {reader.line_num}"
                 entries.append(_checked((row.get(PATH_COLUMN) or "").strip(), path, where))
@@ -130,6 +134,8 @@ def _parquet_entries(path: Path) -> list[str]:
     if PATH_COLUMN not in schema.names:
         shown = ", ".join(repr(name) for name in schema.names[:10])
         raise DataError(f"{path}: no {PATH_COLUMN!r} column (columns: {shown or 'none'})")
+    if schema.names.count(PATH_COLUMN) > 1:
+        raise DataError(f"{path}: {schema.names.count(PATH_COLUMN)} columns are named {PATH_COLUMN!r}; keep one")
     kind = schema.field(PATH_COLUMN).type
     if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
         raise DataError(f"{path}: the {PATH_COLUMN!r} column holds {kind}, not text")

@@ -24,9 +24,17 @@ from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.core.fileio import refuse_overwrite
 from masksmith.data.images import read_image
 from masksmith.data.transforms import preprocess_image
-from masksmith.errors import MasksmithError
+from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.backends import Backend, TorchBackend, open_backend
-from masksmith.inference.files import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.inference.files import (
+    PredictionPlan,
+    check_mask_format,
+    plan_predictions,
+    read_batch,
+    write_failures,
+    write_prediction,
+)
+from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
 
@@ -40,6 +48,13 @@ BLENDS = ("gaussian", "linear")
 # Crop-trained models switch to tiles when an image side exceeds this many times the training size:
 # whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
 AUTO_TILE_FACTOR = 2.0
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """A binary model's foreground threshold, strictly between 0 and 1 (NaN refused too); None: the model's own."""
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
 
 
 def _blend_weights(size: int, overlap: int, blend: str, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -76,13 +91,44 @@ def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """Where tiled_logits puts its tiles on an image: the padded size, the tile size and the tiles' corners."""
+
+    height: int  # the image padded to the network's multiple
+    width: int
+    tile_height: int
+    tile_width: int
+    ys: list[int]
+    xs: list[int]
+
+    @property
+    def count(self) -> int:
+        """Tiles the network runs over (each one forward pass, or one per TTA view)."""
+        return len(self.ys) * len(self.xs)
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> TileGrid:
+    """The tile layout of an HxW image: tile and stride rounded to `multiple`, the image padded to it."""
+    multiple = max(1, multiple)
+    tile = max(multiple, tile // multiple * multiple)
+    stride = max(multiple, (tile - overlap) // multiple * multiple)
+    # As pad_to_multiple pads the image tensor: at the bottom and right, up to the next multiple.
+    full_h, full_w = height + (-height) % multiple, width + (-width) % multiple
+    tile_h, tile_w = min(tile, full_h), min(tile, full_w)
+    return TileGrid(full_h, full_w, tile_h, tile_w, _tile_starts(full_h, tile_h, stride),
+                    _tile_starts(full_w, tile_w, stride))
+
+
 def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, *, tile: int, overlap: int,
-                 multiple: int = 1, blend: Blend = "gaussian", batch: int = 4) -> torch.Tensor:
+                 multiple: int = 1, blend: Blend = "gaussian", batch: int = 4,
+                 checkpoint: Callable[[], None] | None = None) -> torch.Tensor:
     """Sliding-window logits (1 x K x H x W) for a normalized 1 x C x H x W image, tiles blended by weight.
 
     The image is first padded to `multiple` (as the network itself would) and every tile starts at a
     multiple of it, so each tile's pooling grid lines up with whole-image inference and tiles differ
-    from it only near their edges, where the blend weights are small.
+    from it only near their edges, where the blend weights are small. `checkpoint` is called before
+    every chunk of tiles; it may raise to stop the work (a server's request that gave up).
     """
     if blend not in BLENDS:
         raise MasksmithError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
@@ -90,17 +136,15 @@ def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.T
         raise MasksmithError(f"tiling needs tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
 
     height, width = image.shape[-2:]
-    multiple = max(1, multiple)
-    tile = max(multiple, tile // multiple * multiple)
-    stride = max(multiple, (tile - overlap) // multiple * multiple)
-    padded = pad_to_multiple(image, multiple)
-    full_h, full_w = padded.shape[-2:]
-    tile_h, tile_w = min(tile, full_h), min(tile, full_w)
-    ys, xs = _tile_starts(full_h, tile_h, stride), _tile_starts(full_w, tile_w, stride)
-    boxes = [(y, x) for y in ys for x in xs]
+    grid = tile_grid(height, width, tile, overlap, multiple)
+    padded = pad_to_multiple(image, max(1, multiple))
+    full_h, full_w, tile_h, tile_w = grid.height, grid.width, grid.tile_height, grid.tile_width
+    boxes = [(y, x) for y in grid.ys for x in grid.xs]
     total: torch.Tensor | None = None
     weights = torch.zeros(1, 1, full_h, full_w)
     for first in range(0, len(boxes), max(1, batch)):
+        if checkpoint is not None:
+            checkpoint()
         chunk = boxes[first:first + max(1, batch)]
         logits = backend(torch.cat([padded[:, :, y:y + tile_h, x:x + tile_w] for y, x in chunk]))
         if total is None:
@@ -215,6 +259,11 @@ class Predictor:
         overlap = self.overlap if self.overlap is not None else tile // 4
         return tile, min(overlap, tile - 1)
 
+    def tile_grid_for(self, shape: Sequence[int]) -> TileGrid | None:
+        """The tiles an image of this HxW shape is predicted in (None: it goes through the network whole)."""
+        tiling = self.tiling_for(shape)
+        return None if tiling is None else tile_grid(shape[0], shape[1], tiling[0], tiling[1], self.multiple)
+
     def _runner(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return flip_tta(self.backend, self.meta.tta_flips) if self.tta else self.backend
 
@@ -223,40 +272,50 @@ class Predictor:
         """Forward passes per image: 1, or with TTA one per view of the flips the model was trained with."""
         return len(tta_views(self.meta.tta_flips)) if self.tta else 1
 
-    def logits(self, image: np.ndarray) -> torch.Tensor:
+    def logits(self, image: np.ndarray, checkpoint: Callable[[], None] | None = None) -> torch.Tensor:
         """Raw logits (1 x K x h x w) of one HxWxC uint8 image at the network's input size (tiled when due)."""
         tiling = self.tiling_for(image.shape)
         batch = preprocess_image(image, self.input_size, self.meta.mean, self.meta.std)
         if tiling is None:
             return self._runner()(batch)
         return tiled_logits(self._runner(), batch, tile=tiling[0], overlap=tiling[1], multiple=self.multiple,
-                            blend=self.blend, batch=self.tile_batch)
+                            blend=self.blend, batch=self.tile_batch, checkpoint=checkpoint)
 
-    def _to_probabilities(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _to_probabilities(self, logits: torch.Tensor, height: int, width: int,
+                          checkpoint: Callable[[], None] | None = None) -> torch.Tensor:
+        if checkpoint is not None:
+            checkpoint()  # the full-size stage below is the costly one for a large image
         # Upsample logits (not labels) to the original size, then decide: smooth boundaries.
         if logits.shape[2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits_to_probabilities(logits)[0].cpu()
 
     @torch.inference_mode()
-    def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Class probabilities (K x H x W) for each image, at the image's own size."""
+    def probabilities(self, images: Sequence[np.ndarray],
+                      checkpoint: Callable[[], None] | None = None) -> list[torch.Tensor]:
+        """Class probabilities (K x H x W) for each image, at the image's own size.
+
+        `checkpoint` is called between the steps of the work (tile chunks, network calls, full-size
+        stages); it may raise to stop it, e.g. when the request it serves has given up.
+        """
         size = self.input_size
         by_index: dict[int, torch.Tensor] = {}
         # Images of the same input shape go through the network together; tiled ones one by one.
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             if self.tiling_for(image.shape) is not None:
-                by_index[index] = self._to_probabilities(self.logits(image), *image.shape[:2])
+                by_index[index] = self._to_probabilities(self.logits(image, checkpoint), *image.shape[:2], checkpoint)
                 continue
             shape = size if size is not None else image.shape[:2]
             groups.setdefault(tuple(shape), []).append(index)
         runner = self._runner()
         for indices in groups.values():
+            if checkpoint is not None:
+                checkpoint()
             batch = torch.cat([preprocess_image(images[i], size, self.meta.mean, self.meta.std) for i in indices])
             logits = runner(batch)
             for row, i in enumerate(indices):
-                by_index[i] = self._to_probabilities(logits[row:row + 1], *images[i].shape[:2])
+                by_index[i] = self._to_probabilities(logits[row:row + 1], *images[i].shape[:2], checkpoint)
         return [by_index[index] for index in range(len(images))]
 
     def to_array(self, image: ImageInput) -> np.ndarray:
@@ -333,7 +392,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
-                  sinks: Sequence[PredictionSink] = ()) -> PredictReport:
+                  sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
     A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
@@ -341,17 +400,26 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     mask_format "palette": P-mode PNGs whose pixel values are class indices; "dataset": the training
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
     `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.
+    `plan`: these inputs' plan_predictions, when the caller made it already (predict checks it before it
+    claims OUT).
     """
     check_mask_format(mask_format)
     out_dir = Path(out_dir)
-    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    if plan is None:
+        plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     planned = [(item.path, item.relative) for item in plan.items]
     refuse_overwrite([path for path, _ in planned], [target for sink in sinks for target in sink.plan(planned)])
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)
+    budget = WorkBudget.offline()
+    answer = "overlay" if overlay_images else "mask"
+
+    def admit(path: Path) -> None:
+        check_file(predictor, path, budget, answer)
+
     inference = 0.0
     with tqdm(total=len(plan.items), desc="predicting", unit="img", disable=not progress) as bar:
         for batch in _batches(plan.items, batch_size):
-            arrays, readable, failed = read_batch(batch, predictor.meta.in_channels)
+            arrays, readable, failed = read_batch(batch, predictor.meta.in_channels, admit)
             report.failed.extend(failed)
             if arrays:
                 started = time.perf_counter()

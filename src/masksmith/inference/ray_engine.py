@@ -27,9 +27,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from masksmith.errors import ConfigError, MasksmithError
-from masksmith.inference.files import check_mask_format, plan_predictions, read_batch, write_failures, write_prediction
+from masksmith.inference.files import (
+    PredictionPlan,
+    check_mask_format,
+    plan_predictions,
+    read_batch,
+    write_failures,
+    write_prediction,
+)
 from masksmith.inference.inputs import InputImage
 from masksmith.inference.predictor import PredictReport
+from masksmith.inference.work_budget import WorkBudget, check_file
 
 INSTALL_HINT = "pip install 'masksmith[ray]'"
 # Ray keeps every block's metadata on the driver: a million one-batch blocks would cost more than the rows.
@@ -99,6 +107,7 @@ class Segmenter:
         self.predictor = load_models(list(models), **load_options)
         self.out_dir, self.batch_size = Path(out_dir), batch_size
         self.threshold, self.mask_format, self.overlay_images = threshold, mask_format, overlay_images
+        self.budget = WorkBudget.offline()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [InputImage(Path(path), Path(relative)) for path, relative in zip(rows["path"], rows["relative"])]
@@ -112,7 +121,9 @@ class Segmenter:
 
     def _predict_batch(self, items: list[InputImage]) -> dict[str, tuple[str, str]]:
         """Decode, predict as one batch, encode and write: {path: (mask written, "") or ("", why not)}."""
-        arrays, readable, failed = read_batch(items, self.predictor.meta.in_channels)
+        answer = "overlay" if self.overlay_images else "mask"
+        arrays, readable, failed = read_batch(items, self.predictor.meta.in_channels,
+                                              lambda path: check_file(self.predictor, path, self.budget, answer))
         outcome = {str(path): ("", reason) for path, reason in failed}
         if arrays:
             try:
@@ -150,16 +161,18 @@ def _rows(items: Sequence[InputImage]) -> Iterator[dict[str, Any]]:
 def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path, *,
                      options: RayOptions = RayOptions(), overlay_images: bool = False,
                      threshold: float | None = None, mask_format: str = "palette", resume: bool = False,
-                     progress: bool = True) -> PredictReport:
+                     progress: bool = True, plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT with a Ray Data pipeline (see the module's text).
 
     The same outputs as `predict.predict_files`: OUT/<relative path>.png masks, overlays, OUT/failures.csv;
-    `resume` skips images whose outputs exist. `report.seconds` is the pipeline's wall time.
+    `resume` skips images whose outputs exist. `report.seconds` is the pipeline's wall time. `plan`: the
+    inputs' plan_predictions, when the caller made it already.
     """
     check_mask_format(mask_format)
     ray = import_ray()
     out_dir = Path(out_dir)
-    plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
+    if plan is None:
+        plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)
     if plan.items:
         started_here = _connect(ray, options.address)

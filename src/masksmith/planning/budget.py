@@ -64,6 +64,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from masksmith.core.devices import precision_for
 from masksmith.config import size_pair
 from masksmith.models import build_model
 from masksmith.models.base import set_frozen
@@ -79,7 +80,7 @@ TIMED_STEPS = 2
 # Above timing noise, below every speed-up measured on CPUs with bfloat16 instructions (module doc); CPUs without
 # them emulate it and run slower than float32.
 BF16_MIN_SPEEDUP = 1.1
-FLOAT32, BFLOAT16 = "32", "bf16-mixed"
+FLOAT32, BFLOAT16, FLOAT16 = "32", "bf16-mixed", "16-mixed"
 
 
 @dataclass(frozen=True)
@@ -171,28 +172,37 @@ def aspect_sizes(median_width: float, median_height: float, cap: int) -> list[tu
 
 def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, channels: int,
                        num_classes: int, precision: str = FLOAT32, *,
-                       model_options: Mapping[str, Any] | None = None, frozen_stages: int = 0) -> float:
-    """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data, best of a few;
-    precision bf16-mixed runs the forward pass and loss under CPU bfloat16 autocast, as Lightning does.
-    `model_options`: the user's U-Net options (e.g. decoder_stride), timed as they will train; `frozen_stages`:
-    the encoder's first stages frozen, as --frozen-stages trains them."""
+                       model_options: Mapping[str, Any] | None = None, frozen_stages: int = 0,
+                       device: str = "cpu") -> float:
+    """Seconds per optimizer step (forward, cross-entropy, backward, Adam) on random data on `device`, best of a
+    few; precision bf16-mixed (16-mixed) runs the forward pass and loss under bfloat16 (float16) autocast, as
+    Lightning does. `model_options`: the user's U-Net options (e.g. decoder_stride), timed as they will train;
+    `frozen_stages`: the encoder's first stages frozen, as --frozen-stages trains them."""
+    where = torch.device(device)
     network = build_model("unet", channels, num_classes, **dict(model_options or {}),
-                          **({"encoder": encoder} if encoder else {}))
+                          **({"encoder": encoder} if encoder else {})).to(where)
     if encoder and frozen_stages:
         for layer in network.encoder.stage_modules(frozen_stages):
             set_frozen(layer, True, training=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-    images = torch.randn(batch, channels, *size)
-    target = torch.randint(0, num_classes, (batch, *size))
+    images = torch.randn(batch, channels, *size, device=where)
+    if where.type == "cuda":  # as training feeds a GPU (--channels-last auto)
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, num_classes, (batch, *size), device=where)
+    autocast = {BFLOAT16: torch.bfloat16, FLOAT16: torch.float16}.get(precision)
     network.train()
     best = math.inf
     for attempt in range(TIMED_STEPS + 1):  # the first step warms up allocators and kernels
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == BFLOAT16):
+        with torch.autocast(where.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             loss = F.cross_entropy(network(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if where.type == "cuda":  # kernels run asynchronously: the step ends when the GPU is done
+            torch.cuda.synchronize(where)
         if attempt:
             best = min(best, time.perf_counter() - started)
     return best
@@ -270,7 +280,7 @@ def budget_reason(best: Fit, fits: list[Fit], budget_seconds: float, batch: int,
     candidate = best.candidate
     given = "".join(f" -m {name}={value}" for name, value in (model_options or {}).items())
     measured = sorted({fit.candidate.encoder for fit in fits}, key=lambda e: e or "")
-    in_bf16 = " in bfloat16" if precision == BFLOAT16 else ""
+    in_bf16 = {BFLOAT16: " in bfloat16", FLOAT16: " in float16"}.get(precision, "")
     rule = (f"the largest input fitting ≥ {MIN_STEPS} steps and ≥ {MIN_EPOCHS} epochs in "
             f"{budget_seconds / 60:.0f} min" if best.fits else
             f"nothing fits {MIN_STEPS} steps and {MIN_EPOCHS} epochs in {budget_seconds / 60:.0f} min: the cheapest")
@@ -362,6 +372,11 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         return [], []
     choices: list[PlanChoice] = []
     precision = known.get("precision", FLOAT32)
+    if device != "cpu":
+        # Timed where and as the run trains: on the GPU, in 16-bit mixed unless a precision was given.
+        timer = partial(timer, device=device)
+        resolved = precision_for(known.get("precision", "auto") if "precision" in given else "auto", gpu=True)
+        precision = FLOAT32 if resolved == "32-true" else resolved
     timed: dict[Candidate, float] = {}
     if max_time is not None and device == "cpu" and "precision" not in given:
         probe = probe_precision(Candidate(candidates[0], sizes[0], stride_for(sizes[0])), batch=batch,

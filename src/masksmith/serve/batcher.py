@@ -5,7 +5,8 @@ way (announced: requests received but still being read or decoded), waits up to 
 (counted from that job's arrival) for jobs of the same key until `max_batch` are there; then it runs
 them in one call. A lone request is never held back. While a batch runs, new jobs queue up, so under
 load batches fill without any waiting. The queue is bounded: `submit` raises QueueFull instead of
-letting memory and latency grow without end.
+letting memory and latency grow without end. The batcher keeps the recent time per job, so a server
+can tell when its queue is longer than its clients will wait (`expected_wait_s`, `busy_s`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class MicroBatcher(Generic[Item]):
         self._changed = threading.Condition()
         self._stopping = False
         self._running = 0  # jobs in the batch being run now
+        self._batch_started: float | None = None
+        self._seconds_per_job = 0.0  # recent model time per job (a moving average)
         self._thread: threading.Thread | None = None
 
     @property
@@ -70,6 +73,22 @@ class MicroBatcher(Generic[Item]):
     def running(self) -> int:
         """Jobs in the batch that runs now."""
         return self._running
+
+    @property
+    def busy_s(self) -> float:
+        """How long the batch that runs now has been running (0 when idle)."""
+        started = self._batch_started
+        return 0.0 if started is None else time.perf_counter() - started
+
+    def expected_wait_s(self) -> float:
+        """About how long a job submitted now would wait for its batch: the jobs ahead at the recent time per job."""
+        with self._changed:
+            return (len(self._jobs) + self._running) * self._seconds_per_job
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job is queued or running (True), or `timeout` seconds pass (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._jobs and not self._running, timeout)
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -134,6 +153,7 @@ class MicroBatcher(Generic[Item]):
                 (batch if job.key == first.key and len(batch) < self.max_batch else rest).append(job)
             self._jobs = rest
             self._running = len(batch)
+            self._batch_started = time.perf_counter()
             return batch
 
     def _work(self) -> None:
@@ -151,6 +171,9 @@ class MicroBatcher(Generic[Item]):
                         job.future.set_exception(error)
                 else:
                     seconds = time.perf_counter() - started
+                    per_job = seconds / len(live)
+                    previous = self._seconds_per_job or per_job
+                    self._seconds_per_job = 0.7 * previous + 0.3 * per_job
                     # Counted before the requests are released: a client that reads /metrics right after
                     # its answer sees its batch (counted after, the test of it failed now and then).
                     if self._on_batch is not None:
@@ -159,3 +182,5 @@ class MicroBatcher(Generic[Item]):
                         job.future.set_result(Done(result, started - job.enqueued, seconds, len(live)))
             with self._changed:
                 self._running = 0
+                self._batch_started = None
+                self._changed.notify_all()

@@ -1,8 +1,13 @@
-"""ASGI middleware in front of every route: the bearer token, and per-request accounting for /metrics.
+"""ASGI middleware in front of every route: the bearer token, security headers, and per-request accounting
+for /metrics.
 
 With a token, every route but /healthz needs `Authorization: Bearer TOKEN`. A browser cannot add
 that header when it loads a page, so `GET /?token=TOKEN` sets the same secret as an HttpOnly,
 SameSite=Strict cookie (which counts like the header) and redirects to `/`, dropping it from the URL.
+
+Every response says not to guess content types (nosniff), not to be framed, and that the page runs
+only its own scripts and styles (Content-Security-Policy); the page draws the uploaded image from a
+blob: URL, the one source it needs beyond its own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "masksmith_token"
 OPEN_PATHS = frozenset({"/healthz"})
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"referrer-policy", b"no-referrer")]
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -78,6 +88,7 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             await send(message)
 
         try:

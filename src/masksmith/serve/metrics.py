@@ -81,6 +81,7 @@ class Metrics:
                   f"masksmith_queue_depth {queue_depth}",
                   "# HELP masksmith_inflight_images Images in the batch running now.",
                   "# TYPE masksmith_inflight_images gauge", f"masksmith_inflight_images {running}",
-                  "# HELP masksmith_ready 1 when the model is loaded and warmed up.", "# TYPE masksmith_ready gauge",
+                  "# HELP masksmith_ready 1 when the model is loaded, warmed up and able to answer within the request "
+                  "limit.", "# TYPE masksmith_ready gauge",
                   f"masksmith_ready {int(ready())}"]
         return "\n".join(lines) + "\n"

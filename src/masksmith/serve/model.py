@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -15,8 +16,23 @@ from masksmith.core.version import __version__
 from masksmith.errors import MasksmithError
 from masksmith.inference.predictor import Predictor
 
-# One inference job: the decoded image and the binary threshold asked for (None: the bundle's).
-Job = tuple[np.ndarray, float | None]
+
+@dataclass
+class Job:
+    """One image to segment, the binary threshold asked for (None: the bundle's), and whether its request gave up."""
+
+    image: np.ndarray
+    threshold: float | None = None
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+
+class Abandoned(Exception):
+    """Every request of a batch gave up (timed out or disconnected), so its work was stopped midway."""
+
+
+# The longest a batch waits for its turn at one step of its work: a steady stream of small images
+# delays a large one, but cannot starve it.
+MAX_TURN_WAIT_S = 1.0
 
 
 def file_checksum(path: Path) -> str:
@@ -28,9 +44,9 @@ def file_checksum(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def load_predictor(path: Path, backend: str | None, threads: int | None) -> Predictor:
+def load_predictor(path: Path, backend: str | None, threads: int | None, device: str = "cpu") -> Predictor:
     """The Predictor `predict` would build (TTA off, automatic tiling), with `threads` compute threads."""
-    return Predictor.load(path, device="cpu", backend=backend, threads=threads)
+    return Predictor.load(path, device=device, backend=backend, threads=threads)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -76,12 +92,13 @@ class ServedModel:
     card: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None) -> "ServedModel":
-        """Load a .msb bundle (PyTorch) or an .onnx export (ONNX Runtime)."""
+    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None,
+             device: str = "cpu") -> "ServedModel":
+        """Load a .msb bundle (PyTorch on `device`) or an .onnx export (ONNX Runtime, on the CPU)."""
         path = Path(path)
         if not path.is_file():
             raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
-        predictor = load_predictor(path, backend, threads)
+        predictor = load_predictor(path, backend, threads, device)
         model = cls(path, predictor, file_checksum(path), predictor.backend.threads)
         model.card = model._card()
         return model
@@ -100,6 +117,7 @@ class ServedModel:
         return {
             "id": self.model_id, "checksum": self.checksum, "file": self.path.name,
             "architecture": meta.model, "backend": self.predictor.backend_name, "threads": self.threads,
+            "device": str(self.predictor.device),
             "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
                         for i, name in enumerate(meta.class_names)],
             "input": {"size": meta.size, "resize": meta.resize, "channels": meta.in_channels,
@@ -115,17 +133,31 @@ class ServedModel:
 
     def batch_key(self, job: Job) -> Hashable:
         """Jobs with equal keys share one forward pass: the network input shape (tiled images run alone)."""
-        image = job[0]
+        image = job.image
         if self.predictor.meta.resize == "resize":
             return "resize"  # every image is resized to the training size
         if self.predictor.tiling_for(image.shape) is not None:
             return ("tiled", id(job))
         return tuple(image.shape)
 
-    def run_batch(self, jobs: list[Job]) -> list[np.ndarray]:
-        """Class-index masks at each image's own size, by predict's own code (one pass per input shape)."""
-        probabilities = self.predictor.probabilities([image for image, _ in jobs])
-        return [self.predictor.decide(p, threshold) for p, (_, threshold) in zip(probabilities, jobs)]
+    def run_batch(self, jobs: list[Job], wait_turn: Callable[[float], bool] | None = None) -> list[np.ndarray]:
+        """Class-index masks at each image's own size, by predict's own code (one pass per input shape).
+
+        Between steps of the work (tile chunks, full-size stages) it stops with Abandoned once every
+        job's request has given up, and, given `wait_turn(timeout) -> bool`, waits until that says it
+        is this batch's turn, at most MAX_TURN_WAIT_S (a large image lets the small ones queued
+        meanwhile go first).
+        """
+        def checkpoint() -> None:
+            give_up = time.monotonic() + MAX_TURN_WAIT_S
+            while True:
+                if all(job.abandoned.is_set() for job in jobs):
+                    raise Abandoned(f"the {len(jobs)} request(s) of this batch gave up")
+                if wait_turn is None or wait_turn(0.05) or time.monotonic() >= give_up:
+                    return
+
+        probabilities = self.predictor.probabilities([job.image for job in jobs], checkpoint)
+        return [self.predictor.decide(p, job.threshold) for p, job in zip(probabilities, jobs)]
 
     def best_batch_size(self, limit: int) -> int:
         """The batch size (1, 2, 4, ... up to `limit`) with the most images/s on blank training-size images.
@@ -139,7 +171,7 @@ class ServedModel:
         best_per_image = {n: float("inf") for n in sizes}
         for _ in range(2):  # rounds interleaved, best of two: a burst of load elsewhere hits every size alike
             for n in sizes:
-                jobs: list[Job] = [(np.zeros((size, size, channels), np.uint8), None) for _ in range(n)]
+                jobs = [Job(np.zeros((size, size, channels), np.uint8)) for _ in range(n)]
                 started = time.perf_counter()
                 self.run_batch(jobs)
                 best_per_image[n] = min(best_per_image[n], (time.perf_counter() - started) / n)
@@ -152,4 +184,4 @@ class ServedModel:
     def warm_up(self) -> None:
         """Run one blank image so the first request does not pay for kernel selection and allocation."""
         height, width = self.predictor.meta.input_shape
-        self.run_batch([(np.zeros((height, width, self.predictor.meta.in_channels), np.uint8), None)])
+        self.run_batch([Job(np.zeros((height, width, self.predictor.meta.in_channels), np.uint8))])

@@ -11,17 +11,18 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from masksmith.data.images import image_to_array
-from masksmith.data.limits import ImageTooLarge, open_image, too_large_message
+from masksmith.data.limits import ImageTooLarge, open_image
 from masksmith.errors import MasksmithError
+from masksmith.inference.work_budget import WorkTooLarge
 from masksmith.serve.options import ServeOptions
 
 RAW_TYPES = ("application/octet-stream",)
@@ -65,11 +66,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise _too_big(limit)  # before reading a byte of it
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_big(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_big(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Rejected(400, "the client disconnected before its upload was complete") from None
     return b"".join(chunks)
 
 
@@ -107,21 +111,36 @@ async def _parse_form(request: Request, body: bytes) -> Any:
         raise Rejected(400, f"malformed multipart form: {' '.join(str(error).split()) or type(error).__name__}") from None
 
 
-def decode_image(upload: Upload, channels: int, options: ServeOptions) -> Decoded:
-    """Pixels of an upload, after refusing empty, unknown-format and too-large images from the header alone."""
+def _claimed_format(data: bytes, formats: tuple[str, ...]) -> str | None:
+    """The accepted format whose signature the data starts with (PIL's own test), if any."""
+    Image.init()
+    for name in formats:
+        accept = Image.OPEN.get(name, (None, None))[1]
+        if accept is not None and accept(data[:16]):
+            return name
+    return None
+
+
+def decode_image(upload: Upload, channels: int, options: ServeOptions,
+                 admit: Callable[[int, int, str], None] | None = None) -> Decoded:
+    """Pixels of an upload, after refusing empty, unknown-format and too-large images from the header alone.
+
+    `admit(height, width, mode)` runs on the header before any pixel is decoded; it may refuse the
+    image (Rejected, or WorkTooLarge: 413).
+    """
     if not upload.data:
         raise Rejected(400, f"{upload.name}: empty upload (0 bytes)")
     where = upload.name
     try:
-        # open_image reads the header only and refuses masksmith's process-wide pixel limit before decoding.
-        with open_image(io.BytesIO(upload.data), "image", where=where) as image:
+        # open_image reads the header only and refuses more pixels than --max-pixels before decoding.
+        with open_image(io.BytesIO(upload.data), "image", where=where, limit=options.max_pixels,
+                        setting="--max-pixels") as image:
             if image.format not in options.formats:
                 raise Rejected(415, f"{where}: {image.format} images are not accepted "
                                     f"(accepted: {', '.join(options.formats)})")
             width, height = image.size
-            if width * height > options.max_pixels:
-                raise Rejected(413, too_large_message(where, "image", width, height, options.max_pixels)
-                               .replace("max_image_pixels or MASKSMITH_MAX_IMAGE_PIXELS", "--max-pixels"))
+            if admit is not None:
+                admit(height, width, image.mode)
             source_format, mode = image.format or "", image.mode
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # PIL's warnings on odd metadata: the pixels are what count
@@ -131,9 +150,13 @@ def decode_image(upload: Upload, channels: int, options: ServeOptions) -> Decode
                 return Decoded(image_to_array(upright, channels), source_format, mode)
     except Rejected:
         raise
-    except ImageTooLarge as error:
+    except (ImageTooLarge, WorkTooLarge) as error:
         raise Rejected(413, str(error)) from None
     except UnidentifiedImageError:
+        claimed = _claimed_format(upload.data, options.formats)
+        if claimed is not None:  # its signature says what it is: the rest is cut short or broken
+            raise Rejected(422, f"{where}: cannot decode the image: a truncated or damaged {claimed} file "
+                                "(its header is incomplete)") from None
         raise Rejected(415, f"{where}: not an image in an accepted format "
                             f"({', '.join(options.formats)})") from None
     except MasksmithError as error:

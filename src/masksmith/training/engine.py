@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar as Bar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from masksmith.config import TrainConfig
+from masksmith.core.cpu_memory import keep_freed_memory
 from masksmith.core.fileio import write_text_atomic
 from masksmith.evaluation.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
@@ -223,8 +224,11 @@ class SegmentationModule(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        """Check the freeze options against the model before the first epoch."""
+        """Check the freeze options against the model before the first epoch; keep freed tensor memory in every
+        training process (ddp_spawn's start fresh)."""
         from masksmith.errors import ConfigError
+
+        keep_freed_memory()
 
         if (self.config.freeze_encoder_epochs or self.config.encoder_lr is not None) and self.encoder is None:
             raise ConfigError(f"model {self.config.model!r} has no encoder: freeze_encoder_epochs and encoder_lr "

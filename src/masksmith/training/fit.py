@@ -19,7 +19,7 @@ from masksmith.training.augment import build_augmentation
 from masksmith.training.checkpoints import load_checkpoint, network_weights
 from masksmith.training.dataset import SegmentationDataset
 from masksmith.training.engine import EpochHistory, SegmentationModule, build_trainer, default_num_workers
-from masksmith.training.parallel import Launch, spawns
+from masksmith.training.parallel import Launch, peer_failure, spawns
 from masksmith.training.prepare import PreparedData
 from masksmith.training.sampling import repeat_factor_sampler
 
@@ -105,7 +105,15 @@ def fit(network: torch.nn.Module, config: TrainConfig, data: PreparedData, run_d
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"{last}: no checkpoint to resume from")
-    trainer.fit(module, datamodule=SegmentationData(config, data), ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=SegmentationData(config, data), ckpt_path=str(last) if resume else None)
+    except Exception as error:
+        # Another process of the run died: one line saying which and how to resume, not the collective's traceback.
+        stopped = peer_failure(error, launch, trainer.world_size, run_dir, trainer.strategy.launcher) \
+            if trainer.world_size > 1 or launch.external else None
+        if stopped is None:
+            raise
+        raise stopped from None
     if not launch.leader:  # rank 0 writes the bundle; the run folder may not even be shared with this node
         return FitOutcome(history.rows, None, trainer.current_epoch)
     folder = run_dir / "checkpoints"

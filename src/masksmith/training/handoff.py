@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from masksmith.config import TrainConfig, UserConfig, make_config
 from masksmith.errors import ConfigError, MasksmithError
-from masksmith.training.parallel import DECISION_ENV, Launch, accelerator, processes, spawns
+from masksmith.training.parallel import DECISION_ENV, Launch, process_group_backend, processes, spawns
 
 # Rank 0 checks and plans the data while the others wait in the first broadcast: allow for a large dataset.
 HANDOFF_TIMEOUT = datetime.timedelta(hours=1)
@@ -61,8 +61,8 @@ def _open_group(config: TrainConfig, launch: Launch) -> dist.ProcessGroup | None
         # Lightning's SLURM environment derives the address from the node list and the port from the job id.
         os.environ["MASTER_ADDR"] = environment.main_address
         os.environ["MASTER_PORT"] = str(environment.main_port)
-        backend = "nccl" if accelerator(config.device) == "gpu" else "gloo"
-        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=HANDOFF_TIMEOUT)
+        dist.init_process_group(process_group_backend(config.device), rank=launch.rank,
+                                world_size=launch.world_size, timeout=HANDOFF_TIMEOUT)
     # JSON travels as a CPU tensor, which only gloo carries (nccl wants CUDA tensors).
     return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 

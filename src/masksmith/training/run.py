@@ -9,11 +9,13 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import Callback
 
 from masksmith.config import TrainConfig, UserConfig, resolve_user_config, user_config_from
-from masksmith.core.fileio import folder_lock, remove_stale_temps
+from masksmith.core.cpu_memory import keep_freed_memory
+from masksmith.core.fileio import folder_lock, refuse_overwrite, remove_stale_temps, require_writable
 from masksmith.data.limits import image_pixel_limit
 from masksmith.errors import ConfigError
 from masksmith.training.cross_validation import CrossValidationResult, is_fold_folder, train_folds
 from masksmith.training.handoff import follower_config, leading, receive
+from masksmith.training.init_bundle import with_init
 from masksmith.training.outputs import TrainResult
 from masksmith.training.parallel import Launch, check_launch, detect_launch
 from masksmith.training.prepare import with_dataset_classes
@@ -29,11 +31,14 @@ def train(data: str | Path | None = None, *, config: str | Path | TrainConfig | 
     `config`: a YAML file or a TrainConfig (its constructor's fields count as given, as keyword options do).
     `callbacks`: extra Lightning callbacks (profiling, custom logging), added to masksmith's own.
     """
+    keep_freed_memory()  # before the plan times its steps: they run as training will
     user, run_dir = user_options(data, config, resume, options)
     launch = detect_launch()
     check_launch(user.config, launch)  # every process of a launch fails alike here, before reading data
     if not launch.leader:
         return follow(launch, user.config, callbacks)
+    # Made only now that the config is valid, and proven writable before any data is read.
+    require_writable(run_dir)
     if user.config.folds is not None or (resume is not None and is_fold_folder(run_dir)):
         # k-fold cross-validation: a layer above the stages, one run per fold (a fold resumes with its CV run).
         return train_folds(user, run_dir, resume=resume is not None, callbacks=callbacks)
@@ -75,7 +80,10 @@ def user_options(data: str | Path | None, config: str | Path | TrainConfig | Non
             user = user_config_from(config, **overrides)
         else:
             user = resolve_user_config(config, **overrides)
+        user = with_init(user)  # --init: the bundle's network options, before anything plans around them
         run_dir = next_run_dir(user.config.out)
+        if user.config.init is not None:
+            refuse_overwrite([user.config.init], [run_dir / "model.msb"])
     return user.with_values({"out": str(run_dir)}), run_dir
 
 

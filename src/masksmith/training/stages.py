@@ -19,6 +19,7 @@ from masksmith.core.version import __version__
 from masksmith.planning.stage import check_and_plan
 from masksmith.training.fit import fit
 from masksmith.training.handoff import Decision, Leader, describe
+from masksmith.training.init_bundle import check_init_classes, load_init_weights
 from masksmith.training.network import build_network, check_names, model_arguments
 from masksmith.training.outputs import TrainResult, train_result, write_bundle, write_results
 from masksmith.training.parallel import Launch, processes
@@ -65,6 +66,8 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
         user, checked = check_and_plan(user, run_dir, log, found)
     arguments = model_arguments(user.config)  # the plan may have chosen an encoder and its weights
     data = prepare_data(user, arguments, log, fixed_split, found=found, checked=checked)
+    if user.config.init is not None:
+        check_init_classes(user.config.init, data.class_names)
     if data.normalization_from != "config":
         user = user.with_values({"mean": data.mean, "std": data.std})
     config = user.config
@@ -73,6 +76,8 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
         if leader is not None:
             leader.publish(Decision(run_dir, resume, user))
     network = build_network(config, arguments, data.channels, data.num_classes, log)
+    if config.init is not None and not resume:  # a resumed run continues from its own checkpoint
+        load_init_weights(network, config.init, log)
     log.info(f"model {config.model} ({sum(p.numel() for p in network.parameters()) / 1e6:.2f} M parameters); "
              f"run folder {run_dir}")
     if processes(config) > 1:

@@ -1,7 +1,8 @@
 """Palettes, overlays, image/truth/prediction grids, training curves and evaluation plots.
 
 Modules: ``colors`` (palette, indexed mask PNGs, colorize), ``overlays`` (colors over images, image
-bytes and files), ``gallery`` (comparison grids), ``plots`` (curves, confusion matrix, per-class bars).
+bytes and files), ``gallery`` (comparison grids), ``plots`` (curves, confusion matrix, per-class bars),
+``text`` (file and class names as one printable line, safe to draw).
 Import the public names from here: ``from masksmith.visualize import overlay``.
 
 Conventions
@@ -22,6 +23,7 @@ from masksmith.visualize.colors import colorize, default_colors, mask_png_bytes,
 from masksmith.visualize.gallery import comparison_grid, save_comparison_grid
 from masksmith.visualize.overlays import image_bytes, overlay, save_image
 from masksmith.visualize.plots import plot_confusion, plot_curves, plot_per_class
+from masksmith.visualize.text import drawable_text, plot_text
 
 __all__ = [
     "default_colors",
@@ -37,4 +39,6 @@ __all__ = [
     "plot_curves",
     "plot_confusion",
     "plot_per_class",
+    "drawable_text",
+    "plot_text",
 ]

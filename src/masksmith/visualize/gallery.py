@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from masksmith.visualize.colors import IGNORE_COLOR, PathLike, _as_colors, _as_mask, colorize
 from masksmith.visualize.overlays import _as_rgb, overlay, save_image
+from masksmith.visualize.text import drawable_text
 
 
 @functools.lru_cache(maxsize=16)
@@ -59,7 +60,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _class_name(class_names: Sequence[str] | None, index: int) -> str:
     if class_names is not None and 0 <= index < len(class_names):
-        return str(class_names[index])
+        return drawable_text(class_names[index])
     return f"class {index}"
 
 
@@ -125,7 +126,7 @@ def comparison_grid(
         row_tiles.append(_fit_tile(colorize(pred, table, ignore_index=ignore_index), tile_height, max_width, True))
         row_tiles.append(_fit_tile(blended, tile_height, max_width, nearest=False))
         tiles.append(row_tiles)
-        captions.append(str(row.get("caption") or ""))
+        captions.append(drawable_text(row.get("caption") or ""))  # e.g. an image's file name: one line
 
     # Layout, all in pixels: one shared column width so the columns line up across rows.
     font_size = int(np.clip(tile_height // 16, 11, 22))
@@ -165,7 +166,7 @@ def comparison_grid(
     text_color = (20, 20, 20)
     y = 0
     if title:
-        text = _fit_text(title_font, title, width - 2 * pad)
+        text = _fit_text(title_font, drawable_text(title), width - 2 * pad)
         draw.text((pad, pad), text, fill=text_color, font=title_font)
         y += title_h
     for c, header in enumerate(headers):

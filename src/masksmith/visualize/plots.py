@@ -15,6 +15,7 @@ import numpy as np
 
 from masksmith.core.fileio import atomic_path
 from masksmith.visualize.colors import PathLike
+from masksmith.visualize.text import plot_text
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -188,7 +189,7 @@ def plot_confusion(
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
         raise ValueError(f"confusion matrix must be square [K, K], got shape {cm.shape}")
     k = cm.shape[0]
-    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(k)]
+    names = [plot_text(n) for n in class_names] if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise ValueError(f"{k} classes in the confusion matrix but {len(names)} class names")
     row_sums = cm.sum(axis=1)
@@ -274,7 +275,7 @@ def plot_per_class(per_class: list[dict], out_png: PathLike, metric: str = "iou"
                    label=f"mean {metric} = {mean:.3f}")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_yticks(ys)
-    ax.set_yticklabels([str(e.get("name", i)) for i, e in enumerate(ordered)], fontsize=8 if n > 30 else 9)
+    ax.set_yticklabels([plot_text(e.get("name", i)) for i, e in enumerate(ordered)], fontsize=8 if n > 30 else 9)
     ax.set_xlim(0, top * 1.25)  # room for the value labels
     if top == 1.0:
         ax.set_xticks(np.linspace(0.0, 1.0, 6))  # no ticks past 1 for a metric that cannot exceed it

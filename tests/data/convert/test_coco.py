@@ -145,6 +145,14 @@ def test_classes_in_category_id_order_with_background_first(tmp_path: Path) -> N
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 9, 2, 9)
 
 
+def test_category_name_that_is_not_one_line_is_refused() -> None:
+    # class_names.txt holds a name a line: "cat\nrat" would come back as two classes.
+    for name, problem in (("cat\nrat", "line break"), (" cat", "spaces at its start"), ("", "is empty"),
+                          ("tab\there", "line break")):
+        with pytest.raises(DataError, match=problem):
+            coco_classes([{"id": 1, "name": name}])
+
+
 def test_crowd_is_ignore_unless_an_object_covers_it(tmp_path: Path) -> None:
     _dataset(tmp_path, [
         {"category_id": 3, "segmentation": _square(5, 5, 15, 15)},

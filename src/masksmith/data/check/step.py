@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from masksmith.core.fileio import write_text_atomic
+from masksmith.core.fileio import require_writable, write_text_atomic
 from masksmith.data.check import CheckReport, check_dataset, write_fingerprint
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 
@@ -27,10 +27,12 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
           out: str | Path | None = None) -> CheckResult:
     """Check a dataset (pairing, readability, sizes, mask values, classes, duplicates); writes OUT/report.json
     and OUT/fingerprint.json (default OUT: runs/check-DATANAME). Problems are in the report, not raised."""
+    folder = Path(out) if out is not None else Path("runs") / f"check-{Path(data).resolve().name}"
+    if Path(data).is_dir():  # a missing DATA is check_dataset's one-line error, before a folder is made for it
+        require_writable(folder)  # before the check, which may read for minutes
     report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
                            ignore_index=ignore_index, workers=workers, progress=progress, palette=palette,
                            ignore_color=tuple(ignore_color) if ignore_color else None)
-    folder = Path(out) if out is not None else Path("runs") / f"check-{Path(data).resolve().name}"
     report_path = folder / "report.json"
     write_text_atomic(report_path, json.dumps(report.to_dict(), indent=1))
     return CheckResult(report, report_path, write_fingerprint(report, folder / "fingerprint.json"))

@@ -22,7 +22,6 @@ Conventions
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -32,24 +31,26 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from masksmith.core.fileio import require_writable
+from masksmith.data.classes import class_name_problem
+from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.common import (
     IGNORE_INDEX,
     ConvertReport,
-    clip_polygon,
+    claim_stem,
+    find_image,
     refuse_overwriting_sources,
     write_class_names,
     write_sample,
 )
-from masksmith.data.convert.nesting import parse_json
+from masksmith.data.convert.nesting import load_json_file
+from masksmith.data.convert.paint import MAX_INSTANCE_ID
+from masksmith.data.convert.polygons import fill_polygons
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
 __all__ = ["coco_classes", "convert_coco", "rle_counts"]
-
-BACKGROUND_NAMES = ("_background_", "background", "__background__")
-# Instance ids share the byte with 255 = ignore.
-_MAX_INSTANCE_ID = 254
 
 
 def _is_int(value: Any) -> bool:
@@ -58,20 +59,7 @@ def _is_int(value: Any) -> bool:
 
 def _load(ann_path: Path) -> dict[str, Any]:
     """Read the annotations file and check its top-level structure (DataError naming the file)."""
-    try:
-        raw = ann_path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{ann_path}: annotations file not found") from None
-    except OSError as exc:
-        raise DataError(f"{ann_path}: cannot read annotations file: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise DataError(f"{ann_path}: annotations file is empty")
-    try:
-        data = parse_json(raw.decode("utf-8-sig"), str(ann_path))
-    except UnicodeDecodeError:
-        raise DataError(f"{ann_path}: not a text (UTF-8) file") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{ann_path}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    data = load_json_file(ann_path, "annotations file")
     if not isinstance(data, dict):
         raise DataError(f"{ann_path}: not a COCO annotations file (top level is a {type(data).__name__})")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
@@ -89,22 +77,11 @@ def coco_classes(categories: list[Any], where: str = "categories") -> tuple[list
             raise DataError(f"{where}: category {number} needs an integer 'id' and a text 'name', got {category!r}")
         if category["id"] in seen_ids:
             raise DataError(f"{where}: category id {category['id']} is listed twice")
+        if (problem := class_name_problem(category["name"])) is not None:
+            raise DataError(f"{where}: category id {category['id']}: {problem}")
         seen_ids[category["id"]] = category["name"]
-    ordered = sorted(seen_ids.items())
-    background = [(cid, name) for cid, name in ordered if name.strip().lower() in BACKGROUND_NAMES]
-    if len(background) > 1:
-        raise DataError(f"{where}: more than one background category: {background}")
-    others = [(cid, name) for cid, name in ordered if (cid, name) not in background]
-    names = [background[0][1] if background else "background"] + [name for _, name in others]
-    if len(set(names)) != len(names):
-        twice = sorted({name for name in names if names.count(name) > 1})
-        raise DataError(f"{where}: category names repeat: {twice}")
-    if len(names) > IGNORE_INDEX:
-        raise DataError(f"{where}: {len(names)} classes do not fit 8-bit masks (at most {IGNORE_INDEX})")
-    index = {cid: i + 1 for i, (cid, _) in enumerate(others)}
-    if background:
-        index[background[0][0]] = 0
-    return names, index
+    # COCO's ignore is iscrowd; a category is a class whatever its name.
+    return class_table(sorted(seen_ids.items()), where, ignore_label=False)
 
 
 def rle_counts(counts: str | bytes) -> list[int]:
@@ -181,19 +158,8 @@ def _decode(where: str, segmentation: Any, height: int, width: int) -> np.ndarra
                 raise DataError(f"{where}: polygon {number} has an odd number of coordinates ({len(polygon)})")
             if len(polygon) < 6:
                 raise DataError(f"{where}: polygon {number} has {len(polygon) // 2} points, needs at least 3")
-            points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-            # pycocotools scales coordinates by 5 into C ints, which overflow far outside the image;
-            # clipping to a box around the image keeps every in-image pixel as it was.
-            pad = max(height, width) + 16
-            box = (-pad, -pad, width + pad, height + pad)
-            if (points < box[:2]).any() or (points > box[2:]).any():
-                points = clip_polygon(points, box)
-            if len(points) >= 3:
-                polygons.append(points.ravel().tolist())
-        if not polygons:  # everything lies far outside the image
-            return np.zeros((height, width), dtype=bool)
-        rles = mask_utils.frPyObjects(polygons, height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+            polygons.append(np.asarray(polygon, dtype=np.float64).reshape(-1, 2))
+        return fill_polygons(polygons, height, width)
     raise DataError(f"{where}: segmentation is neither polygons nor RLE (got {type(segmentation).__name__})")
 
 
@@ -228,8 +194,8 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
             objects[region] = 0
             continue
         instance += 1
-        if objects_wanted and instance > _MAX_INSTANCE_ID:
-            raise DataError(f"{where}: more than {_MAX_INSTANCE_ID} instances do not fit an 8-bit mask "
+        if objects_wanted and instance > MAX_INSTANCE_ID:
+            raise DataError(f"{where}: more than {MAX_INSTANCE_ID} instances do not fit an 8-bit mask "
                             "(convert with --no-instances for the class masks alone)")
         objects[region] = instance if objects_wanted else 0
     return classes, objects if objects_wanted else None
@@ -238,16 +204,6 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
 def _output_stem(file_name: str) -> str:
     """The name an image's outputs get: its file name's stem (Windows separators allowed)."""
     return Path(file_name.replace("\\", "/")).stem
-
-
-def _find_image(where: str, images_dir: Path, file_name: str) -> Path:
-    relative = Path(file_name.replace("\\", "/"))
-    candidates = [images_dir / relative, images_dir / relative.name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{where}: image file not found (looked for {candidates[0]}"
-                    + (f" and {candidates[1]})" if candidates[1] != candidates[0] else ")"))
 
 
 def convert_coco(
@@ -294,12 +250,12 @@ def convert_coco(
     sources = [ann_path]
     for image_id, entry in images.items():
         try:
-            sources.append(_find_image(f"image id {image_id}", images_dir, entry["file_name"]))
+            sources.append(find_image(f"image id {image_id}", images_dir, entry["file_name"]))
         except DataError:
             pass  # reported when that image's turn comes
     out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
     refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=instances)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     stems: dict[str, str] = {}
     for image_id, entry in tqdm(images.items(), desc="converting coco", unit="img", disable=not progress):
@@ -307,11 +263,8 @@ def convert_coco(
         where = f"{ann_path}: image id {image_id} ({file_name!r})"
         stem = _output_stem(file_name)
         try:
-            if stem in stems:
-                # Both would be written as <stem>.png; converting one over the other loses data silently.
-                raise DataError(f"{where}: has the same stem as {stems[stem]!r}; rename one of them")
-            stems[stem] = file_name
-            path = _find_image(where, images_dir, file_name)
+            claim_stem(stems, stem, file_name, where)
+            path = find_image(where, images_dir, file_name)
             try:
                 image = read_image(path, channels=3)
             except MasksmithError as exc:

@@ -1,5 +1,6 @@
-"""What both converters share: the VOC-style output (one sample's files, class_names.txt), the report and
-polygon clipping."""
+"""What every converter shares: the VOC-style output (one sample's files, class_names.txt, split lists), the
+report, finding an annotation's image, stems, and polygon clipping."""
+
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 from PIL import Image
 
 from masksmith.core.fileio import atomic_path, refuse_overwrite, write_text_atomic
-from masksmith.errors import ConfigError
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.errors import ConfigError, DataError
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = DEFAULT_IGNORE_INDEX
 # Orientation tag in EXIF; a JPEG carrying a rotation must be re-encoded upright, not copied.
 _EXIF_ORIENTATION = 0x0112
 
@@ -101,6 +103,31 @@ def write_class_names(out_dir: Path, class_names: list[str]) -> None:
     write_text_atomic(out_dir / "class_names.txt", "\n".join(class_names))
 
 
+def write_image_sets(out_dir: Path, splits: dict[str, list[str]]) -> None:
+    """Write OUT/ImageSets/Segmentation/<split>.txt, one stem a line, as VOC lists its splits."""
+    for split, stems in splits.items():
+        write_text_atomic(out_dir / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{s}\n" for s in stems))
+
+
+def find_image(where: str, images_dir: Path, file_name: str) -> Path:
+    """The image a COCO file_name or CVAT image name means: as written under images_dir, else by its base name."""
+    relative = Path(file_name.replace("\\", "/"))  # Windows separators, as some tools write them
+    candidates = [images_dir / relative, images_dir / relative.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{where}: image file not found (looked for {candidates[0]}"
+                    + (f" and {candidates[1]})" if candidates[1] != candidates[0] else ")"))
+
+
+def claim_stem(claimed: dict[str, str], stem: str, name: str, where: str) -> None:
+    """Record that `name` is written as <stem>.*; DataError when another input already took that stem."""
+    if stem in claimed:
+        # Both would be written as <stem>.png; converting one over the other loses data silently.
+        raise DataError(f"{where}: has the same stem as {claimed[stem]!r}; rename one of them")
+    claimed[stem] = name
+
+
 def clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """Sutherland–Hodgman clip to an axis-aligned box; keeps the polygon's area inside the box."""
     x0, y0, x1, y1 = box
@@ -124,4 +151,3 @@ def clip_polygon(points: np.ndarray, box: tuple[float, float, float, float]) -> 
                 clipped.append(cur)
         pts = clipped
     return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-

@@ -40,6 +40,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from masksmith.core.fileio import require_writable
+from masksmith.data.classes import class_name_problem, validate_class_names
+from masksmith.data.convert.class_table import IGNORE_LABEL, read_label_lines
 from masksmith.data.convert.common import (
     IGNORE_INDEX,
     ConvertReport,
@@ -48,7 +51,8 @@ from masksmith.data.convert.common import (
     write_sample,
 )
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
-from masksmith.data.convert.nesting import parse_json
+from masksmith.data.convert.nesting import load_json_file
+from masksmith.data.convert.paint import MAX_INSTANCE_ID
 from masksmith.data.images import read_image
 from masksmith.data.limits import open_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
@@ -56,10 +60,7 @@ from masksmith.visualize import default_colors
 
 __all__ = ["LINE_WIDTH", "POINT_SIZE", "SHAPE_TYPES", "convert_labelme", "read_labels", "shape_to_mask"]
 
-IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
-# More instances than this do not fit an 8-bit PNG next to the 255 the palette keeps for ignore.
-_MAX_INSTANCE_ID = 254
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,12 @@ class _Shape:
 def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str, int]]:
     """Parse a labels.txt (path) or a list of labels into (class names, label → class index)."""
     if isinstance(labels, (str, Path)):
-        path = Path(labels)
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{path}: labels file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read labels file: {exc}") from None
-        where = str(path)
+        lines, where = read_label_lines(Path(labels)), str(labels)
     elif isinstance(labels, Sequence) and all(isinstance(name, str) for name in labels):
         lines, where = list(labels), "labels"
     else:
         raise ConfigError(f"labels must be a labels.txt path or a list of strings, got {labels!r}")
-    names = [line.strip() for line in lines if line.strip()]
+    names = validate_class_names([line.strip() for line in lines if line.strip()], where)
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -115,18 +109,7 @@ def _fail(json_path: Path, message: str) -> DataError:
 
 def _load_json(json_path: Path) -> dict[str, Any]:
     """Parse a Labelme JSON file and check that it is an annotation (a dict with a 'shapes' list)."""
-    try:
-        raw = json_path.read_bytes()
-    except OSError as exc:
-        raise _fail(json_path, f"cannot read file: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise _fail(json_path, "file is empty")
-    try:
-        data = parse_json(raw.decode("utf-8-sig"), str(json_path))
-    except UnicodeDecodeError:
-        raise _fail(json_path, "not a text (UTF-8) file") from None
-    except json.JSONDecodeError as exc:
-        raise _fail(json_path, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    data = load_json_file(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         got = "no 'shapes' list" if isinstance(data, dict) else f"top level is a {type(data).__name__}"
         raise _fail(json_path, f"not a Labelme annotation ({got})")
@@ -149,6 +132,8 @@ def _parse_shape(json_path: Path, number: int, shape: Any) -> _Shape:
     label = shape.get("label")
     if not isinstance(label, str):
         raise _fail(json_path, f"{where} has no text 'label'")
+    if (problem := class_name_problem(label)) is not None:
+        raise _fail(json_path, f"{where}: {problem}")
     where = f"shape {number} ({label!r})"
     shape_type = shape.get("shape_type") or "polygon"  # Labelme's default, and old files omit it
     if not isinstance(shape_type, str) or shape_type not in SHAPE_TYPES:
@@ -264,8 +249,8 @@ def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape], label_i
     objects[(classes == IGNORE_INDEX) | (classes == 0)] = 0
     if not objects_wanted:
         return classes, None  # a semantic dataset: any number of regions, e.g. a prediction's thousand specks
-    if objects.max(initial=0) > _MAX_INSTANCE_ID:
-        raise _fail(json_path, f"{int(objects.max())} instances do not fit an 8-bit mask (at most {_MAX_INSTANCE_ID})")
+    if objects.max(initial=0) > MAX_INSTANCE_ID:
+        raise _fail(json_path, f"{int(objects.max())} instances do not fit an 8-bit mask (at most {MAX_INSTANCE_ID})")
     return classes, objects.astype(np.uint8)
 
 
@@ -293,7 +278,7 @@ def _scan(json_paths: list[Path]) -> tuple[set[str], bool, list[Path]]:
                 pass  # the conversion itself reports the missing image
         for shape in data["shapes"]:
             if isinstance(shape, dict):
-                if isinstance(shape.get("label"), str):
+                if class_name_problem(shape.get("label")) is None:  # a bad label fails its own file only
                     labels.add(shape["label"])
                 grouped |= shape.get("group_id") is not None
     return labels, grouped, images
@@ -308,11 +293,12 @@ def convert_labelme(
     visualize: bool = True,
     progress: bool = True,
 ) -> ConvertReport:
-    """Convert every Labelme ``*.json`` in `src_dir` into a VOC-style dataset in `out_dir`."""
+    """Convert every Labelme ``*.json`` in `src_dir` (hidden files left out) into a VOC-style dataset in `out_dir`."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise DataError(f"{src_dir}: not a folder")
-    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file())
+    # Hidden files are no annotations (macOS's ._name.json, predict's .masksmith-predict.json).
+    json_paths = sorted(path for path in src_dir.glob("*.json") if path.is_file() and not path.name.startswith("."))
     if not json_paths:
         raise DataError(f"{src_dir}: no Labelme *.json files in this folder")
     found, grouped, images = _scan(json_paths)
@@ -332,7 +318,7 @@ def convert_labelme(
     refuse_overwriting_sources(out_dir, src_dir, inputs, [p.stem for p in json_paths],
                                visualize=visualize, objects=write_objects)
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir)
     write_class_names(out_dir, classes)
     for json_path in tqdm(json_paths, desc="converting labelme", unit="file", disable=not progress):
         try:
