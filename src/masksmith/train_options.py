@@ -211,7 +211,7 @@ _PARSERS = {"size": parse_size, "color": parse_color, "floats": parse_floats, "p
 
 
 def options_table() -> str:
-    """The options as a Markdown table (option, flag, default, description) for the README."""
+    """The options as a Markdown table (option, flag, default, description) for docs/training.md."""
     rows = ["| option | flag | default | description |", "|---|---|---|---|"]
     for option in cli_options():
         flags = ", ".join(f"`{flag}`" for flag in option.flags)
