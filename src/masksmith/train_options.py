@@ -244,7 +244,10 @@ def _main(argv: list[str]) -> None:
     from masksmith.fileio import write_text_atomic
 
     page = Path(argv[1])
-    write_text_atomic(page, with_options_table(page.read_text(encoding="utf-8"), str(page)))
+    try:
+        write_text_atomic(page, with_options_table(page.read_text(encoding="utf-8"), str(page)))
+    except (ConfigError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
