@@ -5,8 +5,9 @@
 RUN/checkpoints/last.ckpt of an `--ema-decay` run holds the averaged weights as its state_dict and the live
 (raw) ones as current_model_state. Each row writes a bundle (RUN/model.msb's metadata) with one combination:
 the averaged or the raw parameters, each with the averaged or the raw BatchNorm running statistics, and scores
-it with `masksmith.evaluate` on the run's recorded split. Runs from before BatchNorm statistics were left
-unaveraged (session 10) show the difference the statistics make; newer runs hold the live statistics in both.
+it with `masksmith.evaluate` on the run's recorded split. `--ema-decay` keeps the live BatchNorm statistics in
+both states, so on its runs the statistics columns agree; a checkpoint whose averaged state also averaged the
+statistics shows the difference they make (docs/results.md#what-did-not-help).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Experiments (the data is read from ../shared/data, or from $MASKSMITH_DATA):
     clothing-tutorial  59 classes, the tutorials' setting: U-Net at 128x128, 80/20 seeded split, cross-entropy,
                        Adam at a constant rate, flips/rotation/crop/brightness/gamma/hue, early stopping
     clothing-unet      masksmith's recipe: dice+ce, AdamW with a cosine schedule, at 160x160 (batch 8); the best
-                       result in docs/results.md is this recipe at 128x128: add `-- --size 128 --batch-size 16`
+                       result of docs/results.md#clothing-from-scratch is this recipe at 128x128:
+                       add `-- --size 128 --batch-size 16`
     clothing-smp       the same recipe and time budget on smp.Unet with a ResNet-18 encoder from scratch
                        (needs the smp extra: run it with .venv-smp, see test-smp.sh)
     clothing-lite0     masksmith's recipe on an ImageNet-pretrained EfficientNet-Lite0 U-Net at 288x192 (aspect

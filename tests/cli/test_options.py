@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 import masksmith.training
 from masksmith.cli.app import app
-from masksmith.cli.options import COMMAND_ONLY, cli_options, options_table, parse_cli_values
+from masksmith.cli.options import (COMMAND_ONLY, OPTIONS_TABLE_FILE, TABLE_END, TABLE_START, cli_options, options_table,
+                                   parse_cli_values, with_options_table)
 from masksmith.config import TrainConfig
+from masksmith.errors import ConfigError
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}  # option names and help on one line each
@@ -98,11 +100,16 @@ def test_parse_cli_values_leaves_untyped_options_out():
         "epochs": 3, "auto": False}
 
 
-def test_readme_options_table_matches_the_config_when_present():
-    # The README's table is generated (python -m masksmith.cli.options); between the markers it must match.
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    start, end = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
-    if start not in text:
-        pytest.skip("README has no generated options table yet")
-    assert text.split(start, 1)[1].split(end, 1)[0] == options_table()
+def test_the_options_page_table_matches_the_config():
+    # docs/training.md's table is generated (python -m masksmith.cli.options --write docs/training.md).
+    page = (Path(__file__).resolve().parents[2] / OPTIONS_TABLE_FILE).read_text(encoding="utf-8")
+    assert page.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0] == options_table()
+
+
+def test_writing_the_table_replaces_only_what_is_between_the_markers(tmp_path):
+    page = f"# Options\nbefore\n{TABLE_START}| stale |\n{TABLE_END}\nafter\n"
+    updated = with_options_table(page)
+    assert updated == f"# Options\nbefore\n{TABLE_START}{options_table()}{TABLE_END}\nafter\n"
+    assert with_options_table(updated) == updated
+    with pytest.raises(ConfigError, match="no options table markers"):
+        with_options_table("# a page without markers\n", "page.md")

@@ -1,9 +1,12 @@
-"""TrainConfig → the `masksmith train` command-line options, their help and the README's options table.
+"""TrainConfig → the `masksmith train` command-line options, their help and the options table of docs/training.md.
 
 Every option comes from a TrainConfig field: its flag (--field-name, plus the field's extra `flags`), its
 help (the field's description, the valid names from the registries or the Literal, the default) and how
 its text is parsed. A new field therefore appears on the command line, in `--help`, in the commented
 config.yaml and in the options table at once.
+
+`python -m masksmith.cli.options` prints the table; `--write docs/training.md` puts it between the page's
+markers (OPTIONS_TABLE_FILE; a test checks that the page matches the config).
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ _PARSERS = {"size": parse_size, "color": parse_color, "floats": parse_floats, "p
 
 
 def options_table() -> str:
-    """The options as a Markdown table (option, flag, default, description) for the README."""
+    """The options as a Markdown table (option, flag, default, description) for docs/training.md."""
     rows = ["| option | flag | default | description |", "|---|---|---|---|"]
     for option in cli_options():
         flags = ", ".join(f"`{flag}`" for flag in option.flags)
@@ -218,5 +221,36 @@ def options_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+OPTIONS_TABLE_FILE = "docs/training.md"
+TABLE_START, TABLE_END = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
+
+
+def with_options_table(page: str, source: str = OPTIONS_TABLE_FILE) -> str:
+    """`page` with the generated table between its markers; ConfigError when it has none."""
+    if TABLE_START not in page or TABLE_END not in page.split(TABLE_START, 1)[1]:
+        raise ConfigError(f"{source}: no options table markers ({TABLE_START.strip()} ... {TABLE_END})")
+    head, rest = page.split(TABLE_START, 1)
+    return head + TABLE_START + options_table() + TABLE_END + rest.split(TABLE_END, 1)[1]
+
+
+def _main(argv: list[str]) -> None:
+    if not argv:
+        print(options_table(), end="")
+        return
+    if len(argv) != 2 or argv[0] != "--write":
+        raise SystemExit("usage: python -m masksmith.cli.options [--write docs/training.md]")
+    from pathlib import Path
+
+    from masksmith.core.fileio import write_text_atomic
+
+    page = Path(argv[1])
+    try:
+        write_text_atomic(page, with_options_table(page.read_text(encoding="utf-8"), str(page)))
+    except (ConfigError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 if __name__ == "__main__":
-    print(options_table(), end="")
+    import sys
+
+    _main(sys.argv[1:])

@@ -7,7 +7,7 @@ layer left has an int8 kernel in onnxruntime.
 
 `decoder_stride` 2 or 4 stops the decoder early and upsamples its logits bilinearly to the input size, as
 FPN, DeepLabV3+ and SegFormer predict at stride 4: the last blocks run at the largest maps, so at 288x192
-they cost more than the whole EfficientNet-Lite0 encoder (docs/results.md).
+they cost more than the whole EfficientNet-Lite0 encoder (docs/results.md#planned-decoder-stride).
 """
 
 from __future__ import annotations

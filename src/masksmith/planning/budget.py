@@ -1,12 +1,14 @@
 """Fit the network, input size and batch to the compute a run has: measured training steps, not guesses.
 
-nnU-Net plans for GPU memory; on a CPU the binding limit is time. A plan that picks a 24-GFLOP U-Net
-at 256² for a 15-minute budget gets one epoch and learns nothing (tried: street scenes, mIoU 0.08),
-while a light pretrained encoder at a smaller, aspect-keeping input fits dozens. The rule:
+nnU-Net plans for GPU memory; on a CPU the binding limit is time: the network and input must fit enough
+optimizer steps into the budget, and a light pretrained encoder at a smaller, aspect-keeping input fits several
+times more of them than a 24-GFLOP U-Net at 256² (docs/results.md#pretrained-encoder-speed). The rule (each
+default's evidence: docs/results.md#planner-defaults):
 
 - Candidates: each installed ImageNet-pretrained encoder under the U-Net decoder (when the images have
   1 or 3 channels), else the classic from-scratch U-Net; input sizes keep the median image's aspect
   ratio, short side from the device cap down to MIN_SHORT_SIDE in steps of 32 (sides multiples of 32).
+  Evidence: docs/results.md#planned-network.
 - Each candidate network (an encoder with a decoder stride, below) is timed for a few real optimizer steps
   (forward, backward, update) at the smallest and the largest input planned for it; the time of the sizes
   between is interpolated by pixel count (a convolutional network's step time grows linearly with its pixels).
@@ -14,42 +16,36 @@ while a light pretrained encoder at a smaller, aspect-keeping input fits dozens.
   least MIN_STEPS optimizer steps and MIN_EPOCHS epochs: fewer leaves a network half trained,
   whatever its size. Among the fitting candidates the largest input wins (segmentation detail is in
   the pixels), then the larger encoder. When nothing fits, the cheapest candidate at the smallest input.
+  Evidence: docs/results.md#planned-input-size.
 - Epochs and early stopping (when not given): the epochs cap is raised to EPOCH_HEADROOM x the epochs the
   budget holds and early stopping is off, so that the budget ends training and the budget-fitted schedule
-  anneals by then (the membranes, 24 images: the default cap of 50 ended the run after 7 of 25 minutes, then
-  patience 10 after 8, the rate still at 80% of its peak).
+  anneals by then; a fixed cap or patience ends a small dataset's run with the rate still high.
+  Evidence: docs/results.md#planned-epochs.
 - Decoder stride (with a pretrained encoder the plan picked, when no model option is given): at each input
   size, the decoder stops at COARSE_STRIDE and upsamples its logits when the labelled structures (the check's
   width, resized with the image) are still MIN_OUTPUT_WIDTH px wide there, two samples across; else it decodes
   to full resolution. Its two last blocks, at full and half resolution, are the costliest, and wide structures
-  do not need them: on the clothing photos (15.6 px at 384x256) the stride-4 decoder was ahead from the first
-  epoch (docs/results.md, session 14). The ISBI membranes (2.7 px) keep the full decoder.
+  do not need them. Evidence: docs/results.md#planned-decoder-stride.
 - Rates (with a pretrained encoder the plan picked, when not given): lr FINE_TUNE_LR and the encoder at
-  ENCODER_LR_SHARE of it, not the defaults (1e-3; the encoder at lr/10 after the frozen start). A budget holds
-  few epochs and the new decoder starts from random weights: on the clothing photos (40 min, ~8 epochs) the
-  default rates ended at mIoU 0.094, these at 0.115 (docs/results.md, session 14).
-- Frozen stages (with a pretrained encoder the plan picked, when not given): the stem and
-  the stages down to stride 8 (FROZEN_STAGES) keep their ImageNet weights for the whole run, as mmseg's
-  frozen_stages and detectron2's FREEZE_AT keep the first ones. Their gradients are computed at the highest
-  resolutions with few channels, a large share of the backward pass, and the candidates are timed without them:
-  on the clothing photos (Lite2 U-Net at 384x256, 2 threads, 40 min) an epoch took 2.9-3.1 min against 3.7-3.9
-  with every stage trained, 14 epochs fit instead of 11, and mIoU rose from 0.173 to 0.182 (stride 4 frozen:
-  3.2-3.4 min, 12 epochs, 0.177; docs/results.md, session 16). Grayscale images too (the first convolution
-  summed from RGB): the ISBI membranes with the Lite2 U-Net (1 thread, 25 min) fit 185 epochs instead of 151
-  and reached pixel error 0.0767 against 0.0790 (docs/results.md, session 16).
-- Batch: BATCH on CPU (a larger batch costs the same per image there and halves the optimizer steps),
+  ENCODER_LR_SHARE of it, not the defaults (1e-3; the encoder at lr/10 after the frozen start): a budget holds
+  few epochs and the new decoder starts from random weights. Evidence: docs/results.md#planned-learning-rates.
+- Frozen stages (with a pretrained encoder the plan picked, when not given): the stem and the stages down to
+  stride 8 (FROZEN_STAGES) keep their ImageNet weights for the whole run, as mmseg's frozen_stages and
+  detectron2's FREEZE_AT keep the first ones, on RGB and grayscale images alike (the first convolution summed
+  from RGB). Their gradients are computed at the highest resolutions with few channels, a large share of the
+  backward pass, and the candidates are timed without them, so the time saved buys epochs. The frozen start
+  (FREEZE_SHARE of the expected epochs, 1 to MAX_FREEZE_EPOCHS) lets the new decoder learn on fixed features
+  first. Evidence: docs/results.md#planned-frozen-stages.
+- Batch: BATCH on CPU (a larger batch costs about the same per image there and gives fewer optimizer steps),
   lowered for datasets too small to fill two batches.
 - Precision (CPU, when not given): one step of the cheapest candidate at the largest input is timed in
   float32 and under bfloat16 autocast (Lightning's bf16-mixed); bf16-mixed is planned when it is at least
-  BF16_MIN_SPEEDUP times faster, and the candidates are then timed in it. CPUs with AMX or AVX512-BF16
-  run it 1.4-1.8x faster (measured: benchmarks/train_step.py); others emulate it and run it slower, so
-  the choice is measured, not read from the CPU's flags. The largest input, not the smallest: small steps
-  are dominated by fixed costs and vary more (the Lite2 U-Net on 1-channel images, 2 threads, three tries:
-  1.11-1.49x at 128x128, 1.70-1.83x at 256x256; session 17), and the probe's step at the largest input is
-  one the plan times anyway. The threshold was 1.2 until session 17, when two identical clothing runs side by
-  side (one thread each) measured 1.18x and 1.32x for the same step and planned different precisions, encoders
-  and inputs: on an AVX512-BF16 CPU the measured speed-ups run from 1.18x (one thread, beside another run) to
-  2.37x, so the threshold sits below them.
+  BF16_MIN_SPEEDUP times faster, and the candidates are then timed in it. CPUs with AMX or AVX512-BF16 run
+  it faster; others emulate it and run it slower, so the choice is measured, not read from the CPU's flags.
+  The largest input, not the smallest: small steps are dominated by fixed costs and vary more, and the
+  probe's step at the largest input is one the plan times anyway. BF16_MIN_SPEEDUP sits below every speed-up
+  measured on a CPU with bfloat16 instructions, so that two runs of one recipe plan alike.
+  Evidence: docs/results.md#planned-precision.
 """
 
 from __future__ import annotations
@@ -247,8 +243,7 @@ def plan_for_budget(encoders: list[str | None], sizes: list[tuple[int, int]], *,
     fitting = [fit for fit in fits if fit.fits]
     if fitting:
         # Largest input first; then the larger encoder, later in `encoders` (cheapest first), not the slower
-        # measured step: encoders a step apart time within each other's noise (Lite1 timed slower than Lite2
-        # on the membranes, session 17).
+        # measured step: encoders a step apart time within each other's noise.
         best = max(fitting, key=lambda fit: (fit.candidate.pixels, encoders.index(fit.candidate.encoder)))
     else:
         best = min(fits, key=lambda fit: fit.seconds_per_step)

@@ -8,10 +8,9 @@ The rules (all numbers are module constants):
   away three quarters of the pixels or more), every image is at least `size` on both sides, and
   resizing would leave the labelled structures less than MIN_RESIZED_WIDTH (8) px wide; else "resize".
   The width is the fingerprint's structure_width (foreground pixels per run along rows and columns,
-  from `check`) times the resize factor. The ISBI membranes (5.4 px, 2.7 resized 512 -> 256) gave pixel
-  error 0.102 resized against 0.078 on 256 crops; the clothing photos (34 px, 16 resized 550 -> 256)
-  gave pixel accuracy 0.826 / mIoU 0.057 on crops against 0.853 / 0.090 resized (the default command,
-  40 min, docs/results.md). 8 px lies between the two; without a width the size ratio alone decides.
+  from `check`) times the resize factor. 8 px lies between the ISBI membranes (5.4 px, 2.7 resized), which
+  score better on crops, and the clothing photos (33.5 px, 15.6 resized), which score better resized;
+  without a width the size ratio alone decides. Evidence: docs/results.md#planned-resize-or-crop.
 - batch_size: the largest power of two in 2..16 whose memory estimate fits the budget, and no
   larger than the number of training images.
 - Memory estimate (fp32 training of the default U-Net, base_channels 32, depth 4):
@@ -25,18 +24,20 @@ The rules (all numbers are module constants):
   With AMP on CUDA the real use is lower still.
 - loss: "dice+ce" when the foreground share is below 10% or the classes are imbalanced (the most
   frequent seen class has more than IMBALANCE_RATIO x the pixels of the least frequent one), else "ce".
+  Evidence: docs/results.md#planned-loss.
 - class_weights (only when imbalanced): 1/sqrt(pixel frequency), scaled so that the average weight
   per training pixel is 1 (the loss keeps the scale of plain cross-entropy), then capped at 10.
   Scaling to a mean of 1 over the classes instead lets a few very rare classes set the scale: on the
   clothing data that gave the background (77% of pixels) a weight of 0.014, i.e. almost no loss for
   calling background clothing. Classes that never occur get 1 (a 0 weight would silently drop them
   from the loss; with no pixels their weight changes nothing until they appear).
+  Evidence: docs/results.md#planned-class-weights.
 - mean / std / channels: as measured by `check` (mean / std on up to 200 training images, 0..1 scale).
 - augment: "upright" for 3-channel images, "default" for 1-channel ones. Colour images are mostly photos
   taken with up at the top (people, streets, cars, pets): a vertical flip or a 90° turn shows the model
   views that never occur (and `--tta` then averages them). Single-channel images are mostly microscopy,
   EM and scans, where no direction is up. Overhead colour imagery (satellite, aerial, slides) wants
-  `--augment default`; the plan cannot tell it from photos.
+  `--augment default`; the plan cannot tell it from photos. Evidence: docs/results.md#planned-augmentation.
 """
 
 from __future__ import annotations

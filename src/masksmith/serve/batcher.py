@@ -175,7 +175,7 @@ class MicroBatcher(Generic[Item]):
                     previous = self._seconds_per_job or per_job
                     self._seconds_per_job = 0.7 * previous + 0.3 * per_job
                     # Counted before the requests are released: a client that reads /metrics right after
-                    # its answer sees its batch (counted after, the test of it failed now and then).
+                    # its answer sees its batch (counted after, the two would race).
                     if self._on_batch is not None:
                         self._on_batch(len(live), seconds)
                     for job, result in zip(live, results):

@@ -48,7 +48,8 @@ def _oriented(*, ignore_index: int, channels: int) -> list:
     For data whose orientation carries information a flip would scramble, such as labels drawn with a
     consistent offset: the ISBI membranes' labels sit about 0.6 pixel above the membranes they trace
     (benchmarks/membrane_offset.py). Trained with this preset a model follows that offset, which flips
-    reverse; there, though, losing the flips cost as much as the offset gained (docs/results.md).
+    reverse; there, though, losing the flips costs as much as the offset gains
+    (docs/results.md#membranes-label-offset).
     """
     transforms = [
         # Corners uncovered by the rotation become ignore, so padding never trains as background.
@@ -118,7 +119,7 @@ def _upright(*, ignore_index: int, channels: int) -> list:
 
     No vertical flips or 90° turns: an upside-down person is not a training example, it is noise. Also for labels
     drawn with a vertical offset (the ISBI membranes' sit 0.6 px high): the offset is never reversed, and with
-    `--tta` the model averages only the image and its mirror (docs/results.md: the best membrane recipe).
+    `--tta` the model averages only the image and its mirror (docs/results.md#membranes-best-recipe).
     """
     transforms = [
         A.HorizontalFlip(p=0.5),

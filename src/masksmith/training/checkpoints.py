@@ -71,7 +71,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     @property
     def state_key(self) -> str:
-        # Under ModelCheckpoint's own key, so run folders written before this class keep their state.
+        # Under ModelCheckpoint's own key, so a checkpoint written by Lightning's plain ModelCheckpoint resumes too.
         return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -112,7 +112,7 @@ def check_launch(config: TrainConfig, launch: Launch) -> None:
             raise ConfigError(f"the launcher started {launch.world_size} processes but devices {config.devices} x "
                               f"num_nodes {config.num_nodes} = {processes(config)}; make them equal")
     elif config.num_nodes > 1:
-        raise ConfigError("num_nodes > 1 needs a launcher on every node: torchrun or SLURM's srun (see README)")
+        raise ConfigError("num_nodes > 1 needs a launcher on every node: torchrun or SLURM's srun (see docs/deploy.md)")
     if config.folds is not None and (processes(config) > 1 or launch.external):
         raise ConfigError("cross-validation (folds) trains in one process; drop devices/num_nodes or folds")
 

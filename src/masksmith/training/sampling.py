@@ -6,9 +6,8 @@ image's is the largest of its classes'. Classes in at least a share t of the ima
 in a hundredth of them, with t = 0.1, is seen about three times as often. mIoU weighs every class alike,
 however few images show it; per-pixel class weights make its pixels count more, repeating its images also
 shows it in more contexts and augmentations. An epoch keeps its length (images are drawn with replacement,
-in proportion to their factors), so a time budget's plan is unchanged. The rule was made for schedules of many
-epochs: on the clothing photos in a 40-minute budget (8 epochs) threshold 0.1 lost, mIoU 0.153 against 0.168
-(docs/results.md, session 17), so it is an option, not planned.
+in proportion to their factors), so a time budget's plan is unchanged. The rule is made for schedules of many
+epochs; in a budget of a few epochs it loses (docs/results.md#what-did-not-help), so it is an option, not planned.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The label page in a real browser: headless Chromium (Debian's, driven by Playwright) on a live uvicorn at
 127.0.0.1. Real mouse and keyboard events draw; every test reads the mask PNG written on disk.
 
-With MASKSMITH_UPDATE_SCREENSHOT=1 the editor screenshot is also written to docs/images/label.png (the README's).
+With MASKSMITH_UPDATE_SCREENSHOT=1 the editor screenshot is also written to docs/images/label.png (docs/labelling.md's).
 """
 
 from __future__ import annotations
