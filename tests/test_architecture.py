@@ -260,8 +260,8 @@ def test_no_modules_import_each_other_in_a_circle():
 
 
 def test_inference_imports_no_training_code():
-    # Regression (issue 33): predict reached albumentations and augment through data/dataset.py's
-    # preprocess_image, and the classic U-Net loaded its weights through models/smp.py.
+    # Resizing and normalizing for inference (data.transforms) and loading weights (models.weights) are
+    # modules of their own so that predicting reaches neither augmentation nor the smp extra.
     roots = [m for m in module_files() if m == INFERENCE or m.startswith(INFERENCE + ".")]
     chains = loaded_by(roots, all_imports(everything=True))
     assert {m: chain for m, chain in chains.items() if m.startswith(NOT_FOR_INFERENCE)} == {}

@@ -54,8 +54,8 @@ EXEMPT = {"cli/app.py"}
 
 
 def test_no_signature_restates_the_ignore_default():
-    # Regression (issue 12): ~20 signatures outside data/ each said `ignore_index: int = 255`. A
-    # caller that knows its dataset passes the value; the few public defaults read the constant.
+    # The ignore default has one owner (data.encoding): a caller that knows its dataset passes the value,
+    # and the few public defaults read the constant instead of restating 255.
     restated = []
     for path in sorted(SRC.rglob("*.py")):
         for line, default in _ignore_defaults(ast.parse(path.read_text(encoding="utf-8"))):

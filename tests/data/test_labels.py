@@ -23,8 +23,8 @@ def _masks(root):
 
 
 def test_void_just_above_the_classes_is_the_ignore_value(tmp_path):
-    # Regression (issue 12): train detected void = K as one more class ("lists 3 classes but the masks hold
-    # values up to 3"), because only check passed the ignore value to detection.
+    # Train and check both pass the ignore value to detection, so void = K is not taken for one more class
+    # ("lists 3 classes but the masks hold values up to 3").
     root = make_void_dataset(tmp_path / "data", void=3)
     spec = resolve_labels(_masks(root), classes=root / "classes.txt", ignore_index=3)
     assert spec.class_names == tuple(NAMES) and spec.num_classes == 3 and spec.ignore_index == 3
