@@ -46,7 +46,7 @@ def _convert(root: Path, **kwargs):
 
 def test_ultralytics_labels_give_ultralytics_pixels(tmp_path: Path) -> None:
     # Labels written by Ultralytics' convert_segment_masks_to_yolo_seg; references drawn with its
-    # polygon2mask (see tests/data/convert/yolo-ultralytics/make.py).
+    # polygon2mask (see tests/fixtures/convert/yolo-ultralytics/make.py).
     root = tmp_path / "ds"
     shutil.copytree(FIXTURE, root, ignore=shutil.ignore_patterns("reference", "make.py", "README.md"))
     report = _convert(root)
@@ -76,7 +76,7 @@ def _ultralytics_importable() -> bool:
 
 @pytest.mark.skipif(not _ultralytics_importable(), reason="ultralytics is not importable here (it needs "
                     "torchvision, which has no build beside this CPU torch); its recorded output in "
-                    "tests/data/convert/yolo-ultralytics is checked instead")
+                    "tests/fixtures/convert/yolo-ultralytics is checked instead")
 def test_round_trip_through_ultralytics_itself(tmp_path: Path) -> None:
     from ultralytics.data.converter import convert_segment_masks_to_yolo_seg
     from ultralytics.data.utils import polygon2mask

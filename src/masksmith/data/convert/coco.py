@@ -31,7 +31,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from masksmith.core.fileio import require_writable
 from masksmith.data.classes import class_name_problem
 from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.common import (
@@ -39,8 +38,8 @@ from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     find_image,
-    refuse_overwriting_sources,
-    write_class_names,
+    open_output,
+    output_stem,
     write_sample,
 )
 from masksmith.data.convert.nesting import load_json_file
@@ -201,11 +200,6 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
     return classes, objects if objects_wanted else None
 
 
-def _output_stem(file_name: str) -> str:
-    """The name an image's outputs get: its file name's stem (Windows separators allowed)."""
-    return Path(file_name.replace("\\", "/")).stem
-
-
 def convert_coco(
     annotations: str | Path,
     images_dir: str | Path,
@@ -253,15 +247,13 @@ def convert_coco(
             sources.append(find_image(f"image id {image_id}", images_dir, entry["file_name"]))
         except DataError:
             pass  # reported when that image's turn comes
-    out_stems = list(dict.fromkeys(_output_stem(entry["file_name"]) for entry in images.values()))
-    refuse_overwriting_sources(out_dir, images_dir, sources, out_stems, visualize=visualize, objects=instances)
-    require_writable(out_dir)
-    write_class_names(out_dir, classes)
+    out_stems = list(dict.fromkeys(output_stem(entry["file_name"]) for entry in images.values()))
+    open_output(out_dir, images_dir, sources, out_stems, classes, visualize=visualize, objects=instances)
     stems: dict[str, str] = {}
     for image_id, entry in tqdm(images.items(), desc="converting coco", unit="img", disable=not progress):
         file_name = entry["file_name"]
         where = f"{ann_path}: image id {image_id} ({file_name!r})"
-        stem = _output_stem(file_name)
+        stem = output_stem(file_name)
         try:
             claim_stem(stems, stem, file_name, where)
             path = find_image(where, images_dir, file_name)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masksmith.core.fileio import atomic_path, refuse_overwrite, write_text_atomic
+from masksmith.core.fileio import atomic_path, refuse_overwrite, require_writable, write_text_atomic
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError, DataError
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
@@ -96,6 +96,21 @@ def write_sample(
         save_mask_png(object_mask, paths["object"], object_colors, ignore_index=IGNORE_INDEX)
         if visualize:
             save_image(overlay(image, object_mask, object_colors, ignore_index=IGNORE_INDEX), paths["object_viz"])
+
+
+def open_output(out_dir: Path, source_dir: Path, inputs: list[Path], stems: list[str], class_names: list[str],
+                *, visualize: bool, objects: bool) -> None:
+    """Before any sample is written: refuse outputs that would replace an input, prove OUT writable (one line
+    otherwise) and write OUT/class_names.txt."""
+    refuse_overwriting_sources(out_dir, source_dir, inputs, stems, visualize=visualize, objects=objects)
+    require_writable(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_class_names(out_dir, class_names)
+
+
+def output_stem(file_name: str) -> str:
+    """The name an image's outputs get: its file name's stem (Windows separators allowed)."""
+    return Path(file_name.replace("\\", "/")).stem
 
 
 def write_class_names(out_dir: Path, class_names: list[str]) -> None:

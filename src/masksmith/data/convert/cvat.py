@@ -34,14 +34,13 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 from tqdm.auto import tqdm
 
-from masksmith.core.fileio import require_writable
 from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     find_image,
-    refuse_overwriting_sources,
-    write_class_names,
+    open_output,
+    output_stem,
     write_sample,
 )
 from masksmith.data.convert.paint import Region, paint
@@ -305,19 +304,16 @@ def convert_cvat(
             sources.append(find_image(where, images_dir, name))
         except DataError:
             pass  # reported when that image's turn comes
-    stems = list(dict.fromkeys(Path(name.replace("\\", "/")).stem for _, name in scan.images))
-    refuse_overwriting_sources(out_dir, images_dir, sources, stems, visualize=visualize, objects=instances)
-    require_writable(out_dir)
+    stems = list(dict.fromkeys(output_stem(name) for _, name in scan.images))
+    open_output(out_dir, images_dir, sources, stems, classes, visualize=visualize, objects=instances)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_class_names(out_dir, classes)
     claimed: dict[str, str] = {}
     elements = (e for e in _images(xml_path) if e.tag == "image")
     for element in tqdm(elements, total=len(scan.images), desc="converting cvat", unit="img", disable=not progress):
         name = element.get("name") or ""
         where = f"{xml_path}: image {element.get('id', '?')} ({name!r})"
-        stem = Path(name.replace("\\", "/")).stem
+        stem = output_stem(name)
         try:
             claim_stem(claimed, stem, name, where)
             path = find_image(where, images_dir, name)

@@ -40,14 +40,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from masksmith.core.fileio import require_writable
 from masksmith.data.classes import class_name_problem, validate_class_names
 from masksmith.data.convert.class_table import IGNORE_LABEL, read_label_lines
 from masksmith.data.convert.common import (
     IGNORE_INDEX,
     ConvertReport,
-    refuse_overwriting_sources,
-    write_class_names,
+    open_output,
     write_sample,
 )
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
@@ -315,11 +313,9 @@ def convert_labelme(
     write_objects = instances and grouped
 
     inputs = json_paths + images + ([Path(labels)] if isinstance(labels, (str, Path)) else [])
-    refuse_overwriting_sources(out_dir, src_dir, inputs, [p.stem for p in json_paths],
-                               visualize=visualize, objects=write_objects)
+    open_output(out_dir, src_dir, inputs, [p.stem for p in json_paths], classes, visualize=visualize,
+                objects=write_objects)
     report = ConvertReport(class_names=list(classes))
-    require_writable(out_dir)
-    write_class_names(out_dir, classes)
     for json_path in tqdm(json_paths, desc="converting labelme", unit="file", disable=not progress):
         try:
             data, shapes = _read_annotation(json_path)

@@ -31,13 +31,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 from tqdm.auto import tqdm
 
-from masksmith.core.fileio import require_writable
 from masksmith.data.convert.class_table import class_table, read_label_lines
 from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
-    refuse_overwriting_sources,
-    write_class_names,
+    open_output,
     write_sample,
 )
 from masksmith.data.convert.labelstudio_rle import decode_brush
@@ -245,13 +243,10 @@ def convert_labelstudio(
         names = sorted(found)
         labels_source = "the labels used"
     classes, class_index = class_table([(name, name) for name in names], labels_source)
-    refuse_overwriting_sources(out_dir, images_dir, sources, list(dict.fromkeys(stems)), visualize=visualize,
-                               objects=instances)
-    require_writable(out_dir)
+    open_output(out_dir, images_dir, sources, list(dict.fromkeys(stems)), classes, visualize=visualize,
+                objects=instances)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_class_names(out_dir, classes)
     claimed: dict[str, str] = {}
     for number, task in enumerate(tqdm(tasks, desc="converting label studio", unit="task", disable=not progress)):
         where = _task_where(export, number, task)

@@ -32,13 +32,11 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from masksmith.core.fileio import require_writable
 from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
-    refuse_overwriting_sources,
-    write_class_names,
+    open_output,
     write_image_sets,
     write_sample,
 )
@@ -251,13 +249,10 @@ def convert_yolo(
         raise DataError(f"{src_dir}: no label files beside the images (looked for {images[0][1]} and the like)")
 
     sources = [yaml_path] + [p for image, label, _ in images for p in (image, label) if p.is_file()]
-    refuse_overwriting_sources(out_dir, src_dir, sources, list(dict.fromkeys(i.stem for i, _, _ in images)),
-                               visualize=visualize, objects=instances)
-    require_writable(out_dir)
+    open_output(out_dir, src_dir, sources, list(dict.fromkeys(i.stem for i, _, _ in images)), classes,
+                visualize=visualize, objects=instances)
     colors = default_colors(len(classes))
     report = ConvertReport(class_names=list(classes))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_class_names(out_dir, classes)
     for label_path in _orphan_labels(src_dir, images):
         report.failed.append((label_path, f"{label_path}: no image for this label file (looked for "
                                           f"{label_path.stem}.* under the images/ folder beside it)"))
