@@ -76,7 +76,10 @@ def live_server(app: Any, access_log: bool = False) -> Iterator[tuple[str, Any]]
     from masksmith.serve.server import bind, server_config, url_of
 
     sock = bind("127.0.0.1", 0)
-    options = app.state.options
+    from masksmith.serve.options import ServeOptions
+
+    # The label page's app carries LabelOptions: it runs with serve's default limits, as `masksmith label` does.
+    options = app.state.options if isinstance(app.state.options, ServeOptions) else ServeOptions()
     config = server_config(app, timeout_s=options.timeout_s, header_timeout_s=options.header_timeout_s,
                            max_connections=options.max_connections, access_log=access_log,
                            log_level="info" if access_log else "warning")

@@ -60,7 +60,7 @@ def test_page_segments_an_upload_and_offers_the_downloads(model_and_image, tmp_p
         answer = page.goto(url)
         assert "script-src 'self'" in answer.headers["content-security-policy"]
         assert answer.headers["x-frame-options"] == "DENY" and answer.headers["x-content-type-options"] == "nosniff"
-        page.wait_for_function("document.getElementById('model-id').textContent.length > 0")
+        page.wait_for_function("() => document.getElementById('model-id').textContent.length > 0")
         card = page.locator("#card-facts").inner_text()
         assert "red box" in card and "shapes" in card and "results.json" in card
         page.set_input_files("#file", str(image))

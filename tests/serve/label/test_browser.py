@@ -62,7 +62,7 @@ def _open(browser, url, errors):
 def _show(page, name):
     """Open an image by clicking its row in the queue."""
     page.click(f"#queue li[data-id='{image_id(name)}']")
-    page.wait_for_function(f"document.body.dataset.image === '{image_id(name)}' && "
+    page.wait_for_function(f"() => document.body.dataset.image === '{image_id(name)}' && "
                            "document.body.dataset.state === 'ready'", timeout=30_000)
 
 
@@ -86,7 +86,7 @@ def _click(page, x, y):
 def _save(page, key="Control+s"):
     page.evaluate("delete document.body.dataset.saved")
     page.keyboard.press(key)
-    page.wait_for_function("document.body.dataset.saved", timeout=30_000)
+    page.wait_for_function("() => document.body.dataset.saved", timeout=30_000)
     return page.evaluate("document.body.dataset.saved")
 
 
@@ -121,7 +121,7 @@ def test_brush_stroke_class_key_undo_redo_save(browser, shapes):
         page.keyboard.press("Control+z")  # the third is gone for good
         assert page.evaluate("document.body.dataset.dirty") == "yes"
         assert _save(page).startswith("sha256:")
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')")
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('saved')")
         page.close()
     written = read_png(shapes / "masks" / "s02.png")
     near = [_distance_to_segment(written.shape, *segment) for segment in (first, second)]
@@ -189,7 +189,7 @@ def test_accept_a_prediction_and_the_model_region(browser, shapes, model):
         page.keyboard.press("r")
         page.keyboard.press("2")
         _click(page, x + 0.5, y + 0.5)
-        page.wait_for_function("document.body.dataset.dirty === 'yes'", timeout=30_000)
+        page.wait_for_function("() => document.body.dataset.dirty === 'yes'", timeout=30_000)
         _save(page)
         page.close()
     assert np.array_equal(read_png(shapes / "masks" / "s07.png"), predicted["s07"])
@@ -220,7 +220,7 @@ def test_two_tabs_the_older_save_gets_the_conflict(browser, shapes):
         assert np.array_equal(read_png(shapes / "masks" / "s03.png"), after_first)  # not replaced silently
         second.evaluate("delete document.body.dataset.saved")
         second.click("#conflict-overwrite")  # knowingly
-        second.wait_for_function("(document.body.dataset.saved || '').startsWith('sha256:')", timeout=30_000)
+        second.wait_for_function("() => (document.body.dataset.saved || '').startsWith('sha256:')", timeout=30_000)
         first.close()
         second.close()
     final = read_png(shapes / "masks" / "s03.png")
