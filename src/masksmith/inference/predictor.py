@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.core.fileio import refuse_overwrite
-from masksmith.data.images import read_image
+from masksmith.data.images import array_image, image_to_array, read_image
 from masksmith.data.transforms import preprocess_image
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.backends import Backend, TorchBackend, open_backend
@@ -319,24 +319,14 @@ class Predictor:
         return [by_index[index] for index in range(len(images))]
 
     def to_array(self, image: ImageInput) -> np.ndarray:
-        """Any accepted input as an HxWxC uint8 array with the model's channel count."""
+        """Any accepted input as an HxWxC uint8 array with the model's channel count, by data.images' rules:
+        a path, a PIL image and an array of the same pixels give the same array (16-bit ones included)."""
+        channels = self.meta.in_channels
         if isinstance(image, (str, Path)):
-            return read_image(image, channels=self.meta.in_channels)
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("L" if self.meta.in_channels == 1 else "RGB"))
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.ndim != 3:
-            raise MasksmithError(f"expected an HxW or HxWxC image array, got shape {array.shape}")
-        if array.shape[2] != self.meta.in_channels:
-            if self.meta.in_channels == 1:
-                array = np.asarray(Image.fromarray(array[:, :, :3]).convert("L"))[:, :, None]
-            elif array.shape[2] == 1:
-                array = np.repeat(array, 3, axis=2)
-            else:
-                array = array[:, :, :3]
-        return np.ascontiguousarray(array.astype(np.uint8))
+            return read_image(image, channels=channels)
+        if not isinstance(image, Image.Image):
+            image = array_image(np.asarray(image), "image array")
+        return image_to_array(image, channels)
 
     def decide(self, probabilities: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """Class-index mask from probabilities: threshold for binary, argmax otherwise."""
