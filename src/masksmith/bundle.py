@@ -18,11 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
-from masksmith.config import InputSize, check_model_option, size_pair
+from masksmith.config import InputSize, check_model_option
 from masksmith.core.fileio import atomic_path
 from masksmith.core.version import __version__
 from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.sizes import ResizeMode, as_size
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
 
@@ -66,7 +67,7 @@ class BundleMeta(BaseModel):
     class_names: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
     colors: list[Annotated[list[ColorValue], Field(min_length=3, max_length=3)]]
     size: InputSize
-    resize: Literal["resize", "random_crop", "center_crop"]
+    resize: ResizeMode
     mean: list[Finite]
     std: list[Annotated[Finite, Field(ge=MIN_STD)]]
     threshold: Annotated[Finite, Field(gt=0, lt=1)] = 0.5
@@ -141,7 +142,7 @@ class BundleMeta(BaseModel):
     @property
     def input_shape(self) -> tuple[int, int]:
         """The network's training input as (height, width)."""
-        return size_pair(self.size)
+        return as_size(self.size)
 
     @property
     def num_classes(self) -> int:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from masksmith.core.registry import did_you_mean
 from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.sizes import ResizeMode
 from masksmith.errors import ConfigError
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]
 Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
-ResizeMode = Literal["resize", "random_crop", "center_crop"]
 MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused as damaged (bundle.py)
 Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
 # One side for square inputs, or [height, width]: what the config, the plan and the bundle store.
@@ -81,11 +81,6 @@ def planned(default: Any = ..., **field: Any) -> Any:
 def flags(*names: str) -> dict[str, Any]:
     """json_schema_extra naming a field's command-line flags (its --field-name is added unless a long one is given)."""
     return {"flags": list(names)}
-
-
-def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) of a validated input size: one side (square) or [height, width]."""
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class TrainConfig(BaseModel):

@@ -82,6 +82,7 @@ def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: i
     from masksmith.data.discover import list_images
     from masksmith.data.images import read_image
     from masksmith.data.transforms import preprocess_image
+    from masksmith.inference.tiling import auto_tile_limit, network_input_size
 
     paths = list_images([str(item) for item in inputs])[:limit]
     if not paths:
@@ -89,11 +90,12 @@ def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: i
     batches = []
     for path in paths:
         image = read_image(path, channels=meta.in_channels)
-        if meta.resize == "resize":
-            batches.append(preprocess_image(image, meta.input_shape, meta.mean, meta.std))
+        size = network_input_size(meta)
+        if size is not None:
+            batches.append(preprocess_image(image, size, meta.mean, meta.std))
             continue
-        # Crop-trained models predict large images in tiles of the training size: calibrate on such views.
-        side = 2 * max(meta.input_shape)
+        # Crop-trained models predict images up to the automatic tiling limit whole: calibrate on such views.
+        side = auto_tile_limit(meta)
         top, left = max(0, (image.shape[0] - side) // 2), max(0, (image.shape[1] - side) // 2)
         batches.append(preprocess_image(image[top:top + side, left:left + side], None, meta.mean, meta.std))
     return batches

@@ -34,6 +34,7 @@ from masksmith.inference.files import (
     write_failures,
     write_prediction,
 )
+from masksmith.inference.tiling import AUTO_TILE_FACTOR, auto_tile, default_overlap, network_input_size, tiling
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -45,9 +46,6 @@ ImageInput = np.ndarray | Image.Image | str | Path
 T = TypeVar("T")
 Blend = Literal["gaussian", "linear"]
 BLENDS = ("gaussian", "linear")
-# Crop-trained models switch to tiles when an image side exceeds this many times the training size:
-# whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
-AUTO_TILE_FACTOR = 2.0
 
 
 def check_threshold(threshold: float | None) -> float | None:
@@ -242,22 +240,11 @@ class Predictor:
     @property
     def input_size(self) -> tuple[int, int] | None:
         """The (height, width) every image is resized to before the network, or None for the image's own size."""
-        # Models trained on crops are fully convolutional: they see the whole image at prediction.
-        return self.meta.input_shape if self.meta.resize == "resize" else None
+        return network_input_size(self.meta)
 
     def tiling_for(self, shape: Sequence[int]) -> tuple[int, int] | None:
-        """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None."""
-        if self.meta.resize == "resize":
-            return None  # the whole image is resized to the training size: tiles would change its scale
-        tile = self.tile
-        if tile is None:
-            if self.auto_tile_factor is None or max(shape[:2]) <= self.auto_tile_factor * max(self.meta.input_shape):
-                return None
-            tile = max(self.meta.input_shape)
-        if max(shape[:2]) <= tile:
-            return None
-        overlap = self.overlap if self.overlap is not None else tile // 4
-        return tile, min(overlap, tile - 1)
+        """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None (inference.tiling)."""
+        return tiling(self.meta, shape, tile=self.tile, overlap=self.overlap, factor=self.auto_tile_factor)
 
     def tile_grid_for(self, shape: Sequence[int]) -> TileGrid | None:
         """The tiles an image of this HxW shape is predicted in (None: it goes through the network whole)."""
@@ -350,8 +337,9 @@ class Predictor:
                       threshold: float | None = None) -> np.ndarray:
         """Predict one image by sliding-window tiles (whatever its size); returns the HxW class-index mask."""
         array = self.to_array(image)
-        tile = tile or self.tile or max(self.meta.input_shape)
-        overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else tile // 4)
+        tile = tile or self.tile or auto_tile(self.meta)
+        overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else
+                                                       default_overlap(tile))
         batch_tensor = preprocess_image(array, None, self.meta.mean, self.meta.std)
         logits = tiled_logits(self._runner(), batch_tensor, tile=tile, overlap=overlap, multiple=self.multiple,
                               blend=blend or self.blend, batch=batch or self.tile_batch)

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from masksmith.core.devices import precision_for
-from masksmith.config import size_pair
+from masksmith.data.sizes import as_size
 from masksmith.models import build_model
 from masksmith.models.base import set_frozen
 from masksmith.planning.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
@@ -358,7 +358,7 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         return COARSE_STRIDE if coarse else 1
 
     if "size" in given:
-        sizes = [size_pair(known["size"])] if "size" in known else []
+        sizes = [as_size(known["size"])] if "size" in known else []
     else:
         sizes = aspect_sizes(median_w, median_h, SIZE_CAP[device])
     batch = int(known.get("batch_size") or _batch_for(train_images))
