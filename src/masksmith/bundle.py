@@ -22,7 +22,7 @@ from masksmith.config import InputSize, check_model_option
 from masksmith.core.fileio import atomic_path
 from masksmith.core.version import __version__
 from masksmith.data.classes import class_names_problem
-from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_CLASSES
 from masksmith.data.sizes import ResizeMode, as_size
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
@@ -35,7 +35,6 @@ FORMAT_VERSION = 1
 ONNX_FORMAT_NAME = "masksmith-onnx"
 ONNX_FORMAT_VERSION = 1
 METADATA_KEY = "masksmith"  # the metadata key in both the safetensors header and the ONNX metadata_props
-MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
 MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
 
 Parsed = TypeVar("Parsed")

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import MasksmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -99,7 +100,8 @@ def check(
     palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
     ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(255, min=0, max=255, help="mask value that marks pixels to ignore"),
+    ignore_index: int = typer.Option(DEFAULT_IGNORE_INDEX, min=0, max=255,
+                                     help="mask value that marks pixels to ignore"),
     workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
                                        "[default: runs/check-DATANAME]"),
