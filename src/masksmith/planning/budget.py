@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from masksmith.core.devices import precision_for
 from masksmith.data.sizes import as_size
 from masksmith.models import build_model
-from masksmith.models.base import set_frozen
+from masksmith.models.freeze import freeze_encoder
 from masksmith.planning.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
 
 MIN_SHORT_SIDE = 128
@@ -177,9 +177,8 @@ def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, c
     where = torch.device(device)
     network = build_model("unet", channels, num_classes, **dict(model_options or {}),
                           **({"encoder": encoder} if encoder else {})).to(where)
-    if encoder and frozen_stages:
-        for layer in network.encoder.stage_modules(frozen_stages):
-            set_frozen(layer, True, training=True)
+    if frozen_stages:
+        freeze_encoder(network, False, stages=frozen_stages)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     images = torch.randn(batch, channels, *size, device=where)
     if where.type == "cuda":  # as training feeds a GPU (--channels-last auto)
