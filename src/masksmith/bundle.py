@@ -244,7 +244,7 @@ def parse_onnx_header(raw: str | None, source: str) -> OnnxHeader:
                          "damaged masksmith metadata in ONNX model", OnnxHeader.model_validate)
 
 
-def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+def restore_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
     """The network the metadata describes, holding `weights`; BundleError unless every tensor shape matches.
 
     The architecture is first built on the meta device (no memory) and compared with the weights, so
@@ -280,4 +280,4 @@ def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: st
 def load_network(path: str | Path) -> tuple[BundleMeta, nn.Module]:
     """A bundle's metadata and its network (CPU, eval mode), shapes checked before anything is allocated."""
     meta, weights = load_bundle(path)
-    return meta, build_network(meta, weights, path).eval()
+    return meta, restore_network(meta, weights, path).eval()

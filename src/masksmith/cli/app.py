@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import MasksmithError
+from masksmith.inference.files import PREDICT_BATCH_SIZE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image segmentation: train, evaluate and predict from images + masks.")
@@ -174,7 +175,7 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096),
+    batch_size: int = typer.Option(PREDICT_BATCH_SIZE, "--batch-size", "-b", min=1, max=4096),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
     tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "

@@ -78,13 +78,15 @@ class ExportReport:
 
 
 def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
-    """Normalized 1 x C x H x W tensors from real images, preprocessed as prediction would see them."""
-    from masksmith.data.discover import list_images
+    """Normalized 1 x C x H x W tensors from real images (the first `limit` that predict would read from `inputs`,
+    folders with their subfolders), preprocessed as prediction would see them."""
     from masksmith.data.images import read_image
     from masksmith.data.transforms import preprocess_image
+    from masksmith.inference.inputs import expand_inputs
     from masksmith.inference.tiling import auto_tile_limit, network_input_size
 
-    paths = list_images([str(item) for item in inputs])[:limit]
+    found, _ = expand_inputs(list(inputs))  # entries that cannot be read are left out, as predict skips them
+    paths = [item.path for item in found][:limit]
     if not paths:
         raise MasksmithError(f"no calibration images found in {', '.join(map(str, inputs))}")
     batches = []

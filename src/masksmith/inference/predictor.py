@@ -27,6 +27,7 @@ from masksmith.data.transforms import preprocess_image
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.backends import Backend, TorchBackend, open_backend
 from masksmith.inference.files import (
+    PREDICT_BATCH_SIZE,
     PredictionPlan,
     check_mask_format,
     plan_predictions,
@@ -34,7 +35,14 @@ from masksmith.inference.files import (
     write_failures,
     write_prediction,
 )
-from masksmith.inference.tiling import AUTO_TILE_FACTOR, auto_tile, default_overlap, network_input_size, tiling
+from masksmith.inference.tiling import (
+    AUTO_TILE_FACTOR,
+    TILE_BATCH,
+    auto_tile,
+    default_overlap,
+    network_input_size,
+    tiling,
+)
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -119,7 +127,7 @@ def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 
 
 
 def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, *, tile: int, overlap: int,
-                 multiple: int = 1, blend: Blend = "gaussian", batch: int = 4,
+                 multiple: int = 1, blend: Blend = "gaussian", batch: int = TILE_BATCH,
                  checkpoint: Callable[[], None] | None = None) -> torch.Tensor:
     """Sliding-window logits (1 x K x H x W) for a normalized 1 x C x H x W image, tiles blended by weight.
 
@@ -188,7 +196,7 @@ class Predictor:
 
     def __init__(self, network: nn.Module | Backend, meta: BundleMeta, device: str = "cpu", *,
                  optimize: bool = True, tile: int | None = None, overlap: int | None = None,
-                 blend: Blend = "gaussian", tile_batch: int = 4, tta: bool = False,
+                 blend: Blend = "gaussian", tile_batch: int = TILE_BATCH, tta: bool = False,
                  auto_tile_factor: float | None = AUTO_TILE_FACTOR, multiple: int | None = None):
         self.meta = meta
         if isinstance(network, nn.Module):
@@ -368,7 +376,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                  overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
+                  overlay_images: bool = False, threshold: float | None = None, batch_size: int = PREDICT_BATCH_SIZE,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
                   sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).

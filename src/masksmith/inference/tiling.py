@@ -15,6 +15,7 @@ from masksmith.bundle import BundleMeta
 from masksmith.data.sizes import resizes_whole_image
 
 AUTO_TILE_FACTOR = 2.0
+TILE_BATCH = 4  # tiles per forward pass
 
 
 def default_overlap(tile: int) -> int:
