@@ -208,27 +208,6 @@ def _pairing_message(pairing: Pairing, *, image_dir: Path, mask_dir: Path, mask_
     return "; ".join(parts)
 
 
-def pair_files(
-    images: list[Path],
-    masks: list[Path],
-    *,
-    image_dir: Path,
-    mask_dir: Path,
-    mask_suffix: str | None = None,
-    skip_unpaired: bool = False,
-) -> list[Sample]:
-    """Pair image files with mask files by stem (or stem + mask suffix); report anything unpaired by name."""
-    pairing = _pair(images, masks, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
-    message = _pairing_message(pairing, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
-    if message is not None and not skip_unpaired:
-        raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
-    if message is not None:
-        warnings.warn(f"left out unpaired files: {message}", stacklevel=3)
-    if not pairing.samples:
-        raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
-    return pairing.samples
-
-
 class _Found:
     """Collects the pairings of one discovery, so the layouts report what they found the same way."""
 
