@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import training_step  # noqa: E402  (the plain loop's step, shared with speed.py)
 
 from masksmith.cli.options import parse_size as parse_size_flag  # noqa: E402
-from masksmith.config import size_pair  # noqa: E402
 from masksmith.core.cpu_memory import keep_freed_memory  # noqa: E402
+from masksmith.data.sizes import as_size  # noqa: E402
 from masksmith.models.encoders import ENCODERS  # noqa: E402
 from masksmith.models.registry import build_model  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """(height, width) of '288x192' or '256', as `masksmith train --size` reads it."""
-    return size_pair(parse_size_flag(text))
+    return as_size(parse_size_flag(text))
 
 
 def parse_model(spec: str, size: tuple[int, int], batch: int) -> tuple[dict, tuple[int, int], int]:

@@ -248,3 +248,14 @@ def test_onnx_channels_must_match_the_metadata(tmp_path):
     # in_channels 1 is not 2 either; only the output (2 logits for 2 classes) agrees
     with pytest.raises(masksmith.errors.BundleError, match="input has 2 channels but its masksmith metadata says 1"):
         Predictor.load(_onnx_with_header(tmp_path / "gray.onnx", gray))
+
+
+def test_one_function_per_name_for_building_networks():
+    # training.network.build_network builds a run's initial network; bundle.restore_network rebuilds a saved one.
+    import ast
+
+    src = Path(masksmith.__file__).parent
+    defined = sorted(f"{path.relative_to(src)}:{node.name}" for path in sorted(src.rglob("*.py"))
+                     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                     if isinstance(node, ast.FunctionDef) and node.name in ("build_network", "restore_network"))
+    assert defined == ["bundle.py:restore_network", "training/network.py:build_network"]

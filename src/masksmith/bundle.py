@@ -18,11 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
-from masksmith.config import InputSize, check_model_option, size_pair
+from masksmith.config import InputSize, check_model_option
 from masksmith.core.fileio import atomic_path
 from masksmith.core.version import __version__
 from masksmith.data.classes import class_names_problem
-from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_CLASSES
+from masksmith.data.sizes import ResizeMode, as_size
 from masksmith.errors import BundleError, MasksmithError
 from masksmith.models.base import DEFAULT_MULTIPLE, MAX_MULTIPLE
 
@@ -34,7 +35,6 @@ FORMAT_VERSION = 1
 ONNX_FORMAT_NAME = "masksmith-onnx"
 ONNX_FORMAT_VERSION = 1
 METADATA_KEY = "masksmith"  # the metadata key in both the safetensors header and the ONNX metadata_props
-MAX_CLASSES = 255  # uint8 masks; the ignore value is never a class
 MIN_STD = 1e-6  # normalized inputs stay far inside float32's range
 
 Parsed = TypeVar("Parsed")
@@ -66,7 +66,7 @@ class BundleMeta(BaseModel):
     class_names: Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSES)]
     colors: list[Annotated[list[ColorValue], Field(min_length=3, max_length=3)]]
     size: InputSize
-    resize: Literal["resize", "random_crop", "center_crop"]
+    resize: ResizeMode
     mean: list[Finite]
     std: list[Annotated[Finite, Field(ge=MIN_STD)]]
     threshold: Annotated[Finite, Field(gt=0, lt=1)] = 0.5
@@ -141,7 +141,7 @@ class BundleMeta(BaseModel):
     @property
     def input_shape(self) -> tuple[int, int]:
         """The network's training input as (height, width)."""
-        return size_pair(self.size)
+        return as_size(self.size)
 
     @property
     def num_classes(self) -> int:
@@ -244,7 +244,7 @@ def parse_onnx_header(raw: str | None, source: str) -> OnnxHeader:
                          "damaged masksmith metadata in ONNX model", OnnxHeader.model_validate)
 
 
-def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+def restore_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
     """The network the metadata describes, holding `weights`; BundleError unless every tensor shape matches.
 
     The architecture is first built on the meta device (no memory) and compared with the weights, so
@@ -280,4 +280,4 @@ def build_network(meta: BundleMeta, weights: dict[str, torch.Tensor], source: st
 def load_network(path: str | Path) -> tuple[BundleMeta, nn.Module]:
     """A bundle's metadata and its network (CPU, eval mode), shapes checked before anything is allocated."""
     meta, weights = load_bundle(path)
-    return meta, build_network(meta, weights, path).eval()
+    return meta, restore_network(meta, weights, path).eval()

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from masksmith.core.registry import did_you_mean
 from masksmith.data.classes import class_names_problem
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.sizes import ResizeMode
 from masksmith.errors import ConfigError
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Scheduler = Literal["none", "cosine", "poly", "plateau"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]
 Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
-ResizeMode = Literal["resize", "random_crop", "center_crop"]
 MAX_INPUT_SIZE = 8192  # network input side; a bundle asking for more is refused as damaged (bundle.py)
 Side = Annotated[int, Field(strict=True, ge=16, le=MAX_INPUT_SIZE)]
 # One side for square inputs, or [height, width]: what the config, the plan and the bundle store.
@@ -81,11 +81,6 @@ def planned(default: Any = ..., **field: Any) -> Any:
 def flags(*names: str) -> dict[str, Any]:
     """json_schema_extra naming a field's command-line flags (its --field-name is added unless a long one is given)."""
     return {"flags": list(names)}
-
-
-def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) of a validated input size: one side (square) or [height, width]."""
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class TrainConfig(BaseModel):
@@ -314,35 +309,9 @@ def refuse_unknown(names: Iterable[str], source: str) -> None:
         raise ConfigError(f"{source}: unknown option(s) {named}; valid: {valid}")
 
 
-def upgrade_legacy(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Options as they are named now: `amp` (auto|on|off, before `precision` replaced it) as the precision it
-    meant, so older config files and run folders keep loading; amp with a precision is a ConfigError."""
-    values = dict(values)
-    if "amp" not in values:
-        return values
-    amp = values.pop("amp")
-    amp = {True: "on", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp  # YAML reads on/off as booleans
-    if amp is None or amp == "auto":  # the default, which precision's auto keeps
-        return values
-    if values.get("precision") is not None:
-        raise ConfigError(f"{source}: amp was replaced by precision; give only precision")
-    if amp == "off":
-        values["precision"] = "32"
-    elif amp == "on":
-        import torch  # only for this old spelling: amp on meant fp16 on CUDA and bf16 on the CPU
-
-        device = values.get("device") or "auto"
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        values["precision"] = "16-mixed" if cuda else "bf16-mixed"
-    else:
-        raise ConfigError(f"{source}: amp {amp!r}: expected auto, on or off (amp is now precision: 32, 16-mixed, bf16-mixed)")
-    return values
-
-
 def resolve_user_config(config_file: str | Path | None = None, **overrides: Any) -> UserConfig:
     """A YAML file (optional) with overrides on top (None means 'not given'); given = the keys of both."""
-    values: dict[str, Any] = upgrade_legacy(load_yaml(config_file), str(config_file)) if config_file else {}
-    overrides = upgrade_legacy(overrides, "options")
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
     refuse_unknown(values, str(config_file))
     refuse_unknown(overrides, "options")
     given = {key: value for key, value in overrides.items() if value is not None}
@@ -353,7 +322,6 @@ def resolve_user_config(config_file: str | Path | None = None, **overrides: Any)
 
 def user_config_from(config: TrainConfig, **overrides: Any) -> UserConfig:
     """A TrainConfig built by the caller, with overrides; given = the fields its constructor received."""
-    overrides = upgrade_legacy(overrides, "options")
     refuse_unknown(overrides, "options")
     given = {key: value for key, value in overrides.items() if value is not None}
     # model_fields_set of the caller's own instance is what its constructor was passed (assignments add to it).

@@ -1,4 +1,4 @@
-"""discover / split_samples / list_images: layouts, pairing by name, and clear errors for bad folders."""
+"""discover / split_samples: layouts, pairing by name, and clear errors for bad folders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from masksmith.data import discover as discover_module
 from masksmith.data.detect import detect_encoding
-from masksmith.data.discover import Sample, discover, list_images, split_samples
+from masksmith.data.discover import Sample, discover, split_samples
 from masksmith.data.encoding import MaskEncoding
 from masksmith.errors import ConfigError, DataError
 from tests.conftest import save_array
@@ -308,39 +308,6 @@ def test_split_samples_rejects_bad_fraction(fraction):
 def test_split_samples_needs_two_samples():
     with pytest.raises(DataError, match="at least 2"):
         split_samples(_fake_samples(1), 0.2, seed=0)
-
-
-# --- list_images ---------------------------------------------------------------------------------
-
-
-def test_list_images_files_folders_and_globs(tmp_path, write_image_file):
-    pixel = np.zeros((2, 2), np.uint8)
-    for name in ("b.png", "a.jpg", "c.tif", ".hidden.png"):
-        write_image_file(tmp_path / "folder" / name, pixel)
-    write_image_file(tmp_path / "folder" / "nested" / "deep.png", pixel)
-    (tmp_path / "folder" / "readme.txt").write_text("not an image")
-    single = write_image_file(tmp_path / "one.png", pixel)
-
-    found = list_images([tmp_path / "folder"])
-    assert [p.name for p in found] == ["a.jpg", "b.png", "c.tif"]  # sorted, non-recursive, no hidden/txt
-    assert list_images([str(tmp_path / "folder" / "*.png"), single, tmp_path / "folder" / "b.png"]) == [
-        tmp_path / "folder" / "b.png",
-        single,
-    ]  # duplicates dropped, order kept
-    assert list_images([str(tmp_path / "**" / "deep.png")]) == [tmp_path / "folder" / "nested" / "deep.png"]
-
-
-def test_list_images_errors_name_the_input(tmp_path):
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'missing.png'}: no such file")):
-        list_images([tmp_path / "missing.png"])
-    with pytest.raises(DataError, match="matches no image files"):
-        list_images([str(tmp_path / "*.png")])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="folder has no images"):
-        list_images([tmp_path / "empty"])
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match="not an image file"):
-        list_images([tmp_path / "notes.txt"])
 
 
 def test_npy_masks_pair_once_discover_lists_npy(tmp_path, monkeypatch):

@@ -49,8 +49,7 @@ def _default_of(value: ast.expr) -> ast.expr:
     return value
 
 
-# cli/app.py's `check --ignore-index` option still says typer.Option(255): cli/app.py belongs to another change.
-EXEMPT = {"cli/app.py"}
+EXEMPT: set[str] = set()
 
 
 def test_no_signature_restates_the_ignore_default():
@@ -74,6 +73,23 @@ def test_the_guard_sees_a_restated_default():
             "def h(ignore_index: int = typer.Option(255, help='x')): ...\n")
     assert sorted((line, ast.unparse(d)) for line, d in _ignore_defaults(ast.parse(code))) == [
         (1, "255"), (3, "255"), (4, "DEFAULT_IGNORE_INDEX"), (5, "255")]
+
+
+def test_the_ignore_value_and_class_limit_are_defined_and_checked_only_in_data_encoding():
+    # One owner: no other module names its own ignore constant or class limit, or checks the 0..255 range itself.
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        where = str(path.relative_to(SRC))
+        if where == "data/encoding.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            found += [f"{where}:{node.lineno}: {t.id}" for t in targets if isinstance(t, ast.Name)
+                      and (t.id == "MAX_CLASSES" or t.id.endswith("IGNORE_INDEX"))]
+        found += [f"{where}: range check" for _ in re.finditer(r"ignore_index\s*<=\s*255", text)]
+    assert found == []
 
 
 def test_the_public_defaults_are_the_constant():

@@ -130,3 +130,41 @@ def test_evaluate_gallery_of_a_10000x16_strip_stays_small(trained_bundle, tmp_pa
         width, height = gallery.size
     # Four tiles of at most 2 x 256 pixels wide, plus padding (it was 640025 pixels wide).
     assert width <= 4 * (512 + 8) + 8 and height < 1000
+
+
+def test_evaluate_reads_and_predicts_each_image_once(trained_bundle, tmp_path, monkeypatch):
+    # The gallery keeps its best and worst images as they pass instead of reading and predicting them again.
+    data = make_shapes_dataset(tmp_path / "data", count=9)
+    predictor = Predictor.load(trained_bundle)
+    calls: dict[str, list[str]] = {"to_array": [], "predict": []}
+    for name in calls:
+        method = getattr(predictor, name)
+
+        def counted(image, *args, _method=method, _name=name, **kwargs):
+            calls[_name].append(str(image) if _name == "to_array" else "")
+            return _method(image, *args, **kwargs)
+
+        monkeypatch.setattr(predictor, name, counted)
+    result = masksmith.evaluate(predictor, data, split="all", out=tmp_path / "eval", progress=False)
+    assert result["images"] == 9
+    assert len(calls["predict"]) == 9 and sorted(calls["to_array"]) == sorted(set(calls["to_array"]))
+    assert (tmp_path / "eval" / "gallery.png").is_file()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gallery_picker_keeps_the_best_and_worst_in_the_order_of_a_full_sort(seed):
+    from masksmith.evaluation.scoring import GalleryPicker
+
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(0, 12))
+    dice = [None if rng.random() < 0.2 else float(rng.integers(0, 4)) / 4 for _ in range(count)]  # ties, gaps
+    picker = GalleryPicker(each=3)
+    for index, value in enumerate(dice):
+        pixel = np.full((1, 1), index, np.uint8)
+        picker.add(index, value, f"n{index}", pixel, pixel, pixel)
+    # The gallery of every image sorted at the end: worst 3 ascending, best 3 descending, none twice.
+    order = sorted((i for i in range(count) if dice[i] is not None), key=lambda i: dice[i])
+    worst = order[:3]
+    best = [i for i in reversed(order[-3:]) if i not in worst]
+    assert [int(row["image"][0, 0]) for row in picker.rows()] == best + worst
+    assert [row["caption"].split(":")[0] for row in picker.rows()] == ["best"] * len(best) + ["worst"] * len(worst)

@@ -183,3 +183,28 @@ def test_predict_lists_a_real_bomb_png_and_writes_the_other_images(trained_bundl
     assert [p.name for p in report.written] == ["fine.png"]
     assert [(p.name, "10000x10000" in why and "decompression bomb" in why) for p, why in report.failed] == [
         ("big.png", True)]
+
+
+def test_the_predict_batch_default_is_one_constant():
+    # predict_files, the Ray engine and the CLI's --batch-size read inference.files.PREDICT_BATCH_SIZE.
+    import inspect
+
+    from masksmith.cli.app import predict as predict_command
+    from masksmith.inference.files import PREDICT_BATCH_SIZE
+    from masksmith.inference.predictor import predict_files
+    from masksmith.inference.ray_engine import RayOptions
+
+    assert inspect.signature(predict_files).parameters["batch_size"].default == PREDICT_BATCH_SIZE
+    assert RayOptions().batch_size == PREDICT_BATCH_SIZE
+    assert inspect.signature(predict_command).parameters["batch_size"].default.default == PREDICT_BATCH_SIZE
+    # Nobody restates the number as a batch default.
+    import re
+    from pathlib import Path
+
+    import masksmith
+
+    src = Path(masksmith.__file__).parent
+    restated = [f"{path.relative_to(src)}:{number}" for path in sorted(src.rglob("*.py"))
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                if re.search(r"(?<!\w)(batch|batch_size|tile_batch): int = \d|Option\(\d+, \"--batch-size\"", line)]
+    assert restated == []

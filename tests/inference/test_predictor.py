@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from masksmith.bundle import BundleMeta
+from masksmith.errors import MasksmithError
 from masksmith.inference.backends import TorchBackend
 from masksmith.inference.predictor import Predictor, tiled_logits, tta_views
 from masksmith.models import build_model
@@ -133,3 +134,31 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with():
     assert torch.equal(unflipped.logits(image), backend(seen[0])) and len(seen) == 1
     assert unflipped.tta_passes == 1
     assert tta_views(["horizontal", "vertical"]) == [(), (3,), (2,), (2, 3)]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_image_gives_the_same_array_from_a_path_an_array_and_a_pil_image(tmp_path, channels):
+    # One rule turns an image into the network's uint8 array (data.images): a 16-bit image is scaled by its
+    # maximum whether predict reads it from a file or a caller hands it over in memory.
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 4000, (20, 24), dtype=np.uint16)
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")  # stored 16-bit
+    meta = _meta().model_copy(update={"in_channels": channels, "mean": [0.5] * channels, "std": [0.25] * channels})
+    predictor = Predictor(_network("unet", depth=1), meta)
+    from_path = predictor.to_array(path)
+    assert from_path.shape == (20, 24, channels) and from_path.max() == 255  # scaled, not wrapped
+    np.testing.assert_array_equal(predictor.to_array(wide), from_path)
+    np.testing.assert_array_equal(predictor.to_array(wide[:, :, None]), from_path)
+    np.testing.assert_array_equal(predictor.to_array(Image.open(path)), from_path)
+
+
+def test_in_memory_arrays_of_a_bad_shape_or_type_are_one_line_errors():
+    predictor = Predictor(_network("unet", depth=1), _meta())
+    for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((2, 4, 4, 3), np.uint8), np.array([["a"]])):
+        with pytest.raises(MasksmithError) as error:
+            predictor.to_array(bad)
+        assert "\n" not in str(error.value) and str(bad.shape) in str(error.value)

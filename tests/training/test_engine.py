@@ -57,7 +57,7 @@ def test_early_stopping_ends_a_run_that_does_not_improve(tmp_path):
 def test_channels_last_bf16_gradient_clipping_and_custom_augmentation_train_on_cpu(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2,
-                             channels_last="on", amp="on", grad_clip=1.0, model_options=TINY_UNET,
+                             channels_last="on", precision="bf16-mixed", grad_clip=1.0, model_options=TINY_UNET,
                              augment=[{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomBrightnessContrast"}],
                              out=str(tmp_path / "run"), quiet=True)
     assert "- name: HorizontalFlip" in (result.run_dir / "config.yaml").read_text()

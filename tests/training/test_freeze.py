@@ -232,3 +232,42 @@ def test_train_from_a_weights_file_and_hub_names_need_smp(tmp_path):
         masksmith.train(data, weights="imagenet", out=str(tmp_path / "run2"), **common)
     with pytest.raises(ConfigError, match="takes no encoder"):
         masksmith.train(data, encoder="resnet18", out=str(tmp_path / "run3"), **common)
+
+
+def test_freezing_has_one_owner_in_models():
+    # models/freeze.py decides what a frozen encoder is; training, the budget's timer and DDP call it.
+    import ast
+    from pathlib import Path
+
+    src = Path(masksmith.__file__).parent
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        where = str(path.relative_to(src))
+        if where.startswith("models/"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name in ("set_frozen", "stage_modules", "requires_grad_"):
+                    found.append(f"{where}:{node.lineno}: {name}")
+        found += [f"{where}: freeze condition" for line in text.splitlines()
+                  if "freeze_encoder_epochs" in line and "frozen_stages" in line and " or " in line]
+    assert found == []
+
+
+def test_freeze_encoder_freezes_the_encoder_and_keeps_its_stages_frozen():
+    from masksmith.models.freeze import freeze_encoder, freezes_encoder, frozen_stage_layers
+
+    network = build_model("unet", 3, 2, encoder="mobilenet_v2")
+    stages = frozen_stage_layers(network, 2)
+    assert stages and all(any(layer is module for module in network.encoder.modules()) for layer in stages)
+    staged = {id(p) for layer in stages for p in layer.parameters()}
+    freeze_encoder(network, True, stages=2)
+    assert not any(p.requires_grad for p in network.encoder.parameters())
+    assert all(p.requires_grad for name, p in network.named_parameters() if not name.startswith("encoder."))
+    freeze_encoder(network, False, stages=2)
+    assert all(p.requires_grad == (id(p) not in staged) for p in network.encoder.parameters())
+    assert not any(m.training for layer in stages for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert frozen_stage_layers(build_model("unet", 3, 2, **TINY_UNET), 2) == []  # no pretrained encoder: no stages
+    assert [freezes_encoder(e, s) for e, s in ((0, 0), (2, 0), (0, 3))] == [False, True, True]

@@ -184,8 +184,7 @@ def test_fewer_validation_images_than_processes_is_a_config_error(shapes_config)
     ({"devices": 10 ** 9}, "devices: Input should be less than or equal to 256"),
     ({"num_nodes": 2}, "num_nodes > 1 needs a launcher on every node"),
     ({"devices": 2, "folds": 3}, "cross-validation (folds) trains in one process"),
-    ({"amp": "on", "precision": "32"}, "amp was replaced by precision"),
-    ({"amp": "sometimes"}, "amp 'sometimes': expected auto, on or off"),
+    ({"amp": "on"}, "unknown option(s) amp"),  # precision is the one spelling
 ])
 def test_bad_launch_options_fail_before_any_data_is_read(tmp_path, options, message):
     with pytest.raises(ConfigError) as error:
@@ -205,11 +204,7 @@ def test_a_torchrun_launch_must_match_devices_times_nodes_and_not_spawn(tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_old_amp_configs_load_as_precision(tmp_path):
-    for amp, precision in (("off", "32"), ("'off'", "32"), ("auto", "auto")):  # YAML's off is False; ours quoted
-        (tmp_path / "old.yaml").write_text(f"data: d\namp: {amp}\n")
-        assert resolve_config(tmp_path / "old.yaml").precision == precision
-    assert resolve_config(data="d", amp="on", device="cpu").precision == "bf16-mixed"
+def test_precision_given_as_yaml_reads_a_number():
     assert resolve_config(data="d", precision=32).precision == "32"  # YAML's number
 
 

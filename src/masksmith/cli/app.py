@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import MasksmithError
+from masksmith.inference.files import PREDICT_BATCH_SIZE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image segmentation: train, evaluate and predict from images + masks.")
@@ -99,7 +101,8 @@ def check(
     palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
     ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
     mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(255, min=0, max=255, help="mask value that marks pixels to ignore"),
+    ignore_index: int = typer.Option(DEFAULT_IGNORE_INDEX, min=0, max=255,
+                                     help="mask value that marks pixels to ignore"),
     workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
                                        "[default: runs/check-DATANAME]"),
@@ -172,7 +175,7 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
     mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096),
+    batch_size: int = typer.Option(PREDICT_BATCH_SIZE, "--batch-size", "-b", min=1, max=4096),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
     tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "

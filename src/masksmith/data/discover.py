@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import random
 import warnings
@@ -61,7 +60,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
-def _looks_like_image(path: Path) -> bool:
+def looks_like_image(path: Path) -> bool:
     """A visible name with an image extension, whatever the entry is (file, folder, broken link)."""
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -83,7 +82,7 @@ def entry_problem(path: Path) -> str:
 
 def unusable_entries(folder: Path) -> list[Path]:
     """Image-named entries in `folder` that are not readable regular files (sorted by name)."""
-    return sorted((p for p in folder.iterdir() if _looks_like_image(p) and not p.is_file()), key=lambda p: p.name)
+    return sorted((p for p in folder.iterdir() if looks_like_image(p) and not p.is_file()), key=lambda p: p.name)
 
 
 def _name_list(names: list[str]) -> str:
@@ -207,27 +206,6 @@ def _pairing_message(pairing: Pairing, *, image_dir: Path, mask_dir: Path, mask_
     if extra:
         parts.append(f"{len(extra)} mask(s) in {mask_dir} have no image in {image_dir}: {_name_list(extra)}")
     return "; ".join(parts)
-
-
-def pair_files(
-    images: list[Path],
-    masks: list[Path],
-    *,
-    image_dir: Path,
-    mask_dir: Path,
-    mask_suffix: str | None = None,
-    skip_unpaired: bool = False,
-) -> list[Sample]:
-    """Pair image files with mask files by stem (or stem + mask suffix); report anything unpaired by name."""
-    pairing = _pair(images, masks, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
-    message = _pairing_message(pairing, image_dir=image_dir, mask_dir=mask_dir, mask_suffix=mask_suffix)
-    if message is not None and not skip_unpaired:
-        raise DataError(f"{message} (pair them, or use skip_unpaired to leave them out)")
-    if message is not None:
-        warnings.warn(f"left out unpaired files: {message}", stacklevel=3)
-    if not pairing.samples:
-        raise DataError(f"{image_dir}: no image has a mask in {mask_dir}")
-    return pairing.samples
 
 
 class _Found:
@@ -441,52 +419,3 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
     val = sorted(ordered[:n_val], key=lambda s: s.name)
     train = sorted(ordered[n_val:], key=lambda s: s.name)
     return train, val
-
-
-def _has_glob_magic(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def list_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand files, folders (non-recursive, sorted) and globs into (image paths, [(entry, reason)] skipped).
-
-    Skipped are image-named entries that are no readable file (broken links, link loops, folders
-    named x.png): a folder run lists them instead of passing over them in silence.
-    """
-    result: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = image_files(path)
-            bad = unusable_entries(path)
-            if not found and not bad:
-                expected = ", ".join(IMAGE_EXTENSIONS)
-                raise DataError(f"{path}: folder has no images (expected files ending in {expected})")
-            result.extend(found)
-            skipped.extend((p, entry_problem(p)) for p in bad)
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-            result.append(path)
-        elif _has_glob_magic(str(item)):
-            matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
-            found = [p for p in matches if is_image_file(p)]
-            bad = [p for p in matches if _looks_like_image(p) and not p.is_file()]
-            if not found and not bad:
-                raise DataError(f"{item}: pattern matches no image files")
-            result.extend(found)
-            skipped.extend((p, entry_problem(p)) for p in bad)
-        elif os.path.islink(path):
-            raise DataError(entry_problem(path))  # named on the command line: say why it cannot be read
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    return list(dict.fromkeys(result)), list(dict.fromkeys(skipped))
-
-
-def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files, folders (non-recursive, sorted) and glob patterns into image paths, without duplicates."""
-    images, skipped = list_inputs(inputs)
-    if not images and skipped:
-        raise DataError(skipped[0][1])
-    return images

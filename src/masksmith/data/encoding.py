@@ -26,15 +26,23 @@ DEFAULT_IGNORE_INDEX = 255  # the one default: VOC's void value, above any class
 MAX_CLASSES = 255  # uint8 masks: 0..254 are classes at most, so some value is always left for ignore
 
 
+def ignore_value_problem(ignore_index: Any) -> str | None:
+    """Why `ignore_index` is no value a uint8 mask can hold (None when it is one), whatever the classes."""
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+        return f"ignore_index must be an integer 0..255, got {ignore_index!r}"
+    if not 0 <= ignore_index <= 255:
+        return f"ignore_index must be between 0 and 255 (masks are uint8), got {ignore_index}"
+    return None
+
+
 def ignore_index_problem(ignore_index: Any, num_classes: int, class_names: Sequence[str] | None = None) -> str | None:
     """Why `ignore_index` cannot mark ignored pixels for `num_classes` classes (None when it can).
 
     It must be an integer 0..255 (masks are uint8) and not one of the class indices 0..K-1 (it would hide that class).
     """
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
-        return f"ignore_index must be an integer 0..255, got {ignore_index!r}"
-    if not 0 <= ignore_index <= 255:
-        return f"ignore_index must be between 0 and 255 (masks are uint8), got {ignore_index}"
+    problem = ignore_value_problem(ignore_index)
+    if problem is not None:
+        return problem
     if ignore_index < num_classes:
         name = ""
         if class_names is not None and ignore_index < len(class_names):

@@ -128,22 +128,30 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _npy_image(path: Path) -> Image.Image:
-    """An .npy array (HxW, HxWx1, HxWx3 or HxWx4; any numeric dtype) as a PIL image."""
-    array = load_npy(path, "image")
+def array_image(array: np.ndarray, where: str) -> Image.Image:
+    """An image array (HxW, HxWx1, HxWx3 or HxWx4; any numeric dtype) as a PIL image, as an .npy file is read.
+
+    Wide dtypes (16-bit, 32-bit, float) are scaled by the image's maximum, like a 16-bit PNG, so an array
+    gives the same pixels in memory as from a file. `where` names the array in the DataError.
+    """
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise DataError(f"{path}: cannot read image: array shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
+        raise DataError(f"{where}: cannot read image: array shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind not in "uif":
-        raise DataError(f"{path}: cannot read image: {array.dtype} array; expected numbers")
+        raise DataError(f"{where}: cannot read image: {array.dtype} array of shape {array.shape}; expected numbers")
     elif array.dtype != np.uint8:
         array = _wide_to_uint8(array)  # like a 16-bit PNG: scaled by the image's maximum
     if array.ndim == 3:
         array = array[:, :, :3]  # alpha dropped; a 2-D array keeps every column (a[..., :3] would cut it to 3)
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _npy_image(path: Path) -> Image.Image:
+    """An .npy array as a PIL image (array_image's rules)."""
+    return array_image(load_npy(path, "image"), str(path))
 
 
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:

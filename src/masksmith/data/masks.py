@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image
 
 from masksmith.core.fileio import atomic_path
-from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, check_class_range, describe_encoding
+from masksmith.data.encoding import (
+    DEFAULT_IGNORE_INDEX,
+    MaskEncoding,
+    check_class_range,
+    describe_encoding,
+    ignore_value_problem,
+)
 from masksmith.data.images import LOSSY_FORMATS, NPY_SUFFIX, load_npy, open_decoded
 from masksmith.data.lossy import looks_lossy, nearest_center, refuse_far_regions, warn_snapped
 from masksmith.data.palette import color_text, pack_colors, unpack_colors
@@ -342,7 +348,7 @@ def encode_mask(mask: np.ndarray, encoding: MaskEncoding, ignore_index: int = DE
     known = np.zeros(256, bool)
     lut[: len(encoding.colors)] = encoding.colors
     known[: len(encoding.colors)] = True
-    if encoding.ignore_color is not None and 0 <= ignore_index <= 255:
+    if encoding.ignore_color is not None and ignore_value_problem(ignore_index) is None:
         lut[ignore_index] = encoding.ignore_color
         known[ignore_index] = True
     bad = present[(present < 0) | (present > 255)]

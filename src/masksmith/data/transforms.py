@@ -8,26 +8,13 @@ import cv2
 import numpy as np
 import torch
 
+from masksmith.data.sizes import as_size
 from masksmith.errors import ConfigError, DataError
 
 # Nearest-neighbour that samples pixel centres, like INTER_LINEAR does; plain INTER_NEAREST samples
 # top-left corners and shifts the mask against the image by up to (scale - 1) / 2 pixels when shrinking.
 MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 IMAGE_INTERPOLATION = cv2.INTER_LINEAR
-
-
-def as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) from an int (square) or a (height, width) pair."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        pair = (int(size), int(size))
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise ConfigError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
-    if min(pair) < 1:
-        raise ConfigError(f"size must be positive, got {size!r}")
-    return pair
-
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an HxWxC uint8 image to (height, width) with bilinear interpolation."""

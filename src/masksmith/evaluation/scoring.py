@@ -23,6 +23,36 @@ from masksmith.inference.work_budget import WorkBudget, check_file
 GALLERY_EACH = 3
 
 
+class GalleryPicker:
+    """The gallery's best and worst `each` images by per-image Dice, kept as they pass (image, truth, prediction),
+    so the gallery neither re-reads nor re-predicts them; at most 2 * each + 1 images are held at a time."""
+
+    def __init__(self, each: int = GALLERY_EACH):
+        self.each = each
+        self._kept: list[tuple[float, int, str, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, index: int, dice: float | None, name: str, image: np.ndarray, truth: np.ndarray,
+            prediction: np.ndarray) -> None:
+        """Offer image `index`; images without a Dice are never shown."""
+        if dice is None:
+            return
+        self._kept.append((dice, index, name, image, truth, prediction))
+        # Order by (Dice, index), as a stable sort by Dice would: an image out of both ends now stays out.
+        self._kept.sort(key=lambda row: row[:2])
+        if len(self._kept) > 2 * self.each:
+            del self._kept[self.each]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Gallery rows: the best first (highest Dice first), then the worst (lowest first)."""
+        worst = self._kept[:self.each]
+        shown = {row[1] for row in worst}
+        best = [row for row in reversed(self._kept[-self.each:]) if row[1] not in shown] if self.each else []
+        return [{"image": image, "truth": truth, "prediction": prediction,
+                 "caption": f"{label}: {name} (Dice {dice:.3f})"}
+                for label, chosen in (("best", best), ("worst", worst))
+                for dice, _, name, image, truth, prediction in chosen]
+
+
 def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix: str | None = None) -> list[Sample]:
     """The samples of `split`: a split folder, the bundle's recorded random split (val, or train: the rest of its
     pool), or all."""
@@ -77,6 +107,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     failed: list[dict[str, str]] = []
     # Thumbnails are made as the images pass (never all full images in memory), only for the page.
     keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
+    gallery = GalleryPicker()
     budget = WorkBudget.offline()
     for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
         try:
@@ -92,6 +123,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
         scores = per_image_scores(prediction, truth, meta.num_classes, meta.ignore_index)
         per_image.append({"name": sample.name, **{key: None if np.isnan(value) else value
                                                    for key, value in scores.items()}})
+        gallery.add(len(per_image) - 1, per_image[-1]["dice"], sample.name, image, truth, prediction)
         if keeper is not None:
             keeper.add(len(per_image) - 1, per_image[-1]["dice"], image, truth, prediction)
     result = confusion.compute(class_names=meta.class_names)
@@ -106,8 +138,7 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     result["failed"] = failed
     result["per_image"] = per_image
     result["confusion_matrix"] = confusion.matrix.tolist()
-    gallery = _gallery_rows(predictor, scored, per_image, encoding, threshold)
-    write_report(out_dir, result, predictor, gallery)
+    write_report(out_dir, result, predictor, gallery.rows())
     result["out"] = str(out_dir)
     if keeper is not None:
         model = "(a Predictor in memory)" if isinstance(bundle, Predictor) else str(bundle)
@@ -133,24 +164,3 @@ def _read_pair(predictor: Predictor, sample: Sample, encoding: MaskEncoding) -> 
         raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but image "
                         f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
     return image, truth
-
-
-def _gallery_rows(predictor: Predictor, samples: list[Sample], per_image: list[dict[str, Any]],
-                  encoding: MaskEncoding, threshold: float | None) -> list[dict[str, Any]]:
-    """Rows for the best and worst images by per-image Dice (re-read: keeping all images costs memory)."""
-    order = sorted((i for i in range(len(per_image)) if per_image[i]["dice"] is not None),
-                   key=lambda i: per_image[i]["dice"])
-    worst = order[:GALLERY_EACH]
-    best = [i for i in reversed(order[-GALLERY_EACH:]) if i not in worst]
-    rows = []
-    for label, indices in (("best", best), ("worst", worst)):
-        for i in indices:
-            sample = samples[i]
-            image = predictor.to_array(sample.image)
-            rows.append({
-                "image": image,
-                "truth": read_mask(sample.mask, encoding, predictor.meta.num_classes, predictor.meta.ignore_index),
-                "prediction": predictor.predict(image, threshold),
-                "caption": f"{label}: {sample.name} (Dice {per_image[i]['dice']:.3f})",
-            })
-    return rows

@@ -78,22 +78,26 @@ class ExportReport:
 
 
 def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
-    """Normalized 1 x C x H x W tensors from real images, preprocessed as prediction would see them."""
-    from masksmith.data.discover import list_images
+    """Normalized 1 x C x H x W tensors from real images (the first `limit` that predict would read from `inputs`,
+    folders with their subfolders), preprocessed as prediction would see them."""
     from masksmith.data.images import read_image
     from masksmith.data.transforms import preprocess_image
+    from masksmith.inference.inputs import expand_inputs
+    from masksmith.inference.tiling import auto_tile_limit, network_input_size
 
-    paths = list_images([str(item) for item in inputs])[:limit]
+    found, _ = expand_inputs(list(inputs))  # entries that cannot be read are left out, as predict skips them
+    paths = [item.path for item in found][:limit]
     if not paths:
         raise MasksmithError(f"no calibration images found in {', '.join(map(str, inputs))}")
     batches = []
     for path in paths:
         image = read_image(path, channels=meta.in_channels)
-        if meta.resize == "resize":
-            batches.append(preprocess_image(image, meta.input_shape, meta.mean, meta.std))
+        size = network_input_size(meta)
+        if size is not None:
+            batches.append(preprocess_image(image, size, meta.mean, meta.std))
             continue
-        # Crop-trained models predict large images in tiles of the training size: calibrate on such views.
-        side = 2 * max(meta.input_shape)
+        # Crop-trained models predict images up to the automatic tiling limit whole: calibrate on such views.
+        side = auto_tile_limit(meta)
         top, left = max(0, (image.shape[0] - side) // 2), max(0, (image.shape[1] - side) // 2)
         batches.append(preprocess_image(image[top:top + side, left:left + side], None, meta.mean, meta.std))
     return batches

@@ -5,18 +5,21 @@ path its outputs keep under OUT.
 - a folder: every image below it (subfolders included, hidden ones and OUT itself left out), relative
   to the folder, so a flat folder gives flat outputs;
 - a glob: relative to the pattern's leading folder without wildcards (`data/**/*.png` -> `data`);
-- a manifest (.txt/.csv/.parquet, see data.manifest): relative to the common folder of its entries.
+- a manifest (.txt/.csv/.parquet, see inference.manifest): relative to the common folder of its entries.
   Entries that are missing or not image files are listed as failures, never stop the run.
+
+The one place that lists input images: predict, the Ray engine and export's int8 calibration all read
+the images `expand_inputs` finds (a folder with its subfolders).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from masksmith.data.discover import (IMAGE_EXTENSIONS, entry_problem, is_image_file, list_inputs,
-                                     unusable_entries)
+from masksmith.data.discover import IMAGE_EXTENSIONS, entry_problem, is_image_file, looks_like_image, unusable_entries
 from masksmith.errors import DataError
 from masksmith.inference.manifest import is_manifest, read_manifest
 
@@ -73,6 +76,26 @@ def _glob_base(pattern: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
+def _file_or_glob(item: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """One image file, or a glob's image files (sorted; `**` descends), and the image-named matches that
+    cannot be read; DataError for a missing file, a non-image file or a pattern that matches no image."""
+    path = Path(item)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        return [path], []
+    if _has_glob_magic(str(item)):
+        matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+        found = [p for p in matches if is_image_file(p)]
+        bad = [p for p in matches if looks_like_image(p) and not p.is_file()]
+        if not found and not bad:
+            raise DataError(f"{item}: pattern matches no image files")
+        return found, [(p, entry_problem(p)) for p in bad]
+    if os.path.islink(path):
+        raise DataError(entry_problem(path))  # named on the command line: say why it cannot be read
+    raise DataError(f"{path}: no such file or folder")
+
+
 def _from_manifest(manifest: Path) -> tuple[list[InputImage], list[tuple[Path, str]]]:
     entries = list(dict.fromkeys(read_manifest(manifest)))
     # The common folder of the image entries: outputs keep the layout below it and never leave OUT.
@@ -115,12 +138,12 @@ def expand_inputs(inputs: list[str | Path], exclude: Path | None = None
             items.extend(listed)
             failed.extend(bad)
         elif not path.exists() and _has_glob_magic(str(item)):
-            paths, bad = list_inputs([item])
+            paths, bad = _file_or_glob(item)
             base = _glob_base(str(item))
             items.extend(InputImage(p, Path(os.path.relpath(p, base))) for p in paths if not _inside(p, exclude))
             failed.extend(bad)
         else:
-            paths, bad = list_inputs([item])  # one file: its checks and messages are list_inputs'
+            paths, bad = _file_or_glob(item)
             items.extend(InputImage(p, Path(p.name)) for p in paths)
             failed.extend(bad)
     seen: set[Path] = set()

@@ -22,17 +22,26 @@ from tqdm.auto import tqdm
 
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.core.fileio import refuse_overwrite
-from masksmith.data.images import read_image
+from masksmith.data.images import array_image, image_to_array, read_image
 from masksmith.data.transforms import preprocess_image
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.backends import Backend, TorchBackend, open_backend
 from masksmith.inference.files import (
+    PREDICT_BATCH_SIZE,
     PredictionPlan,
     check_mask_format,
     plan_predictions,
     read_batch,
     write_failures,
     write_prediction,
+)
+from masksmith.inference.tiling import (
+    AUTO_TILE_FACTOR,
+    TILE_BATCH,
+    auto_tile,
+    default_overlap,
+    network_input_size,
+    tiling,
 )
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
@@ -45,9 +54,6 @@ ImageInput = np.ndarray | Image.Image | str | Path
 T = TypeVar("T")
 Blend = Literal["gaussian", "linear"]
 BLENDS = ("gaussian", "linear")
-# Crop-trained models switch to tiles when an image side exceeds this many times the training size:
-# whole-image inference on far larger inputs costs memory and sees contexts never seen in training.
-AUTO_TILE_FACTOR = 2.0
 
 
 def check_threshold(threshold: float | None) -> float | None:
@@ -121,7 +127,7 @@ def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 
 
 
 def tiled_logits(backend: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, *, tile: int, overlap: int,
-                 multiple: int = 1, blend: Blend = "gaussian", batch: int = 4,
+                 multiple: int = 1, blend: Blend = "gaussian", batch: int = TILE_BATCH,
                  checkpoint: Callable[[], None] | None = None) -> torch.Tensor:
     """Sliding-window logits (1 x K x H x W) for a normalized 1 x C x H x W image, tiles blended by weight.
 
@@ -190,7 +196,7 @@ class Predictor:
 
     def __init__(self, network: nn.Module | Backend, meta: BundleMeta, device: str = "cpu", *,
                  optimize: bool = True, tile: int | None = None, overlap: int | None = None,
-                 blend: Blend = "gaussian", tile_batch: int = 4, tta: bool = False,
+                 blend: Blend = "gaussian", tile_batch: int = TILE_BATCH, tta: bool = False,
                  auto_tile_factor: float | None = AUTO_TILE_FACTOR, multiple: int | None = None):
         self.meta = meta
         if isinstance(network, nn.Module):
@@ -242,22 +248,11 @@ class Predictor:
     @property
     def input_size(self) -> tuple[int, int] | None:
         """The (height, width) every image is resized to before the network, or None for the image's own size."""
-        # Models trained on crops are fully convolutional: they see the whole image at prediction.
-        return self.meta.input_shape if self.meta.resize == "resize" else None
+        return network_input_size(self.meta)
 
     def tiling_for(self, shape: Sequence[int]) -> tuple[int, int] | None:
-        """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None."""
-        if self.meta.resize == "resize":
-            return None  # the whole image is resized to the training size: tiles would change its scale
-        tile = self.tile
-        if tile is None:
-            if self.auto_tile_factor is None or max(shape[:2]) <= self.auto_tile_factor * max(self.meta.input_shape):
-                return None
-            tile = max(self.meta.input_shape)
-        if max(shape[:2]) <= tile:
-            return None
-        overlap = self.overlap if self.overlap is not None else tile // 4
-        return tile, min(overlap, tile - 1)
+        """(tile, overlap) when an image of this HxW shape is predicted in tiles, else None (inference.tiling)."""
+        return tiling(self.meta, shape, tile=self.tile, overlap=self.overlap, factor=self.auto_tile_factor)
 
     def tile_grid_for(self, shape: Sequence[int]) -> TileGrid | None:
         """The tiles an image of this HxW shape is predicted in (None: it goes through the network whole)."""
@@ -319,24 +314,14 @@ class Predictor:
         return [by_index[index] for index in range(len(images))]
 
     def to_array(self, image: ImageInput) -> np.ndarray:
-        """Any accepted input as an HxWxC uint8 array with the model's channel count."""
+        """Any accepted input as an HxWxC uint8 array with the model's channel count, by data.images' rules:
+        a path, a PIL image and an array of the same pixels give the same array (16-bit ones included)."""
+        channels = self.meta.in_channels
         if isinstance(image, (str, Path)):
-            return read_image(image, channels=self.meta.in_channels)
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("L" if self.meta.in_channels == 1 else "RGB"))
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.ndim != 3:
-            raise MasksmithError(f"expected an HxW or HxWxC image array, got shape {array.shape}")
-        if array.shape[2] != self.meta.in_channels:
-            if self.meta.in_channels == 1:
-                array = np.asarray(Image.fromarray(array[:, :, :3]).convert("L"))[:, :, None]
-            elif array.shape[2] == 1:
-                array = np.repeat(array, 3, axis=2)
-            else:
-                array = array[:, :, :3]
-        return np.ascontiguousarray(array.astype(np.uint8))
+            return read_image(image, channels=channels)
+        if not isinstance(image, Image.Image):
+            image = array_image(np.asarray(image), "image array")
+        return image_to_array(image, channels)
 
     def decide(self, probabilities: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """Class-index mask from probabilities: threshold for binary, argmax otherwise."""
@@ -360,8 +345,9 @@ class Predictor:
                       threshold: float | None = None) -> np.ndarray:
         """Predict one image by sliding-window tiles (whatever its size); returns the HxW class-index mask."""
         array = self.to_array(image)
-        tile = tile or self.tile or max(self.meta.input_shape)
-        overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else tile // 4)
+        tile = tile or self.tile or auto_tile(self.meta)
+        overlap = overlap if overlap is not None else (self.overlap if self.overlap is not None else
+                                                       default_overlap(tile))
         batch_tensor = preprocess_image(array, None, self.meta.mean, self.meta.std)
         logits = tiled_logits(self._runner(), batch_tensor, tile=tile, overlap=overlap, multiple=self.multiple,
                               blend=blend or self.blend, batch=batch or self.tile_batch)
@@ -390,7 +376,7 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                  overlay_images: bool = False, threshold: float | None = None, batch_size: int = 4,
+                  overlay_images: bool = False, threshold: float | None = None, batch_size: int = PREDICT_BATCH_SIZE,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
                   sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).

@@ -28,6 +28,7 @@ import numpy as np
 
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.inference.files import (
+    PREDICT_BATCH_SIZE,
     PredictionPlan,
     check_mask_format,
     plan_predictions,
@@ -64,7 +65,7 @@ class RayOptions:
 
     address: str | None = None
     actors: int | None = None  # default: as many as the cluster's CPUs (or GPUs) allow
-    batch_size: int = 4
+    batch_size: int = PREDICT_BATCH_SIZE
     threads: int = 1  # CPUs (and torch threads) per actor
     gpus_per_actor: float = 0.0
     load_options: dict[str, Any] = field(default_factory=dict)  # device, backend, tile, overlap, blend, tta

@@ -61,9 +61,9 @@ import torch
 import torch.nn.functional as F
 
 from masksmith.core.devices import precision_for
-from masksmith.config import size_pair
+from masksmith.data.sizes import as_size
 from masksmith.models import build_model
-from masksmith.models.base import set_frozen
+from masksmith.models.freeze import freeze_encoder
 from masksmith.planning.plan import SIZE_CAP, SIZE_STEP, PlanChoice, resized_structure_width
 
 MIN_SHORT_SIDE = 128
@@ -177,9 +177,8 @@ def time_training_step(encoder: str | None, size: tuple[int, int], batch: int, c
     where = torch.device(device)
     network = build_model("unet", channels, num_classes, **dict(model_options or {}),
                           **({"encoder": encoder} if encoder else {})).to(where)
-    if encoder and frozen_stages:
-        for layer in network.encoder.stage_modules(frozen_stages):
-            set_frozen(layer, True, training=True)
+    if frozen_stages:
+        freeze_encoder(network, False, stages=frozen_stages)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     images = torch.randn(batch, channels, *size, device=where)
     if where.type == "cuda":  # as training feeds a GPU (--channels-last auto)
@@ -358,7 +357,7 @@ def plan_network(fp: dict[str, Any], *, given: set[str], known: dict[str, Any], 
         return COARSE_STRIDE if coarse else 1
 
     if "size" in given:
-        sizes = [size_pair(known["size"])] if "size" in known else []
+        sizes = [as_size(known["size"])] if "size" in known else []
     else:
         sizes = aspect_sizes(median_w, median_h, SIZE_CAP[device])
     batch = int(known.get("batch_size") or _batch_for(train_images))

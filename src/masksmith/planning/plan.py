@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from masksmith.config import size_pair
+from masksmith.data.sizes import as_size
 from masksmith.errors import ConfigError, DataError
 
 SIZE_STEP = 32
@@ -148,7 +148,7 @@ def derive_plan(
     fit_batch = given_batch or BATCH_SIZES[-1]
     crop_side = None
     if "size" in known:
-        height, width = size_pair(known["size"])
+        height, width = as_size(known["size"])
         # The memory estimate counts pixels; cropping compares the images with the input's short side.
         size, crop_side = int(math.sqrt(height * width)), min(height, width)
         size_reason = f"size {size}: given"

@@ -15,6 +15,7 @@ import numpy as np
 from masksmith.core.version import __version__
 from masksmith.errors import MasksmithError
 from masksmith.inference.predictor import Predictor
+from masksmith.inference.tiling import describe_tiling
 
 
 @dataclass
@@ -121,8 +122,7 @@ class ServedModel:
             "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
                         for i, name in enumerate(meta.class_names)],
             "input": {"size": meta.size, "resize": meta.resize, "channels": meta.in_channels,
-                      "tiling": "none (resized to the input size)" if meta.resize == "resize" else
-                      f"tiles of {max(meta.input_shape)} px for images over {2 * max(meta.input_shape)} px"},
+                      "tiling": describe_tiling(meta, self.predictor.auto_tile_factor)},
             "normalization": {"mean": meta.mean, "std": meta.std},
             "threshold": meta.threshold if meta.num_classes == 2 else None,
             "ignore_index": meta.ignore_index,
@@ -134,7 +134,7 @@ class ServedModel:
     def batch_key(self, job: Job) -> Hashable:
         """Jobs with equal keys share one forward pass: the network input shape (tiled images run alone)."""
         image = job.image
-        if self.predictor.meta.resize == "resize":
+        if self.predictor.input_size is not None:
             return "resize"  # every image is resized to the training size
         if self.predictor.tiling_for(image.shape) is not None:
             return ("tiled", id(job))

@@ -12,6 +12,7 @@ import numpy as np
 
 from masksmith.bundle import FLIP_AXES, FlipAxis
 from masksmith.core.registry import Registry
+from masksmith.data.encoding import ignore_value_problem
 from masksmith.errors import ConfigError
 
 # A preset builder takes (ignore_index=, channels=) and returns the transforms of its pipeline.
@@ -185,8 +186,9 @@ def build_augmentation(
     """A Compose from a preset name or a list of {"name": Transform, **params}; None for no augmentation."""
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
-    if not 0 <= ignore_index <= 255:
-        raise ConfigError(f"ignore_index must be between 0 and 255 (masks are uint8), got {ignore_index}")
+    problem = ignore_value_problem(ignore_index)  # the classes are not known here, only the mask's range
+    if problem is not None:
+        raise ConfigError(problem)
     if spec is None:
         return None
     if isinstance(spec, str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import albumentations as A
 import cv2
@@ -15,17 +14,15 @@ from masksmith.data.discover import Sample
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.data.images import read_image
 from masksmith.data.masks import read_mask
-from masksmith.data.transforms import as_size, check_norm, normalize_image, resize_image, resize_mask
+from masksmith.data.sizes import RESIZE_MODES, ResizeMode, as_size, resizes_whole_image
+from masksmith.data.transforms import check_norm, normalize_image, resize_image, resize_mask
 from masksmith.data.validate import size_mismatch
 from masksmith.errors import ConfigError, DataError
 from masksmith.training.augment import seed_augmentation
 
-RESIZE_MODES = ("resize", "random_crop", "center_crop")
-
-
 def _crop_pipeline(mode: str, size: tuple[int, int], ignore_index: int) -> A.Compose | None:
     """Pad (image 0, mask ignore) then crop, so padding never counts as background."""
-    if mode == "resize":
+    if resizes_whole_image(mode):
         return None
     height, width = size
     crop = A.RandomCrop(height, width) if mode == "random_crop" else A.CenterCrop(height, width)
@@ -44,7 +41,7 @@ class SegmentationDataset(Dataset):
         samples: list[Sample],
         *,
         size: int | tuple[int, int],
-        resize: Literal["resize", "random_crop", "center_crop"] = "resize",
+        resize: ResizeMode = "resize",
         augment: A.Compose | None = None,
         channels: int,
         mean: list[float],
@@ -106,7 +103,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image, mask = self.read(i)
-        if self.resize == "resize":
+        if resizes_whole_image(self.resize):
             image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
         if self._pipeline is not None:
             self._reseed()

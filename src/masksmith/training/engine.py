@@ -30,8 +30,9 @@ from masksmith.core.cpu_memory import keep_freed_memory
 from masksmith.core.fileio import write_text_atomic
 from masksmith.evaluation.metrics import ConfusionMatrix, per_image_dice
 from masksmith.models import logits_to_classes
-from masksmith.models.base import batchnorm_eval, encoder_of, set_frozen
+from masksmith.models.base import batchnorm_eval, encoder_of
 from masksmith.models.encoders import ENCODERS, Encoder
+from masksmith.models.freeze import freeze_encoder, freezes_encoder, frozen_stage_layers
 from masksmith.training.checkpoints import AtomicCheckpointIO, checkpoint_callbacks
 from masksmith.training.losses import build_loss
 from masksmith.training.parallel import Launch, accelerator, build_strategy, lightning_precision
@@ -200,18 +201,11 @@ class SegmentationModule(L.LightningModule):
     @property
     def frozen_stage_layers(self) -> list[torch.nn.Module]:
         """The encoder layers frozen for the whole run (--frozen-stages), empty without them."""
-        encoder = self.encoder
-        if not self.config.frozen_stages or not isinstance(encoder, Encoder):
-            return []  # no stages to freeze: on_fit_start says so
-        return encoder.stage_modules(self.config.frozen_stages)
+        return frozen_stage_layers(self.network, self.config.frozen_stages)  # none to freeze: on_fit_start says so
 
     def set_encoder_frozen(self, frozen: bool) -> None:
         """Freeze (no gradients, BatchNorm statistics fixed) or unfreeze the encoder; its frozen stages stay frozen."""
-        encoder = self.encoder
-        if encoder is not None:
-            set_frozen(encoder, frozen, self.training)
-            for layer in self.frozen_stage_layers:
-                set_frozen(layer, True, self.training)
+        freeze_encoder(self.network, frozen, stages=self.config.frozen_stages, training=self.training)
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         """Switch train/eval mode, keeping a frozen encoder's (or frozen stages') BatchNorm layers in eval mode."""
@@ -240,7 +234,7 @@ class SegmentationModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Apply the schedule: frozen encoder before epoch freeze_encoder_epochs, trainable from it on (but for
         its frozen stages)."""
-        if (self.config.freeze_encoder_epochs or self.config.frozen_stages) and self.encoder is not None:
+        if freezes_encoder(self.config.freeze_encoder_epochs, self.config.frozen_stages) and self.encoder is not None:
             self.set_encoder_frozen(self.encoder_frozen)
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
 from masksmith.config import TrainConfig
+from masksmith.data.sizes import resizes_whole_image
 from masksmith.errors import ConfigError
 from masksmith.training.augment import build_augmentation
 from masksmith.training.checkpoints import load_checkpoint, network_weights
@@ -49,8 +50,9 @@ class SegmentationData(L.LightningDataModule):
             data.train, resize=config.resize,
             augment=build_augmentation(config.augment, ignore_index=config.ignore_index, channels=data.channels),
             **common)
-        self.val_set = SegmentationDataset(data.val, resize="resize" if config.resize == "resize" else "center_crop",
-                                           augment=None, **common)
+        # Validation sees whole images resized as training did, or the centre crop of crop-trained runs.
+        val_resize = config.resize if resizes_whole_image(config.resize) else "center_crop"
+        self.val_set = SegmentationDataset(data.val, resize=val_resize, augment=None, **common)
         self.workers = default_num_workers() if config.num_workers is None else config.num_workers
 
     def _share(self) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from masksmith.config import TrainConfig
 from masksmith.core.devices import precision_for, torch_device
 from masksmith.errors import ConfigError, MasksmithError
+from masksmith.models.freeze import freezes_encoder
 
 # Set by the process that ran the stages (rank 0) for the processes Lightning's ddp launcher starts after it:
 # they run the same command again and read rank 0's decisions (run folder, resolved config) from here.
@@ -123,7 +124,7 @@ def build_strategy(config: TrainConfig, launch: Launch) -> str | Strategy:
         return "auto"
     # A frozen encoder's parameters get no gradient in its first epochs (frozen stages: in all), which DDP must be
     # told to expect.
-    unused = config.freeze_encoder_epochs > 0 or config.frozen_stages > 0
+    unused = freezes_encoder(config.freeze_encoder_epochs, config.frozen_stages)
     if config.strategy == "ddp_spawn":
         return WeightsOnlySpawnStrategy(find_unused_parameters=unused)
     return WatchedDDPStrategy(find_unused_parameters=unused)

@@ -17,8 +17,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from masksmith.data.classes import class_name_problem
-from masksmith.data.convert.common import IGNORE_INDEX
-from masksmith.data.encoding import MAX_CLASSES
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_CLASSES
 from masksmith.errors import DataError
 
 __all__ = ["BACKGROUND_NAMES", "IGNORE_LABEL", "class_table", "read_label_lines"]
@@ -31,7 +30,7 @@ def class_table(entries: Sequence[tuple[Hashable, str]], where: str, *,
                 ignore_label: bool = True) -> tuple[list[str], dict[Hashable, int]]:
     """Class names (background first) and key → class index for the tool's (key, name) labels in order.
 
-    With ignore_label, the key of a label named IGNORE_LABEL maps to IGNORE_INDEX.
+    With ignore_label, the key of a label named IGNORE_LABEL maps to DEFAULT_IGNORE_INDEX.
     """
     keys_seen: set[Hashable] = set()
     for key, name in entries:
@@ -52,10 +51,10 @@ def class_table(entries: Sequence[tuple[Hashable, str]], where: str, *,
         raise DataError(f"{where}: label names repeat: {twice}")
     if len(names) > MAX_CLASSES:
         raise DataError(f"{where}: {len(names)} classes do not fit 8-bit masks (at most {MAX_CLASSES}, "
-                        f"because {IGNORE_INDEX} means ignore)")
+                        f"because {DEFAULT_IGNORE_INDEX} means ignore)")
     index: dict[Hashable, int] = {key: i + 1 for i, (key, _) in enumerate(others)}
     index.update({key: 0 for key, _ in background})
-    index.update({key: IGNORE_INDEX for key, _ in ignored})
+    index.update({key: DEFAULT_IGNORE_INDEX for key, _ in ignored})
     return names, index
 
 

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from masksmith.data.classes import class_name_problem
 from masksmith.data.convert.class_table import class_table
 from masksmith.data.convert.common import (
-    IGNORE_INDEX,
     ConvertReport,
     claim_stem,
     find_image,
@@ -45,6 +44,7 @@ from masksmith.data.convert.common import (
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import MAX_INSTANCE_ID
 from masksmith.data.convert.polygons import fill_polygons
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
@@ -181,8 +181,8 @@ def _masks(where: str, annotations: list[dict[str, Any]], class_index: dict[int,
     for at, crowd, _, segmentation in checked:
         if crowd:
             region = _decode(at, segmentation, height, width)
-            classes[region] = IGNORE_INDEX
-            objects[region] = IGNORE_INDEX
+            classes[region] = DEFAULT_IGNORE_INDEX
+            objects[region] = DEFAULT_IGNORE_INDEX
     instance = 0
     for at, crowd, cls, segmentation in checked:
         if crowd:

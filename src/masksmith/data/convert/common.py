@@ -16,7 +16,6 @@ from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import ConfigError, DataError
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
-IGNORE_INDEX = DEFAULT_IGNORE_INDEX
 # Orientation tag in EXIF; a JPEG carrying a rotation must be re-encoded upright, not copied.
 _EXIF_ORIENTATION = 0x0112
 
@@ -87,15 +86,16 @@ def write_sample(
             tmp.write_bytes(data)
     else:
         save_image(image, jpeg_path)
-    save_mask_png(class_mask, paths["class"], class_colors, ignore_index=IGNORE_INDEX)
+    save_mask_png(class_mask, paths["class"], class_colors, ignore_index=DEFAULT_IGNORE_INDEX)
     if visualize:
-        save_image(overlay(image, class_mask, class_colors, ignore_index=IGNORE_INDEX), paths["class_viz"])
+        save_image(overlay(image, class_mask, class_colors, ignore_index=DEFAULT_IGNORE_INDEX), paths["class_viz"])
     if object_mask is not None:
-        ids = object_mask[object_mask != IGNORE_INDEX]
+        ids = object_mask[object_mask != DEFAULT_IGNORE_INDEX]
         object_colors = default_colors(int(ids.max()) + 1 if ids.size else 1)
-        save_mask_png(object_mask, paths["object"], object_colors, ignore_index=IGNORE_INDEX)
+        save_mask_png(object_mask, paths["object"], object_colors, ignore_index=DEFAULT_IGNORE_INDEX)
         if visualize:
-            save_image(overlay(image, object_mask, object_colors, ignore_index=IGNORE_INDEX), paths["object_viz"])
+            save_image(overlay(image, object_mask, object_colors, ignore_index=DEFAULT_IGNORE_INDEX),
+                       paths["object_viz"])
 
 
 def open_output(out_dir: Path, source_dir: Path, inputs: list[Path], stems: list[str], class_names: list[str],

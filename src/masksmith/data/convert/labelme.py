@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 from masksmith.data.classes import class_name_problem, validate_class_names
 from masksmith.data.convert.class_table import IGNORE_LABEL, read_label_lines
 from masksmith.data.convert.common import (
-    IGNORE_INDEX,
     ConvertReport,
     open_output,
     write_sample,
@@ -51,6 +50,7 @@ from masksmith.data.convert.common import (
 from masksmith.data.convert.labelme_raster import LINE_WIDTH, POINT_SIZE, SHAPE_TYPES, shape_to_mask
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import MAX_INSTANCE_ID
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_CLASSES
 from masksmith.data.images import read_image
 from masksmith.data.limits import open_image
 from masksmith.errors import ConfigError, DataError, MasksmithError
@@ -90,11 +90,11 @@ def read_labels(labels: str | Path | Sequence[str]) -> tuple[list[str], dict[str
     classes = [BACKGROUND_LABEL] + [n for n in names if n not in (IGNORE_LABEL, BACKGROUND_LABEL)]
     if len(classes) < 2:
         raise DataError(f"{where}: no class labels (only {IGNORE_LABEL!r}/{BACKGROUND_LABEL!r} or empty)")
-    if len(classes) > IGNORE_INDEX:
-        raise DataError(f"{where}: {len(classes)} classes do not fit 8-bit masks (at most {IGNORE_INDEX}, "
-                        f"because {IGNORE_INDEX} means ignore)")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{where}: {len(classes)} classes do not fit 8-bit masks (at most {MAX_CLASSES}, "
+                        f"because {DEFAULT_IGNORE_INDEX} means ignore)")
     index = {name: i for i, name in enumerate(classes)}
-    index[IGNORE_LABEL] = IGNORE_INDEX
+    index[IGNORE_LABEL] = DEFAULT_IGNORE_INDEX
     return classes, index
 
 
@@ -244,7 +244,7 @@ def _masks(json_path: Path, size: tuple[int, int], shapes: list[_Shape], label_i
         classes[region] = label_index[shape.label]
         objects[region] = instance
     # Labelme's instance masks are 0 wherever the class is ignore; background is no instance either.
-    objects[(classes == IGNORE_INDEX) | (classes == 0)] = 0
+    objects[(classes == DEFAULT_IGNORE_INDEX) | (classes == 0)] = 0
     if not objects_wanted:
         return classes, None  # a semantic dataset: any number of regions, e.g. a prediction's thousand specks
     if objects.max(initial=0) > MAX_INSTANCE_ID:
@@ -302,9 +302,9 @@ def convert_labelme(
     found, grouped, images = _scan(json_paths)
     if labels is None:
         classes = [BACKGROUND_LABEL] + sorted(found - {IGNORE_LABEL, BACKGROUND_LABEL})
-        if len(classes) > IGNORE_INDEX:
-            raise DataError(f"{src_dir}: {len(classes)} labels do not fit 8-bit masks (at most {IGNORE_INDEX})")
-        label_index = {name: i for i, name in enumerate(classes)} | {IGNORE_LABEL: IGNORE_INDEX}
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{src_dir}: {len(classes)} labels do not fit 8-bit masks (at most {MAX_CLASSES})")
+        label_index = {name: i for i, name in enumerate(classes)} | {IGNORE_LABEL: DEFAULT_IGNORE_INDEX}
         labels_source = "the labels list"
     else:
         classes, label_index = read_labels(labels)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from masksmith.data.convert.common import IGNORE_INDEX
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 from masksmith.errors import DataError
 
 __all__ = ["MAX_INSTANCE_ID", "Region", "paint"]
 
 # Instance ids share the byte with the ignore value.
-MAX_INSTANCE_ID = IGNORE_INDEX - 1
+MAX_INSTANCE_ID = DEFAULT_IGNORE_INDEX - 1
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def paint(where: str, size: tuple[int, int], regions: Iterable[Region], *,
         classes[pixels] = region.class_index
         if objects is None:
             continue
-        if region.class_index in (0, IGNORE_INDEX):
+        if region.class_index in (0, DEFAULT_IGNORE_INDEX):
             objects[pixels] = region.class_index
             continue
         key = region.instance if region.instance is not None else ("region", number)
