@@ -13,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from masksmith.cli.options import generated_command
+from masksmith.core.command_config import CommandConfig
+from masksmith.data.check.config import CheckConfig
 from masksmith.errors import MasksmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -89,43 +92,31 @@ _train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 app.command("train")(user_errors(_train))
 
 
-@app.command()
-@user_errors
-def check(
-    data: Path = typer.Argument(..., help="dataset folder"),
-    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    foreground: Optional[int] = typer.Option(None, min=0, max=65535,
-                                             help="binary masks: the pixel value meaning foreground"),
-    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
-    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
-    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(255, min=0, max=255, help="mask value that marks pixels to ignore"),
-    workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
-                                       "[default: runs/check-DATANAME]"),
-    json_output: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
-    strict: bool = typer.Option(False, "--strict", help="exit 1 when there are warnings"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+def _command(name: str, config: type[CommandConfig], group: typer.Typer | None = None) -> Callable[..., Any]:
+    """Register `body` as the command `name`, its options generated from `config` (cli.options)."""
+
+    def register(body: Callable[..., Any]) -> Callable[..., Any]:
+        (group or app).command(name)(user_errors(generated_command(body, config)))
+        return body
+
+    return register
+
+
+@_command("check", CheckConfig)
+def check(data: Path = typer.Argument(..., help="dataset folder"), *, options: CheckConfig) -> None:
     """Check a dataset: pairing, unreadable files, sizes, mask values, class frequencies, duplicates, leakage.
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict."""
-    import json
-
-    from masksmith.cli.options import parse_color
     from masksmith.data.check import print_report
     from masksmith.data.check.step import check as check_data
 
-    color = parse_color(ignore_color) if ignore_color is not None else None
-    result = check_data(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
-                        ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output),
-                        palette=palette, ignore_color=color, out=out)
-    if json_output:
-        typer.echo(json.dumps(result.report.to_dict(), indent=1))
-    elif not quiet:
+    result = check_data(data, **options.api_values(), progress=not (options.quiet or options.json_output))
+    if options.json_output:
+        typer.echo(result.to_json())
+    elif not options.quiet:
         print_report(result.report, Console())
         typer.echo(f"report: {result.report_path}, fingerprint: {result.fingerprint_path}")
-    raise typer.Exit(result.report.exit_code(strict))
+    raise typer.Exit(result.report.exit_code(options.strict))
 
 
 @app.command()

@@ -20,6 +20,10 @@ class CheckResult:
     report_path: Path
     fingerprint_path: Path
 
+    def to_json(self) -> str:
+        """The report as report.json holds it and `masksmith check --json` prints it."""
+        return json.dumps(self.report.to_dict(), indent=1)
+
 
 def check(data: str | Path, *, classes: str | Path | list[str] | None = None, foreground: int | None = None,
           mask_suffix: str | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX, palette: str | Path | None = None,
@@ -33,6 +37,7 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
     report = check_dataset(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
                            ignore_index=ignore_index, workers=workers, progress=progress, palette=palette,
                            ignore_color=tuple(ignore_color) if ignore_color else None)
-    report_path = folder / "report.json"
-    write_text_atomic(report_path, json.dumps(report.to_dict(), indent=1))
-    return CheckResult(report, report_path, write_fingerprint(report, folder / "fingerprint.json"))
+    result = CheckResult(report, folder / "report.json", folder / "fingerprint.json")
+    write_text_atomic(result.report_path, result.to_json())
+    write_fingerprint(report, result.fingerprint_path)
+    return result
