@@ -17,6 +17,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, List, Literal, Optional
 
 import typer
@@ -248,27 +249,81 @@ def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
 _PARSERS = {"size": parse_size, "color": parse_color, "floats": parse_floats, "pairs": parse_pairs}
 
 
-def options_table() -> str:
-    """The options as a Markdown table (option, flag, default, description) for docs/training.md."""
+def _table_fields(config: Config) -> list[CliOption]:
+    """The options a table lists: a converter's own (those every converter takes have a table of their own)."""
+    parent = config.__mro__[1]
+    inherited = set(parent.model_fields) if parent is not CommandConfig and issubclass(parent, CommandConfig) else set()
+    return [option for option in cli_options(config) if option.field not in inherited]
+
+
+def options_table(config: Config = TrainConfig) -> str:
+    """The options as a Markdown table (option, flag, default, description) for the command's docs page; the
+    option column is also the Python API's keyword (the presentation options say they are the CLI's own)."""
     rows = ["| option | flag | default | description |", "|---|---|---|---|"]
-    for option in cli_options():
+    for option in _table_fields(config):
+        field = config.model_fields[option.field]
         flags = ", ".join(f"`{flag}`" for flag in option.flags)
-        description = TrainConfig.model_fields[option.field].description + _choices_text(option.field)
-        rows.append(f"| `{option.field}` | {flags} | {default_text(option.field)} | "
-                    f"{description.replace('|', '&#124;')} |")
+        description = (field.description or "") + _choices_text(option.field, config)
+        if field_extra(field).get("cli_only"):
+            description += " (command line only)"
+        rows.append(f"| `{option.field}` | {flags} | {default_text(option.field, config)} | "
+                    f"{description.replace('|', '&#124;').replace('<', '&lt;')} |")
     return "\n".join(rows) + "\n"
 
 
+def _command_configs() -> dict[str, Config]:
+    from masksmith.data.check.config import CheckConfig
+    from masksmith.data.convert.config import (ConvertConfig, LabelmeConvertConfig, LabelStudioConvertConfig,
+                                               YoloConvertConfig)
+    from masksmith.evaluation.config import EvaluateConfig
+    from masksmith.inference.config import ExportConfig, PredictConfig
+    from masksmith.serve.config import ServeConfig
+
+    return {"train": TrainConfig, "check": CheckConfig, "convert": ConvertConfig,
+            "convert labelme": LabelmeConvertConfig, "convert yolo": YoloConvertConfig,
+            "convert labelstudio": LabelStudioConvertConfig, "evaluate": EvaluateConfig, "predict": PredictConfig,
+            "export": ExportConfig, "serve": ServeConfig}
+
+
+# The options model of each command (`convert`: the options every converter takes; a converter's own model
+# holds its other options).
+COMMAND_CONFIGS: dict[str, Config] = _command_configs()
 OPTIONS_TABLE_FILE = "docs/training.md"
+# Which commands' tables each docs page holds.
+TABLE_PAGES: dict[str, tuple[str, ...]] = {
+    "docs/training.md": ("train",),
+    "docs/data.md": ("check", "convert", "convert labelme", "convert yolo", "convert labelstudio"),
+    "docs/evaluation.md": ("evaluate",),
+    "docs/inference.md": ("predict", "export"),
+    "docs/serve.md": ("serve",),
+}
 TABLE_START, TABLE_END = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
 
 
-def with_options_table(page: str, source: str = OPTIONS_TABLE_FILE) -> str:
-    """`page` with the generated table between its markers; ConfigError when it has none."""
-    if TABLE_START not in page or TABLE_END not in page.split(TABLE_START, 1)[1]:
-        raise ConfigError(f"{source}: no options table markers ({TABLE_START.strip()} ... {TABLE_END})")
-    head, rest = page.split(TABLE_START, 1)
-    return head + TABLE_START + options_table() + TABLE_END + rest.split(TABLE_END, 1)[1]
+def table_markers(command: str = "train") -> tuple[str, str]:
+    """The markers around a command's table (train's table has the plain ones)."""
+    if command == "train":
+        return TABLE_START, TABLE_END
+    name = command.replace(" ", "-")
+    return f"<!-- options-table:{name}:start -->\n", f"<!-- options-table:{name}:end -->"
+
+
+def with_options_table(page: str, source: str = OPTIONS_TABLE_FILE, command: str = "train") -> str:
+    """`page` with the command's generated table between its markers; ConfigError when it has none."""
+    start, end = table_markers(command)
+    if start not in page or end not in page.split(start, 1)[1]:
+        raise ConfigError(f"{source}: no options table markers ({start.strip()} ... {end})")
+    head, rest = page.split(start, 1)
+    return head + start + options_table(COMMAND_CONFIGS[command]) + end + rest.split(end, 1)[1]
+
+
+def with_options_tables(page: str, source: str) -> str:
+    """`page` with the table of every command TABLE_PAGES gives it (by the page's file name; train's otherwise)."""
+    commands = next((names for path, names in TABLE_PAGES.items() if Path(path).name == Path(source).name),
+                    ("train",))
+    for command in commands:
+        page = with_options_table(page, source, command)
+    return page
 
 
 def _main(argv: list[str]) -> None:
@@ -276,14 +331,12 @@ def _main(argv: list[str]) -> None:
         print(options_table(), end="")
         return
     if len(argv) != 2 or argv[0] != "--write":
-        raise SystemExit("usage: python -m masksmith.cli.options [--write docs/training.md]")
-    from pathlib import Path
-
+        raise SystemExit("usage: python -m masksmith.cli.options [--write docs/PAGE.md]")
     from masksmith.core.fileio import write_text_atomic
 
     page = Path(argv[1])
     try:
-        write_text_atomic(page, with_options_table(page.read_text(encoding="utf-8"), str(page)))
+        write_text_atomic(page, with_options_tables(page.read_text(encoding="utf-8"), str(page)))
     except (ConfigError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
 
