@@ -27,6 +27,8 @@ from masksmith.evaluation.config import EvaluateConfig
 from masksmith.inference.backends import DEFAULT_OPSET
 from masksmith.inference.config import ExportConfig, PredictConfig
 from masksmith.serve.config import ServeConfig
+from masksmith.serve.label.config import DEFAULT_PORT, LabelConfig
+from masksmith.serve.label.store import LabelOptions
 from masksmith.serve.options import ServeOptions
 
 runner = CliRunner()
@@ -75,6 +77,7 @@ def test_defaults_are_read_from_their_owners():
     assert ServeConfig().serve_options() == ServeOptions()  # every serve default is ServeOptions'
     assert PredictConfig(out="o").polygon_tolerance == DEFAULT_TOLERANCE
     assert ExportConfig().opset == DEFAULT_OPSET
+    assert LabelConfig().label_options() == LabelOptions()
 
 
 @pytest.mark.parametrize("function, config", [
@@ -169,6 +172,21 @@ def test_serve_flags_become_the_servers_options(monkeypatch):
 def test_the_python_api_checks_names_by_the_config_before_reading(tmp_path):
     with pytest.raises(ConfigError, match=r"did you mean 'test'\?"):
         masksmith.evaluate(tmp_path / "missing.msb", tmp_path, split="tset")
+
+
+def test_label_flags_become_the_label_servers_arguments(monkeypatch):
+    import masksmith.serve
+    import masksmith.serve.label.server
+
+    seen = {}
+    monkeypatch.setattr(masksmith.serve, "require_serve_extra", lambda: None)
+    monkeypatch.setattr(masksmith.serve.label.server, "label",
+                        lambda data, model, options, **kwargs: seen.update(data=data, model=model, options=options,
+                                                                           **kwargs))
+    result = runner.invoke(app, ["label", "d", "--ignore-color", "1,2,3", "--max-upload-mb", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == LabelOptions(ignore_color=(1, 2, 3)) and seen["model"] is None
+    assert (seen["port"], seen["max_upload_bytes"], seen["access_log"]) == (DEFAULT_PORT, 2 * 2**20, False)
 
 
 def test_the_configs_refuse_unknown_keywords_with_the_closest():

@@ -21,7 +21,9 @@ from masksmith.data.convert.config import (ConvertConfig, LabelmeConvertConfig, 
 from masksmith.errors import MasksmithError
 from masksmith.evaluation.config import EvaluateConfig
 from masksmith.inference.config import ExportConfig, PredictConfig
+from masksmith.inference.work_budget import MB
 from masksmith.serve.config import ServeConfig
+from masksmith.serve.label.config import LabelConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image segmentation: train, evaluate and predict from images + masks.")
@@ -234,40 +236,19 @@ def serve_command(model: Path = typer.Argument(..., help="model bundle (model.ms
     serve(model, options.serve_options(), backend=options.backend, access_log=not options.quiet)
 
 
-@app.command("label")
-@user_errors
+@_command("label", LabelConfig)
 def label_command(
     data: Path = typer.Argument(..., help="dataset folder (images/ + masks/, split folders, VOC, or a folder of images)"),
-    model: Optional[Path] = typer.Option(None, "--model", help="model bundle (model.msb) or ONNX export: its "
-                                         "predictions start each mask, rank the queue and drive the region assist"),
-    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first "
-                                          "[default: DATA/classes.txt]"),
-    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
-    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
-    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
-    ignore_index: Optional[int] = typer.Option(None, help="mask value that marks pixels to ignore [default: 255]"),
-    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
-    port: int = typer.Option(8001, help="TCP port (0: a free one)"),
-    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_LABEL_TOKEN", help="bearer token required on "
-                                        "every route (in a browser, open /?token=TOKEN once)"),
-    threads: Optional[int] = typer.Option(None, help="compute threads of the model [default: one per core]"),
-    max_upload_mb: float = typer.Option(64.0, help="largest mask upload in MiB (413 above)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
+    *, options: LabelConfig,
 ) -> None:
     """Label DATA in the browser: draw and correct masks, saved in the dataset's own encoding."""
     from masksmith.serve import require_serve_extra
 
     require_serve_extra()
-    from masksmith.cli.options import parse_color
     from masksmith.serve.label.server import label
-    from masksmith.serve.label.store import LabelOptions
 
-    color = tuple(parse_color(ignore_color)) if ignore_color is not None else None
-    options = LabelOptions(classes=classes, foreground=foreground, palette=palette, ignore_color=color,
-                           ignore_index=ignore_index, mask_suffix=mask_suffix)
-    label(data, model, options, host=host, port=port, token=token, threads=threads,
-          max_upload_bytes=int(max_upload_mb * 2**20), access_log=not quiet)
+    label(data, options.model, options.label_options(), host=options.host, port=options.port, token=options.token,
+          threads=options.threads, max_upload_bytes=int(options.max_upload_mb * MB), access_log=not options.quiet)
 
 
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")

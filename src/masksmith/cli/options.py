@@ -278,11 +278,12 @@ def _command_configs() -> dict[str, Config]:
     from masksmith.evaluation.config import EvaluateConfig
     from masksmith.inference.config import ExportConfig, PredictConfig
     from masksmith.serve.config import ServeConfig
+    from masksmith.serve.label.config import LabelConfig
 
     return {"train": TrainConfig, "check": CheckConfig, "convert": ConvertConfig,
             "convert labelme": LabelmeConvertConfig, "convert yolo": YoloConvertConfig,
             "convert labelstudio": LabelStudioConvertConfig, "evaluate": EvaluateConfig, "predict": PredictConfig,
-            "export": ExportConfig, "serve": ServeConfig}
+            "export": ExportConfig, "serve": ServeConfig, "label": LabelConfig}
 
 
 # The options model of each command (`convert`: the options every converter takes; a converter's own model
@@ -296,6 +297,7 @@ TABLE_PAGES: dict[str, tuple[str, ...]] = {
     "docs/evaluation.md": ("evaluate",),
     "docs/inference.md": ("predict", "export"),
     "docs/serve.md": ("serve",),
+    "docs/labelling.md": ("label",),
 }
 TABLE_START, TABLE_END = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
 

@@ -14,12 +14,15 @@ Field extras (json_schema_extra) the generator reads: `flags` (the field's flags
 from __future__ import annotations
 
 import typing
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from masksmith.core.registry import did_you_mean
 from masksmith.errors import ConfigError
+
+# An R,G,B option value (an ignored color).
+RgbColor = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
 
 
 def field_extra(field: Any) -> dict[str, Any]:

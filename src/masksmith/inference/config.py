@@ -11,7 +11,7 @@ from masksmith.annotations import ANNOTATION_FORMATS, DEFAULT_TOLERANCE
 from masksmith.core.command_config import CommandConfig, extra
 from masksmith.core.devices import DEVICES
 from masksmith.inference.backends import BACKENDS, DEFAULT_OPSET
-from masksmith.inference.files import MASK_FORMATS
+from masksmith.inference.files import MASK_FORMATS, PREDICT_BATCH_SIZE
 from masksmith.inference.predictor import BLENDS
 from masksmith.inference.ray_engine import RayOptions
 
@@ -36,7 +36,7 @@ class PredictConfig(CommandConfig):
     mask_format: str = Field(MASK_FORMATS[0], description="palette: indexed PNG of class indices; dataset: the "
                              "training masks' own encoding (0/255, RGB colors, ...)",
                              json_schema_extra=extra(choices=MASK_FORMATS))
-    batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE, description="images predicted together",
+    batch_size: int = Field(PREDICT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="images predicted together",
                             json_schema_extra=extra("-b"))
     device: str = Field("auto", description="where the model runs", json_schema_extra=extra(choices=DEVICES))
     backend: str | None = Field(None, description="how the model runs", json_schema_extra=extra(

@@ -28,6 +28,9 @@ MASK_FORMATS = ("palette", "dataset")
 FAILURES_NAME = "failures.csv"
 OVERLAY_DIR = "overlays"
 
+# Images per forward pass when predicting files; predict_files, the Ray engine and the CLI all default to it.
+PREDICT_BATCH_SIZE = 4
+
 
 def check_mask_format(mask_format: str) -> None:
     """Raise a MasksmithError for a mask format other than palette or dataset."""

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import Field
 
-from masksmith.core.command_config import CommandConfig, extra
+from masksmith.core.command_config import CommandConfig, RgbColor, extra
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_PIXEL_VALUE
 from masksmith.data.limits import MAX_WORKERS
 
-ColorValue = Annotated[int, Field(ge=0, le=255)]
 
 
 class CheckConfig(CommandConfig):
@@ -19,11 +17,12 @@ class CheckConfig(CommandConfig):
 
     COMMAND = "check"
 
-    classes: str | None = Field(None, description="classes.txt, one name per line, background first")
+    classes: Path | list[str] | None = Field(None, description="classes.txt, one name per line, background first "
+                                            "(Python: or a list of names)", json_schema_extra=extra(kind="str"))
     foreground: int | None = Field(None, ge=0, le=MAX_PIXEL_VALUE,
                                    description="binary masks: the pixel value meaning foreground")
-    palette: str | None = Field(None, description="RGB color masks: palette file (labelmap.txt, name,r,g,b)")
-    ignore_color: Annotated[list[ColorValue], Field(min_length=3, max_length=3)] | None = Field(
+    palette: Path | None = Field(None, description="RGB color masks: palette file (labelmap.txt, name,r,g,b)")
+    ignore_color: RgbColor | None = Field(
         None, description="RGB color masks: ignored color as R,G,B", json_schema_extra=extra(kind="color"))
     mask_suffix: str | None = Field(None, description="mask file suffix, e.g. _mask")
     ignore_index: int = Field(DEFAULT_IGNORE_INDEX, ge=0, le=255, description="mask value that marks pixels to ignore")

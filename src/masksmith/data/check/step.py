@@ -9,6 +9,7 @@ from typing import Sequence
 
 from masksmith.core.fileio import require_writable, write_text_atomic
 from masksmith.data.check import CheckReport, check_dataset, write_fingerprint
+from masksmith.data.check.config import CheckConfig
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
 
 
@@ -30,7 +31,10 @@ def check(data: str | Path, *, classes: str | Path | list[str] | None = None, fo
           ignore_color: Sequence[int] | None = None, workers: int | None = None, progress: bool = True,
           out: str | Path | None = None) -> CheckResult:
     """Check a dataset (pairing, readability, sizes, mask values, classes, duplicates); writes OUT/report.json
-    and OUT/fingerprint.json (default OUT: runs/check-DATANAME). Problems are in the report, not raised."""
+    and OUT/fingerprint.json (default OUT: runs/check-DATANAME). Problems are in the report, not raised.
+    The keywords are CheckConfig's (data/check/config.py), checked by it before anything is read."""
+    CheckConfig.of(classes=classes, foreground=foreground, mask_suffix=mask_suffix, ignore_index=ignore_index,
+                   palette=palette, ignore_color=ignore_color, workers=workers, out=out)
     folder = Path(out) if out is not None else Path("runs") / f"check-{Path(data).resolve().name}"
     if Path(data).is_dir():  # a missing DATA is check_dataset's one-line error, before a folder is made for it
         require_writable(folder)  # before the check, which may read for minutes
