@@ -1,7 +1,7 @@
 """Options models → command-line options, their help and the options tables of the docs pages.
 
 Every option of `masksmith train` comes from a TrainConfig field, and every option of check, evaluate,
-predict, export, serve and convert from a field of that command's CommandConfig (COMMAND_CONFIGS): its flag
+predict, export, serve, label and convert from a field of that command's CommandConfig (COMMAND_CONFIGS): its flag
 (--field-name, plus the field's extra `flags`), its help (the field's description, the valid names from the
 registries or the Literal, the default) and how its text is parsed. A new field therefore appears on the
 command line, in `--help` and in the options table at once.
@@ -89,30 +89,30 @@ def _kind(name: str, annotation: Any, config: Config = TrainConfig) -> str:
 def choices(name: str, config: Config = TrainConfig) -> list[str] | None:
     """The valid values of a name-valued option, from the registries (models, losses, augmentation presets,
     encoders), the metric list, the field's `choices` or its Literal; None for free-form options."""
-    if config is TrainConfig:
-        if name == "model":
-            from masksmith.models import MODELS
+    if config is not TrainConfig:
+        return list(valid_names(config.model_fields[name])) or None
+    if name == "model":
+        from masksmith.models import MODELS
 
-            return MODELS.names()
-        if name == "loss":
-            from masksmith.training.losses import LOSSES
+        return MODELS.names()
+    if name == "loss":
+        from masksmith.training.losses import LOSSES
 
-            return LOSSES.names()
-        if name == "augment":
-            from masksmith.training.augment import AUGMENTATIONS
+        return LOSSES.names()
+    if name == "augment":
+        from masksmith.training.augment import AUGMENTATIONS
 
-            return AUGMENTATIONS.names()
-        if name == "encoder":
-            from masksmith.models.encoders import ENCODERS
+        return AUGMENTATIONS.names()
+    if name == "encoder":
+        from masksmith.models.encoders import ENCODERS
 
-            return list(ENCODERS)
-        if name == "monitor":
-            return list(MONITORED_METRICS)
-        annotation = TrainConfig.model_fields[name].annotation
-        if typing.get_origin(annotation) is Literal:
-            return [str(value) for value in typing.get_args(annotation)]
-        return None
-    return list(valid_names(config.model_fields[name])) or None
+        return list(ENCODERS)
+    if name == "monitor":
+        return list(MONITORED_METRICS)
+    annotation = TrainConfig.model_fields[name].annotation
+    if typing.get_origin(annotation) is Literal:
+        return [str(value) for value in typing.get_args(annotation)]
+    return None
 
 
 def _choices_text(name: str, config: Config = TrainConfig) -> str:
