@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -387,12 +387,6 @@ class PredictReport:
             cost = f"{tta_passes} forward passes per image, ~{tta_passes}x the inference time, " if tta_passes else ""
             lines.append(f"tta: {cost}{per_image:.0f} ms per image with TTA")
         return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON values: paths as text, each failure as {path, reason}."""
-        return {"written": [str(path) for path in self.written], "skipped": [str(path) for path in self.skipped],
-                "failed": [{"path": str(path), "reason": reason} for path, reason in self.failed],
-                "seconds": self.seconds}
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
