@@ -14,7 +14,7 @@ Field extras (json_schema_extra) the generator reads: `flags` (the field's flags
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -57,6 +57,9 @@ def valid_names(field: Any) -> tuple[str, ...]:
     return tuple(field_extra(field).get("choices", ())) or literal_names(field.annotation)
 
 
+C = TypeVar("C", bound="CommandConfig")
+
+
 class CommandConfig(BaseModel):
     """Options of one command; subclasses name the command in COMMAND."""
 
@@ -74,7 +77,7 @@ class CommandConfig(BaseModel):
         return value
 
     @classmethod
-    def of(cls, **values: Any) -> "typing.Self":
+    def of(cls: type[C], **values: Any) -> C:
         """The validated options; a ConfigError naming each bad option (as its flag) in one line otherwise."""
         try:
             return cls(**values)
@@ -86,6 +89,8 @@ class CommandConfig(BaseModel):
                     parts.append(f"unknown option {name!r}{did_you_mean(name, cls.model_fields)}")
                     continue
                 where = long_flag(name, cls.model_fields[name]) if name in cls.model_fields else "options"
+                if any(part.startswith(f"{where}: ") for part in parts):
+                    continue  # a union's other members: the first reason is enough
                 parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
             raise ConfigError(f"{cls.COMMAND}: " + "; ".join(parts)) from None
 

@@ -11,14 +11,14 @@ from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_PIXEL_VALUE
 from masksmith.data.limits import MAX_WORKERS
 
 
-
 class CheckConfig(CommandConfig):
     """Every option of `masksmith check`."""
 
     COMMAND = "check"
 
-    classes: Path | list[str] | None = Field(None, description="classes.txt, one name per line, background first "
-                                            "(Python: or a list of names)", json_schema_extra=extra(kind="str"))
+    # The Python API also takes the names as a list.
+    classes: Path | list[str] | None = Field(None, description="classes.txt, one name per line, background first",
+                                            json_schema_extra=extra(kind="str"))
     foreground: int | None = Field(None, ge=0, le=MAX_PIXEL_VALUE,
                                    description="binary masks: the pixel value meaning foreground")
     palette: Path | None = Field(None, description="RGB color masks: palette file (labelmap.txt, name,r,g,b)")
