@@ -17,7 +17,7 @@ class ConvertConfig(CommandConfig):
     COMMAND = "convert"
 
     instances: bool = Field(True, description=f"write SegmentationObject/ (at most {MAX_INSTANCE_ID} instances an image)")
-    visualize: bool = Field(True, description="write *Visualization/ overlays", json_schema_extra=extra("--viz/--no-viz"))
+    visualize: bool = Field(True, description="write `*Visualization/` overlays", json_schema_extra=extra("--viz/--no-viz"))
     quiet: bool = Field(False, description="no progress bar", json_schema_extra=extra("-q", cli_only=True))
 
 
@@ -26,8 +26,8 @@ class LabelmeConvertConfig(ConvertConfig):
 
     COMMAND = "convert labelme"
 
-    labels: Path | None = Field(None, description="labels.txt: __ignore__, _background_, then the classes",
-                                json_schema_extra=extra(default_text="_background_, then the labels used, sorted"))
+    labels: Path | None = Field(None, description="labels.txt: `__ignore__`, `_background_`, then the classes",
+                                json_schema_extra=extra(default_text="`_background_`, then the labels used, sorted"))
 
 
 class YoloConvertConfig(ConvertConfig):
