@@ -3,7 +3,7 @@
     import masksmith
     masksmith.check("data/membrane", foreground=0)               # a CheckResult (report + files)
     run = masksmith.train("data/membrane", foreground=0, epochs=20)
-    metrics = masksmith.evaluate(run.bundle, "data/membrane")
+    scores = masksmith.evaluate(run.bundle, "data/membrane")      # an EvaluationResult (scores.miou)
     mask = masksmith.load(run.bundle).predict("image.png")
     masksmith.export(run.bundle)                                   # an ExportReport (model.onnx)
 """

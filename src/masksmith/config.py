@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from masksmith.core.registry import did_you_mean
 from masksmith.data.classes import class_names_problem
-from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MAX_PIXEL_VALUE
+from masksmith.data.limits import MAX_WORKERS
 from masksmith.data.sizes import ResizeMode
 from masksmith.errors import ConfigError
 
@@ -37,9 +38,7 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 4096
 MAX_LEARNING_RATE = 10.0
 MAX_MINUTES = 525_600  # a year
-MAX_WORKERS = 256
 MAX_WEIGHT = 1e6  # class weights, gradient clip
-MAX_PIXEL_VALUE = 65535  # 16-bit masks
 MAX_IMAGE_PIXELS = 1 << 40
 ChannelMean = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 ChannelStd = Annotated[float, Field(ge=1e-6, le=10, allow_inf_nan=False)]

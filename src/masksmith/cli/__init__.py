@@ -1,4 +1,4 @@
-"""The `masksmith` command: one Typer app (app.py) whose train options are generated from the config (options.py)."""
+"""The `masksmith` command: one Typer app (app.py) whose options are generated from the commands' configs (options.py)."""
 
 from masksmith.cli.app import main
 

@@ -13,9 +13,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
+from masksmith.cli.options import generated_command
+from masksmith.core.command_config import CommandConfig
+from masksmith.data.check.config import CheckConfig
+from masksmith.data.convert.config import (ConvertConfig, LabelmeConvertConfig, LabelStudioConvertConfig,
+                                           YoloConvertConfig)
 from masksmith.errors import MasksmithError
-from masksmith.inference.files import PREDICT_BATCH_SIZE
+from masksmith.evaluation.config import EvaluateConfig
+from masksmith.inference.config import ExportConfig, PredictConfig
+from masksmith.inference.work_budget import MB
+from masksmith.serve.config import ServeConfig
+from masksmith.serve.label.config import LabelConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image segmentation: train, evaluate and predict from images + masks.")
@@ -91,171 +99,109 @@ _train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 app.command("train")(user_errors(_train))
 
 
-@app.command()
-@user_errors
-def check(
-    data: Path = typer.Argument(..., help="dataset folder"),
-    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first"),
-    foreground: Optional[int] = typer.Option(None, min=0, max=65535,
-                                             help="binary masks: the pixel value meaning foreground"),
-    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
-    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
-    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    ignore_index: int = typer.Option(DEFAULT_IGNORE_INDEX, min=0, max=255,
-                                     help="mask value that marks pixels to ignore"),
-    workers: Optional[int] = typer.Option(None, min=1, max=256, help="worker processes [default: all cores]"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where report.json and fingerprint.json go "
-                                       "[default: runs/check-DATANAME]"),
-    json_output: bool = typer.Option(False, "--json", help="print the report as JSON instead of tables"),
-    strict: bool = typer.Option(False, "--strict", help="exit 1 when there are warnings"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+def _command(name: str, config: type[CommandConfig], group: typer.Typer | None = None) -> Callable[..., Any]:
+    """Register `body` as the command `name`, its options generated from `config` (cli.options)."""
+
+    def register(body: Callable[..., Any]) -> Callable[..., Any]:
+        (group or app).command(name)(user_errors(generated_command(body, config)))
+        return body
+
+    return register
+
+
+@_command("check", CheckConfig)
+def check(data: Path = typer.Argument(..., help="dataset folder"), *, options: CheckConfig) -> None:
     """Check a dataset: pairing, unreadable files, sizes, mask values, class frequencies, duplicates, leakage.
 
     Exit code 0 when clean, 2 on errors, 1 on warnings with --strict."""
-    import json
-
-    from masksmith.cli.options import parse_color
     from masksmith.data.check import print_report
     from masksmith.data.check.step import check as check_data
 
-    color = parse_color(ignore_color) if ignore_color is not None else None
-    result = check_data(data, classes=classes, foreground=foreground, mask_suffix=mask_suffix,
-                        ignore_index=ignore_index, workers=workers, progress=not (quiet or json_output),
-                        palette=palette, ignore_color=color, out=out)
-    if json_output:
-        typer.echo(json.dumps(result.report.to_dict(), indent=1))
-    elif not quiet:
+    result = check_data(data, **options.api_values(), progress=not (options.quiet or options.json_output))
+    if options.json_output:
+        typer.echo(result.to_json())
+    elif not options.quiet:
         print_report(result.report, Console())
         typer.echo(f"report: {result.report_path}, fingerprint: {result.fingerprint_path}")
-    raise typer.Exit(result.report.exit_code(strict))
+    raise typer.Exit(result.report.exit_code(options.strict))
 
 
-@app.command()
-@user_errors
+@_command("evaluate", EvaluateConfig)
 def evaluate(
     bundle: Path = typer.Argument(..., help="model bundle (model.msb), or a cross-validation run folder (its folds' "
                                   "ensemble)"),
     rest: List[Path] = typer.Argument(..., metavar="[MODEL...] DATA", help="more models (an ensemble averages "
                                       "their probabilities), then the labelled dataset folder"),
-    split: str = typer.Option("val", help="val | test | train | all (val, train: the split recorded at training "
-                              "when DATA has no such folder)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: next to the bundle]"),
-    mask_suffix: Optional[str] = typer.Option(None),
-    threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
-    html: bool = typer.Option(False, "--html", help="also write OUT/report.html: one self-contained page "
-                              "(metrics, per-class bars, confusion matrix, curves, sortable per-image table)"),
-    tta: bool = typer.Option(False, "--tta", help="average each prediction over flipped copies, as predict --tta"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    *, options: EvaluateConfig,
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
     from masksmith.evaluation.report import print_results
     from masksmith.evaluation.scoring import evaluate as run_evaluation
 
     *more, data = rest  # evaluate MODEL [MODEL...] DATA: the last argument is the data
-    result = run_evaluation([bundle, *more] if more else bundle, data, split=split, out=out,
-                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html, tta=tta)
-    if not quiet:
-        print_results(result)
-    typer.echo(f"report: {result['out']}")
-    if html:
-        typer.echo(f"html: {result['html']}")
-    _exit_on_failures([(row["name"], row["reason"]) for row in result["failed"]], "evaluated")
+    result = run_evaluation([bundle, *more] if more else bundle, data, **options.api_values(),
+                            progress=not options.quiet)
+    if not options.quiet:
+        print_results(result.to_dict())
+    typer.echo(f"report: {result.out}")
+    if result.html is not None:
+        typer.echo(f"html: {result.html}")
+    _exit_on_failures([(row.name, row.reason) for row in result.failed], "evaluated")
 
 
-@app.command()
-@user_errors
+@_command("predict", PredictConfig)
 def predict(
     bundle: Path = typer.Argument(..., help="model bundle (model.msb), exported model (model.onnx) or a "
                                   "cross-validation run folder"),
     inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns; leading .msb/.onnx files "
                                        "and CV run folders are more models (an ensemble of their probabilities)"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder for <name>.png masks"),
-    overlay: bool = typer.Option(False, "--overlay", help="also write blended overlays to OUT/overlays/"),
-    threshold: Optional[float] = typer.Option(None, help="binary: foreground probability threshold"),
-    mask_format: str = typer.Option("palette", help="palette: indexed PNG of class indices; dataset: the "
-                                    "training masks' own encoding (0/255, RGB colors, ...)"),
-    batch_size: int = typer.Option(PREDICT_BATCH_SIZE, "--batch-size", "-b", min=1, max=4096),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
-    tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "
-                                       "[default: automatic for crop-trained models on images over 2x the "
-                                       "training size]"),
-    overlap: Optional[int] = typer.Option(None, min=0, max=65536, help="tile overlap in pixels [default: tile/4]"),
-    blend: str = typer.Option("gaussian", help="how overlapping tiles are blended: gaussian | linear"),
-    tta: bool = typer.Option(False, "--tta", help="average over flipped copies: the flips the model was trained "
-                             "with (default/light/elastic: 4 forward passes per image, upright: 2)"),
-    annotation_format: str = typer.Option("png", "--format", help="png: the masks only; labelme: also "
-                                          "OUT/<name>.json per image (polygons to correct in Labelme) and "
-                                          "OUT/labels.txt; coco: also OUT/coco.json (RLE regions with scores)"),
-    polygon_tolerance: float = typer.Option(1.0, "--polygon-tolerance", help="labelme: how far (pixels) a "
-                                            "simplified polygon may stray from the mask's outline; 0: exact"),
-    rank: bool = typer.Option(False, "--rank", help="also write OUT/ranking.csv: images by uncertainty, most "
-                              "uncertain first (the ones to label next)"),
-    resume: bool = typer.Option(False, "--resume", help="skip images whose outputs are already in OUT"),
-    engine: str = typer.Option("local", help="local: this process; ray: a Ray Data pipeline with an actor pool "
-                               "(pip install 'masksmith[ray]')"),
-    address: Optional[str] = typer.Option(None, help="ray: the cluster to join (auto, or HOST:PORT) "
-                                          "[default: a local Ray instance]"),
-    actors: Optional[int] = typer.Option(None, min=1, max=100_000,
-                                         help="ray: model replicas [default: the cluster's CPUs / --threads]"),
-    threads: int = typer.Option(1, min=1, max=1024, help="ray: CPUs (and torch threads) per actor"),
-    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="ray: GPUs per actor (with --device cuda)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    *, options: PredictConfig,
 ) -> None:
     """Predict masks at each image's original size, as palette PNGs (and overlays, annotations, a ranking)."""
     from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.core.fileio import refuse_if_locked
     from masksmith.inference.ensemble import load_models, split_models
-    from masksmith.inference.files import check_mask_format, plan_predictions
+    from masksmith.inference.files import plan_predictions
     from masksmith.inference.predictor import check_threshold, predict_files
     from masksmith.inference.record import PredictionRecord, prediction_output
 
+    o = options
     models, inputs = split_models(bundle, inputs)
     if not inputs:
         raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
-    check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
-    check_mask_format(mask_format)
-    check_threshold(threshold)
-    if engine not in ("local", "ray"):
-        raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
-    load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
-    if engine == "ray":
+    check_annotation_options(o.annotation_format, o.polygon_tolerance, o.rank)  # before the model loads
+    check_threshold(o.threshold)
+    if o.engine == "ray":
         from masksmith.inference.ray_engine import RayOptions, import_ray, predict_with_ray
 
         import_ray()  # a missing extra is named before OUT is made
-        if annotation_format != "png" or rank:
+        if o.annotation_format != "png" or o.rank:
             raise MasksmithError("--format labelme/coco and --rank gather every image in one process: "
                                  "use --engine local for them")
-        ray_options = RayOptions(address=address, actors=actors, batch_size=batch_size, threads=threads,
-                                 gpus_per_actor=gpus_per_actor, load_options=load_options)
-    refuse_if_locked(out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
-    predictor = load_models(models, **load_options) if engine == "local" else None
+        ray_options = RayOptions(address=o.address, actors=o.actors, batch_size=o.batch_size, threads=o.threads,
+                                 gpus_per_actor=o.gpus_per_actor, load_options=o.load_options())
+    refuse_if_locked(o.out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
+    predictor = load_models(models, **o.load_options()) if o.engine == "local" else None
     # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
-    plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
+    plan = plan_predictions(inputs, o.out, overlay_images=o.overlay, resume=o.resume)
     record = PredictionRecord.of(models, {
-        "--threshold": threshold, "--tta": tta, "--tile": tile, "--overlap": overlap, "--blend": blend,
-        "--mask-format": mask_format, "--format": annotation_format,
-        "--polygon-tolerance": polygon_tolerance if annotation_format == "labelme" else None,
-        "--overlay": overlay}, inputs)
-    with prediction_output(out, record, resume=resume):  # locked, checked against a resumed folder, recorded
+        "--threshold": o.threshold, "--tta": o.tta, "--tile": o.tile, "--overlap": o.overlap, "--blend": o.blend,
+        "--mask-format": o.mask_format, "--format": o.annotation_format,
+        "--polygon-tolerance": o.polygon_tolerance if o.annotation_format == "labelme" else None,
+        "--overlay": o.overlay}, inputs)
+    with prediction_output(o.out, record, resume=o.resume):  # locked, checked against a resumed folder, recorded
         if predictor is None:
-            report = predict_with_ray(models, inputs, out, options=ray_options, overlay_images=overlay,
-                                      threshold=threshold, mask_format=mask_format, resume=resume,
-                                      progress=not quiet, plan=plan)
+            report = predict_with_ray(models, inputs, o.out, options=ray_options, overlay_images=o.overlay,
+                                      threshold=o.threshold, mask_format=o.mask_format, resume=o.resume,
+                                      progress=not o.quiet, plan=plan)
         else:
-            sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
-                                     tolerance=polygon_tolerance, rank=rank)
-            report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
-                                   batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
-                                   resume=resume, plan=plan)
+            sinks = annotation_sinks(o.out, predictor.class_names, annotation_format=o.annotation_format,
+                                     tolerance=o.polygon_tolerance, rank=o.rank)
+            report = predict_files(predictor, inputs, o.out, overlay_images=o.overlay, threshold=o.threshold,
+                                   batch_size=o.batch_size, mask_format=o.mask_format, progress=not o.quiet,
+                                   sinks=sinks, resume=o.resume, plan=plan)
     passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
-    typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
-                                                                 if report.skipped else ""))
-    if tta and report.written:
-        per_image = 1000 * report.seconds / len(report.written)
-        cost = f"{passes} forward passes per image, ~{passes}x the inference time, " if passes else ""
-        typer.echo(f"tta: {cost}{per_image:.0f} ms per image with TTA")
+    typer.echo(report.summary(o.out, tta=o.tta, tta_passes=passes))
     _exit_on_failures(report.failed, "read")
 
 
@@ -269,111 +215,44 @@ def _exit_on_failures(failed: list[tuple[Any, str]], verb: str) -> None:
     raise typer.Exit(1)
 
 
-@app.command("export")
-@user_errors
-def export_command(
-    bundle: Path = typer.Argument(..., help="model bundle (model.msb)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="[default: the bundle's name with .onnx "
-                                       "(.int8.onnx with --int8)]"),
-    export_format: str = typer.Option("onnx", "--format", help="export format: onnx"),
-    int8: bool = typer.Option(False, "--int8", help="static int8 quantization of the convolutions"),
-    calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="images for int8 calibration "
-                                                    "(files, folders or globs; real images)"),
-    opset: int = typer.Option(18, min=7, max=30, help="ONNX opset"),
-) -> None:
+@_command("export", ExportConfig)
+def export_command(bundle: Path = typer.Argument(..., help="model bundle (model.msb)"), *,
+                   options: ExportConfig) -> None:
     """Export a bundle to ONNX (fp32 or int8) with its metadata, verified against PyTorch."""
     from masksmith.inference.export import export
 
-    report = export(bundle, out, export_format=export_format, opset=opset, int8=int8,
-                    calibration=calibration or None)
-    typer.echo(report.summary())
+    typer.echo(export(bundle, **options.api_values()).summary())
 
 
-@app.command("serve")
-@user_errors
-def serve_command(
-    model: Path = typer.Argument(..., help="model bundle (model.msb) or exported model (model.onnx)"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
-    port: int = typer.Option(8000, help="TCP port (0: a free one)"),
-    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_SERVE_TOKEN",
-                                        help="bearer token required on every route but /healthz"),
-    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
-    threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the torch backend runs (onnx: the CPU)"),
-    max_batch: Optional[int] = typer.Option(None, help="most images run together in one batch (1: batching off) "
-                                            "[default: the size of 1..8 with the most images/s, measured at startup]"),
-    max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
-    max_queue: int = typer.Option(64, help="waiting requests before new ones get 503 + Retry-After"),
-    max_upload_mb: float = typer.Option(32.0, help="largest request body in MiB (413 above)"),
-    max_pixels: int = typer.Option(25_000_000, help="largest image in pixels, refused from its header (413)"),
-    max_work_mb: float = typer.Option(2048.0, help="most MiB predicting one image may allocate, estimated from "
-                                      "its header (413 above; the estimate counts tiles, logits and the answer)"),
-    max_aspect: float = typer.Option(100.0, help="most extreme aspect ratio (long side / short side) accepted (413)"),
-    timeout: float = typer.Option(30.0, help="seconds a request may take before it is answered 408"),
-    header_timeout: float = typer.Option(10.0, help="seconds a client has to send a request's headers (408, closed)"),
-    max_connections: int = typer.Option(256, help="open connections at once; more get 503 and are closed"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
-) -> None:
+@_command("serve", ServeConfig)
+def serve_command(model: Path = typer.Argument(..., help="model bundle (model.msb) or exported model (model.onnx)"),
+                  *, options: ServeConfig) -> None:
     """Serve a model over HTTP: POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, a web page at /."""
     from masksmith.serve import require_serve_extra
 
     require_serve_extra()
-    from masksmith.serve.options import ServeOptions
     from masksmith.serve.server import serve
 
-    options = ServeOptions(host=host, port=port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                           max_queue=max_queue, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                           max_work_bytes=int(max_work_mb * 2**20), max_aspect=max_aspect, timeout_s=timeout,
-                           header_timeout_s=header_timeout, max_connections=max_connections, threads=threads,
-                           device=device)
-    serve(model, options, backend=backend, access_log=not quiet)
+    serve(model, options.serve_options(), backend=options.backend, access_log=not options.quiet)
 
 
-@app.command("label")
-@user_errors
+@_command("label", LabelConfig)
 def label_command(
     data: Path = typer.Argument(..., help="dataset folder (images/ + masks/, split folders, VOC, or a folder of images)"),
-    model: Optional[Path] = typer.Option(None, "--model", help="model bundle (model.msb) or ONNX export: its "
-                                         "predictions start each mask, rank the queue and drive the region assist"),
-    classes: Optional[str] = typer.Option(None, help="classes.txt, one name per line, background first "
-                                          "[default: DATA/classes.txt]"),
-    foreground: Optional[int] = typer.Option(None, help="binary masks: the pixel value meaning foreground"),
-    palette: Optional[str] = typer.Option(None, help="RGB color masks: palette file (labelmap.txt, name,r,g,b)"),
-    ignore_color: Optional[str] = typer.Option(None, help="RGB color masks: ignored color as R,G,B"),
-    ignore_index: Optional[int] = typer.Option(None, help="mask value that marks pixels to ignore [default: 255]"),
-    mask_suffix: Optional[str] = typer.Option(None, help="mask file suffix, e.g. _mask"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs --token"),
-    port: int = typer.Option(8001, help="TCP port (0: a free one)"),
-    token: Optional[str] = typer.Option(None, envvar="MASKSMITH_LABEL_TOKEN", help="bearer token required on "
-                                        "every route (in a browser, open /?token=TOKEN once)"),
-    threads: Optional[int] = typer.Option(None, help="compute threads of the model [default: one per core]"),
-    max_upload_mb: float = typer.Option(64.0, help="largest mask upload in MiB (413 above)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no access log"),
+    *, options: LabelConfig,
 ) -> None:
     """Label DATA in the browser: draw and correct masks, saved in the dataset's own encoding."""
     from masksmith.serve import require_serve_extra
 
     require_serve_extra()
-    from masksmith.cli.options import parse_color
     from masksmith.serve.label.server import label
-    from masksmith.serve.label.store import LabelOptions
 
-    color = tuple(parse_color(ignore_color)) if ignore_color is not None else None
-    options = LabelOptions(classes=classes, foreground=foreground, palette=palette, ignore_color=color,
-                           ignore_index=ignore_index, mask_suffix=mask_suffix)
-    label(data, model, options, host=host, port=port, token=token, threads=threads,
-          max_upload_bytes=int(max_upload_mb * 2**20), access_log=not quiet)
+    label(data, options.model, options.label_options(), host=options.host, port=options.port, token=options.token,
+          threads=options.threads, max_upload_bytes=int(options.max_upload_mb * MB), access_log=not options.quiet)
 
 
 convert_app = typer.Typer(no_args_is_help=True, help="Turn annotations into images + masks (VOC layout).")
 app.add_typer(convert_app, name="convert")
-
-
-# Options every converter takes (shared objects: typer only reads them).
-_INSTANCES = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/ "
-                          "(at most 254 instances an image)")
-_VIZ = typer.Option(True, "--viz/--no-viz", help="write *Visualization/ overlays")
-_QUIET = typer.Option(False, "--quiet", "-q")
 
 
 def _finish_conversion(report: Any, out: Path) -> None:
@@ -381,91 +260,76 @@ def _finish_conversion(report: Any, out: Path) -> None:
     _exit_on_failures(report.failed, "converted")
 
 
-@convert_app.command("labelme")
-@user_errors
+@_command("labelme", LabelmeConvertConfig, convert_app)
 def convert_labelme_command(
     src: Path = typer.Argument(..., help="folder of Labelme JSON files (images beside them or embedded)"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    labels: Optional[Path] = typer.Option(None, help="labels.txt: __ignore__, _background_, then the classes"),
-    instances: bool = typer.Option(True, "--instances/--no-instances", help="write SegmentationObject/"),
-    visualize: bool = _VIZ,
-    quiet: bool = _QUIET,
+    *, options: LabelmeConvertConfig,
 ) -> None:
     """Labelme JSON → JPEGImages/, SegmentationClass/ (palette PNG), class_names.txt."""
     from masksmith.data.convert import convert_labelme
 
-    report = convert_labelme(src, out, labels, instances=instances, visualize=visualize, progress=not quiet)
+    report = convert_labelme(src, out, options.labels, instances=options.instances, visualize=options.visualize,
+                             progress=not options.quiet)
     _finish_conversion(report, out)
 
 
-@convert_app.command("coco")
-@user_errors
+@_command("coco", ConvertConfig, convert_app)
 def convert_coco_command(
     annotations: Path = typer.Argument(..., help="COCO annotations JSON (polygons or RLE)"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    instances: bool = _INSTANCES,
-    visualize: bool = _VIZ,
-    quiet: bool = _QUIET,
+    *, options: ConvertConfig,
 ) -> None:
     """COCO instances → index masks; category ids mapped to contiguous classes; iscrowd → ignore."""
     from masksmith.data.convert import convert_coco
 
-    report = convert_coco(annotations, images, out, visualize=visualize, progress=not quiet, instances=instances)
+    report = convert_coco(annotations, images, out, visualize=options.visualize, progress=not options.quiet,
+                          instances=options.instances)
     _finish_conversion(report, out)
 
 
-@convert_app.command("yolo")
-@user_errors
+@_command("yolo", YoloConvertConfig, convert_app)
 def convert_yolo_command(
     src: Path = typer.Argument(..., help="YOLO dataset folder: data.yaml, images/ and labels/ (per split)"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    data: Optional[Path] = typer.Option(None, help="the dataset YAML with the class names [default: SRC/data.yaml]"),
-    instances: bool = _INSTANCES,
-    visualize: bool = _VIZ,
-    quiet: bool = _QUIET,
+    *, options: YoloConvertConfig,
 ) -> None:
     """YOLO segmentation labels (Ultralytics, Roboflow) → index masks; later lines over earlier ones."""
     from masksmith.data.convert import convert_yolo
 
-    report = convert_yolo(src, out, data, instances=instances, visualize=visualize, progress=not quiet)
+    report = convert_yolo(src, out, options.data, instances=options.instances, visualize=options.visualize,
+                          progress=not options.quiet)
     _finish_conversion(report, out)
 
 
-@convert_app.command("labelstudio")
-@user_errors
+@_command("labelstudio", LabelStudioConvertConfig, convert_app)
 def convert_labelstudio_command(
     export: Path = typer.Argument(..., help="Label Studio JSON export (polygon and brush labels)"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    labels: Optional[Path] = typer.Option(None, help="labels file, one label a line, in class order "
-                                          "[default: the labels used, sorted]"),
-    instances: bool = _INSTANCES,
-    visualize: bool = _VIZ,
-    quiet: bool = _QUIET,
+    *, options: LabelStudioConvertConfig,
 ) -> None:
     """Label Studio polygons and brushes → index masks; regions in the order they were made."""
     from masksmith.data.convert import convert_labelstudio
 
-    report = convert_labelstudio(export, images, out, labels, instances=instances, visualize=visualize,
-                                 progress=not quiet)
+    report = convert_labelstudio(export, images, out, options.labels, instances=options.instances,
+                                 visualize=options.visualize, progress=not options.quiet)
     _finish_conversion(report, out)
 
 
-@convert_app.command("cvat")
-@user_errors
+@_command("cvat", ConvertConfig, convert_app)
 def convert_cvat_command(
     annotations: Path = typer.Argument(..., help="CVAT for images 1.1 annotations.xml"),
     images: Path = typer.Argument(..., help="folder holding the images"),
     out: Path = typer.Argument(..., help="output folder (VOC layout)"),
-    instances: bool = _INSTANCES,
-    visualize: bool = _VIZ,
-    quiet: bool = _QUIET,
+    *, options: ConvertConfig,
 ) -> None:
     """CVAT polygons, boxes and masks → index masks, stacked by z_order as CVAT's mask export does."""
     from masksmith.data.convert import convert_cvat
 
-    report = convert_cvat(annotations, images, out, instances=instances, visualize=visualize, progress=not quiet)
+    report = convert_cvat(annotations, images, out, instances=options.instances, visualize=options.visualize,
+                          progress=not options.quiet)
     _finish_conversion(report, out)
 
 

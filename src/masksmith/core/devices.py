@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# What a `device` option may name.
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def torch_device(device: str) -> str:
     """"cuda" for "cuda", and for "auto" when a CUDA GPU is present; "cpu" otherwise."""

@@ -23,6 +23,7 @@ from masksmith.errors import ConfigError
 
 ENCODING_KINDS = ("index", "binary", "color")
 DEFAULT_IGNORE_INDEX = 255  # the one default: VOC's void value, above any class count a uint8 mask can hold
+MAX_PIXEL_VALUE = 65535  # the largest value a (16-bit) mask pixel holds
 MAX_CLASSES = 255  # uint8 masks: 0..254 are classes at most, so some value is always left for ignore
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from masksmith.errors import ConfigError, DataError
 
 ENV_VAR = "MASKSMITH_MAX_IMAGE_PIXELS"
+MAX_WORKERS = 256  # worker processes reading data: far beyond any machine, near enough to catch a typo
 # PIL's own warning limit (1024**3 // 4 // 3, about 9459 x 9459): what `check` has always refused.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 

@@ -289,7 +289,7 @@ def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = D
     return report
 
 
-def export(bundle: str | Path, out: str | Path | None = None, *, export_format: str = "onnx", opset: int = 18,
+def export(bundle: str | Path, out: str | Path | None = None, *, export_format: str = "onnx", opset: int = DEFAULT_OPSET,
            int8: bool = False, calibration: str | Path | Sequence[str | Path] | None = None) -> ExportReport:
     """Export a bundle to ONNX (fp32, or int8 calibrated on real images), verified against PyTorch; default
     OUT: the bundle's name with .onnx (.int8.onnx with int8)."""

@@ -363,6 +363,17 @@ class PredictReport:
     seconds: float = 0.0
     skipped: list[Path] = field(default_factory=list)  # outputs already there (resume)
 
+    def summary(self, out: str | Path, *, tta: bool = False, tta_passes: int | None = None) -> str:
+        """What `masksmith predict` prints: the masks written (and skipped); with TTA, its cost per image
+        (`tta_passes`: the forward passes per image, when known)."""
+        lines = [f"wrote {len(self.written)} masks to {out}" + (f" ({len(self.skipped)} already there)"
+                                                               if self.skipped else "")]
+        if tta and self.written:
+            per_image = 1000 * self.seconds / len(self.written)
+            cost = f"{tta_passes} forward passes per image, ~{tta_passes}x the inference time, " if tta_passes else ""
+            lines.append(f"tta: {cost}{per_image:.0f} ms per image with TTA")
+        return "\n".join(lines)
+
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []

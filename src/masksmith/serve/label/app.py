@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from masksmith.errors import MasksmithError
 from masksmith.serve.guard import Guard
 from masksmith.serve.label.assist import region_document
+from masksmith.serve.label.config import DEFAULT_MAX_UPLOAD_BYTES
 from masksmith.serve.label.layout import Entry
 from masksmith.serve.label.predictions import Predictions
 from masksmith.serve.label.store import NO_MASK, STARTS, Conflict, LabelOptions, LabelStore, decode_png_mask
@@ -41,7 +42,6 @@ STATIC = resources.files("masksmith.serve.label") / "static"
 SERVE_STATIC = resources.files("masksmith.serve") / "static"
 ID = re.compile(r"[0-9a-f]{16}")
 DONE_STATES = ("labelled", "corrected", "drawn")
-DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 MASK_TYPE = "application/octet-stream"
 
 

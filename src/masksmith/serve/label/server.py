@@ -9,6 +9,7 @@ from typing import TextIO
 from masksmith.data.encoding import describe_encoding
 from masksmith.errors import ConfigError
 from masksmith.serve import require_serve_extra
+from masksmith.serve.label.config import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT
 from masksmith.serve.label.store import LabelOptions
 from masksmith.serve.options import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, check_binding
 from masksmith.serve.server import bind, connection_room, run_app, server_config, url_of
@@ -17,11 +18,11 @@ REQUEST_TIMEOUT_S = 30.0  # a request's time limit: what Ctrl-C waits at most fo
 
 
 def label(data: str | Path, model_path: str | Path | None = None, options: LabelOptions = LabelOptions(), *,
-          host: str = "127.0.0.1", port: int = 8001, token: str | None = None, threads: int | None = None,
+          host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None, threads: int | None = None,
           max_upload_bytes: int | None = None, access_log: bool = True, out: TextIO = sys.stdout) -> None:
     """Serve the labelling page for DATA until Ctrl-C."""
     require_serve_extra()
-    from masksmith.serve.label.app import DEFAULT_MAX_UPLOAD_BYTES, Session, create_app
+    from masksmith.serve.label.app import Session, create_app
     from masksmith.serve.label.store import LabelStore
     from masksmith.serve.model import ServedModel
 
