@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from masksmith.data.classes import read_class_names
+from masksmith.data.classes import read_class_names, without_named_void
 from masksmith.data.detect import MaskSurvey, survey_masks
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
@@ -112,7 +112,7 @@ def survey_labels(mask_paths: Sequence[str | Path], *, classes: str | Path | Seq
                   ignore_color: Sequence[int] | None = None, ignore_index: int | None = None) -> MaskSurvey:
     """The detection half of `resolve_labels`: the masks' encoding and sampled class pixels (check prints them)."""
     ignore = _ignore_value(ignore_index)
-    names = read_class_names(_as_classes(classes))
+    names = _class_names(classes, ignore)
     if names is not None:  # a named class hidden by the ignore value fails before any mask is read
         problem = ignore_index_problem(ignore, len(names), names)
         if problem is not None:
@@ -128,7 +128,7 @@ def labels_from_survey(survey: MaskSurvey, *, classes: str | Path | Sequence[str
                        values_seen: Iterable[int] | None = None, where: Path | None = None) -> LabelSpec:
     """The naming half of `resolve_labels`: class names, count and colors on top of a detected encoding."""
     ignore = _ignore_value(ignore_index)
-    names = read_class_names(_as_classes(classes))
+    names = _class_names(classes, ignore)
     encoding, detected = survey.encoding, survey.num_classes
     named_by = source or (classes if isinstance(classes, (str, Path)) else None) or where or "class list"
     if names is not None:
@@ -160,6 +160,14 @@ def _ignore_value(ignore_index: int | None) -> int:
     if problem is not None:
         raise ConfigError(problem)
     return int(value)
+
+
+def _class_names(classes: str | Path | Sequence[str] | None, ignore: int) -> list[str] | None:
+    """The class names given, without the void that the ignore value names (data.classes' rule)."""
+    given = _as_classes(classes)
+    names, _ = without_named_void(read_class_names(given), ignore, given if isinstance(given, (str, Path))
+                                  else "the class list")
+    return names
 
 
 def _as_classes(classes: str | Path | Sequence[str] | None) -> str | Path | list[str] | None:

@@ -27,7 +27,8 @@ from masksmith.training.init_bundle import check_init_classes, load_init_weights
 from masksmith.training.handoff import Decision, Leader, describe, follower_config, leading, receive
 from masksmith.training.outputs import TrainResult, train_result, write_bundle, write_results
 from masksmith.training.planning import check_and_plan
-from masksmith.training.prepare import FixedSplit, PreparedData, find_pairs, prepare_data, with_dataset_classes
+from masksmith.training.prepare import (FixedSplit, PreparedData, find_pairs, prepare_data, with_dataset_classes,
+                                        with_void_class)
 
 if TYPE_CHECKING:
     from masksmith.training.cross_validation import CrossValidationResult
@@ -140,6 +141,7 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
     quiet_lightning()
     log = RunLog(run_dir / "train.log" if launch.leader else None, quiet=user.config.quiet)
     check_names(user.config)  # an unknown name fails now, not after the data has been read
+    user = with_void_class(user, log)
     L.seed_everything(user.config.seed, workers=True, verbose=False)
     planning = user.config.auto and not resume and launch.leader  # the others receive rank 0's plan in its config
     # The data is discovered once in the run: the plan's check and the split read the same discovery, and
