@@ -3,7 +3,9 @@
 `resolve_labels` is the one function that turns the user's options (class list, foreground value, palette
 file, ignore color, ignore value) and the masks themselves into a `LabelSpec`; check, train, the bundle,
 evaluate and predict all read that spec instead of deciding again. The ignore value is any 0..255 value that
-is not a class index 0..K-1 (see `masksmith.data.encoding.ignore_index_problem`): void = K, 200 or 255 work.
+is not a class index 0..K-1 (see `masksmith.data.encoding.ignore_index_problem`): void = K, 200 or 255 work;
+an ignore value naming the last class of the class list makes that class the void, left out of the classes
+(`masksmith.data.classes.named_void`).
 """
 
 from __future__ import annotations
