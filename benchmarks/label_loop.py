@@ -67,12 +67,14 @@ def dataset(folder: Path, train: list[str], val: list[str], test: list[str]) -> 
 
 
 def scores(bundle: Path, data: Path, out: Path) -> dict:
-    """The model's scores on the held-out test split."""
+    """The model's scores on the held-out test split, and the epochs its training fitted in the budget (a time
+    budget on a shared machine gives the runs different epochs: the table shows them)."""
     masksmith("evaluate", str(bundle), str(data), "--split", "test", "--out", str(out), "--quiet")
     metrics = json.loads((out / "metrics.json").read_text())
     present = present_class_scores(metrics)
+    epochs = len((bundle.parent / "metrics.csv").read_text().splitlines()) - 1
     return {"miou_present": present["miou_present"], "pixel_accuracy": metrics["pixel_accuracy"],
-            "mean_dice_no_background": metrics["mean_dice_no_background"]}
+            "mean_dice_no_background": metrics["mean_dice_no_background"], "epochs": epochs}
 
 
 def ranked_pool(bundle: Path, pool: Path, out: Path) -> list[str]:
@@ -132,6 +134,7 @@ def main() -> None:
     width = max(len(label) for label, _ in rows)
     lines = [f"{'':<{width}}  " + "  ".join(f"{c:>18}" for c in columns)]
     lines += [f"{label:<{width}}  " + "  ".join(f"{results[c][key]:>18.4f}" for c in columns) for label, key in rows]
+    lines.append(f"{'epochs in the budget':<{width}}  " + "  ".join(f"{results[c]['epochs']:>18}" for c in columns))
     overlap = len(set(picked["top-ranked"]) & set(picked["random"]))
     summary = {"minutes_per_training": args.minutes, "start_train": len(train), "val": len(val), "pool": len(pool),
                "test": len(test), "picked": args.picked, "seed": args.seed, "picked_in_both": overlap,
