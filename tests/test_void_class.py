@@ -67,6 +67,7 @@ def test_an_ignore_value_naming_the_last_class_makes_it_the_void():
     assert "\n" not in void.text() and "'Unlabelled'" in void.text() and "classes.txt" in void.text()
     # The last class is the void whatever it is called: the user said so with the ignore value.
     assert without_named_void(["background", "a", "b"], 2)[0] == ["background", "a"]
+    assert without_named_void(names, np.uint8(11))[0] == names[:11]  # a value read from a mask
 
 
 @pytest.mark.parametrize("ignore", [12, 200, 255, None, True, "11"])

@@ -5,6 +5,7 @@ is given)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,11 @@ def named_void(names: Sequence[str] | None, ignore_index: Any, source: str | Pat
 
     A ConfigError when it names class 0 (the background; every other class would be renumbered), a class in the
     middle (the classes after it would be renumbered), or the second of two classes (one class would be left)."""
-    if names is None or isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+    if names is None or isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         return None
     if not 0 <= ignore_index < len(names):
         return None
+    ignore_index = int(ignore_index)
     name, count = names[ignore_index], len(names)
     if ignore_index == 0:
         raise ConfigError(f"{source}: ignore_index 0 is class 0 {name!r}, the background, which cannot be the void: "
