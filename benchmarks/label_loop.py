@@ -17,7 +17,8 @@ On the clothing photos (59 classes; ../shared/data, or $MASKSMITH_DATA), seeded 
 5. The table: mIoU (over the classes present in the test masks), pixel accuracy and the mean foreground Dice
    of every model, side by side. Each run writes OUT/label-loop/summary.json.
 
---dry runs the loop on 12 + 12 + 8 images at 0.2 minutes a training: the path, not the numbers.
+--dry runs the loop on 12 start, 12 pool and 8 test images, 4 picked, 0.2 minutes a training: the path, not the
+numbers.
 The numbers are one seed of one round; a different --seed moves them (compare within one run only).
 """
 
