@@ -209,6 +209,16 @@ def test_train_without_ignore_value_plans_the_void(street, tmp_path):
     assert meta.num_classes == 11 and meta.ignore_index == STREET_VOID
 
 
+def test_fine_tuning_from_the_bundle_keeps_its_void_without_the_plan(trained, street, tmp_path):
+    run, _ = trained
+    result = invoke("train", street, "--init", run / "model.msb", "--no-auto", "--epochs", "1", "--out",
+                    tmp_path / "again", "-q")
+    assert result.exit_code == 0, result.output
+    meta = read_meta(tmp_path / "again" / "model.msb")
+    assert meta.num_classes == 11 and meta.ignore_index == STREET_VOID
+    assert "void: ignore_index 11" in (tmp_path / "again" / "train.log").read_text()
+
+
 def test_evaluate_skips_the_void_pixels(trained, street, tmp_path):
     run, _ = trained
     result = invoke("evaluate", run / "model.msb", street, "--out", tmp_path / "eval")
