@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiments import CLOTHING, masksmith, present_class_scores  # noqa: E402
+from experiments import CLOTHING, masksmith, present_class_scores
 
 # The clothing-unet recipe at 128x128 (docs/results.md's best small U-Net), with every option set.
 RECIPE = ["--no-auto", "--model", "unet", "-m", "base_channels=16", "--size", "128", "--resize", "resize",

@@ -183,7 +183,7 @@ def test_the_plan_keeps_a_middle_void_name_as_a_class(tmp_path):
 # --- end to end: train, evaluate, predict, label --------------------------------------------------------------
 
 def test_train_with_the_void_as_ignore_value_goes_on_with_11_classes(trained):
-    run, output = trained
+    run, _ = trained
     assert "void: ignore_index 11 is class 11 'Unlabelled'" in (run / "train.log").read_text()
     meta = read_meta(run / "model.msb")
     assert list(meta.class_names) == list(STREET_CLASSES[:11]) and meta.ignore_index == STREET_VOID

@@ -54,6 +54,11 @@ def validate_class_names(names: Iterable[Any], source: str | Path) -> list[str]:
     return names
 
 
+def class_list_name(classes: Any) -> str:
+    """How errors and log lines name a class list: its file, or "the class list" for names given as a list."""
+    return str(classes) if isinstance(classes, (str, Path)) else "the class list"
+
+
 def find_class_file(root: str | Path) -> Path | None:
     """The class list shipped in a dataset folder (classes.txt or class_names.txt), or None."""
     return next((Path(root) / name for name in CLASS_FILES if (Path(root) / name).is_file()), None)

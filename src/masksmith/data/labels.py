@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from masksmith.data.classes import read_class_names, without_named_void
+from masksmith.data.classes import class_list_name, read_class_names, without_named_void
 from masksmith.data.detect import MaskSurvey, survey_masks
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
@@ -167,8 +167,7 @@ def _ignore_value(ignore_index: int | None) -> int:
 def _class_names(classes: str | Path | Sequence[str] | None, ignore: int) -> list[str] | None:
     """The class names given, without the void that the ignore value names (data.classes' rule)."""
     given = _as_classes(classes)
-    names, _ = without_named_void(read_class_names(given), ignore, given if isinstance(given, (str, Path))
-                                  else "the class list")
+    names, _ = without_named_void(read_class_names(given), ignore, class_list_name(given))
     return names
 
 

@@ -9,14 +9,13 @@ from typing import Any
 
 from masksmith.budget import plan_network
 from masksmith.config import UserConfig
-from masksmith.data.classes import proposed_void, read_class_names
+from masksmith.data.classes import class_list_name, proposed_void, read_class_names
 from masksmith.data.check import CheckReport, check_dataset, fingerprint, write_fingerprint
 from masksmith.data.discover import Discovery
 from masksmith.engine import pick_accelerator
 from masksmith.fileio import write_text_atomic
 from masksmith.plan import PlanChoice, derive_plan, plan_text, plan_to_dict
 from masksmith.runlog import RunLog
-from masksmith.training.prepare import class_list_source
 
 
 def plan_choices(data_fingerprint: dict[str, Any], user: UserConfig,
@@ -40,7 +39,7 @@ def plan_void(user: UserConfig, log: RunLog) -> tuple[UserConfig, list[PlanChoic
     if "ignore_index" in user.given:
         return user, []
     names = read_class_names(config.classes)
-    proposal = proposed_void(names, class_list_source(config))
+    proposal = proposed_void(names, class_list_name(config.classes))
     if proposal is None or names is None:
         return user, []
     if proposal.index is None:
@@ -48,7 +47,7 @@ def plan_void(user: UserConfig, log: RunLog) -> tuple[UserConfig, list[PlanChoic
         return user, []
     kept = names[:proposal.index]
     choices = [PlanChoice("ignore_index", proposal.index, proposal.reason),
-               PlanChoice("classes", kept, f"{len(kept)} classes: those of {class_list_source(config)} "
+               PlanChoice("classes", kept, f"{len(kept)} classes: those of {class_list_name(config.classes)} "
                                            f"without the void {names[proposal.index]!r}")]
     return user.with_values({choice.option: choice.value for choice in choices}, source="plan"), choices
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from masksmith.config import TrainConfig, UserConfig
-from masksmith.data.classes import find_class_file, read_class_names, without_named_void
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.labels import LabelSpec, resolve_labels
 from masksmith.data.check import CheckReport
 from masksmith.data.discover import Discovery, Sample, discover_dataset, random_split_pool, split_samples, usable_pairs
@@ -66,17 +66,12 @@ def with_dataset_classes(user: UserConfig) -> UserConfig:
     return user
 
 
-def class_list_source(config: TrainConfig) -> str:
-    """How errors and log lines name the run's class list: its file, or "the class list" for a list."""
-    return config.classes if isinstance(config.classes, str) else "the class list"
-
-
 def with_void_class(user: UserConfig, log: RunLog) -> UserConfig:
     """The run's classes without the void class that its ignore value names (data.classes' rule), with one line
     in the log saying so; unchanged when the ignore value names no class."""
     config = user.config
     names, void = without_named_void(read_class_names(config.classes), config.ignore_index,
-                                     class_list_source(config))
+                                     class_list_name(config.classes))
     if void is None:
         return user
     log.info(void.text())

@@ -45,7 +45,7 @@ from masksmith.data.check.fingerprint import fingerprint, write_fingerprint
 from masksmith.data.check.pairs import pairs_and_problems
 from masksmith.data.check.report import CheckReport, Problem, display_path, print_report, safe_text
 from masksmith.data.check.summary import evenly, summarise_classes, summarise_images
-from masksmith.data.classes import find_class_file, read_class_names, without_named_void
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.discover import Discovery
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
@@ -82,8 +82,7 @@ def check_dataset(
         classes = find_class_file(root)
     names = read_class_names(classes)
     # An ignore value that names the last class makes that class the void (data.classes' rule).
-    names, void = without_named_void(names, ignore_index, classes if isinstance(classes, (str, os.PathLike))
-                                     else "the class list")
+    names, void = without_named_void(names, ignore_index, class_list_name(classes))
     # A bad ignore value is a bad argument: raised here, before any file is read (the one rule, in encoding.py).
     problem = ignore_index_problem(ignore_index, len(names) if names else 0, names)
     if problem is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import ExifTags
 
 from masksmith.bundle import BundleMeta
-from masksmith.data.classes import find_class_file, read_class_names, without_named_void
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
 from masksmith.data.images import NPY_SUFFIX, read_image
 from masksmith.data.labels import LabelSpec, display_colors, resolve_labels
@@ -79,7 +79,7 @@ def decide_labels(listing: Listing, options: LabelOptions, model: BundleMeta | N
                               ignore_color=options.ignore_color, ignore_index=given_ignore)
     elif model is not None:
         spec = LabelSpec.from_dict(model.model_dump())
-        names, _ = without_named_void(read_class_names(classes), spec.ignore_index, str(classes))
+        names, _ = without_named_void(read_class_names(classes), spec.ignore_index, class_list_name(classes))
         if names is not None and len(names) == spec.num_classes:
             spec = LabelSpec(spec.encoding, tuple(names), spec.colors, spec.ignore_index)
     elif options.palette is not None:
