@@ -59,8 +59,8 @@ STREET_VOID = 11
 def make_street_dataset(root: Path, count: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0,
                         classes: tuple[str, ...] = STREET_CLASSES) -> Path:
     """A street scene laid out as CamVid ships: sky over buildings, a road with a car, a pavement; a 12-line
-    classes.txt whose last name is the void 'Unlabelled', and the masks marking a band at each region's
-    edge and a patch with that void index 11."""
+    classes.txt whose last name is the void 'Unlabelled', and masks marking with that void index 11 the pixels
+    where the class changes from one row to the next, and one small patch."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
