@@ -58,6 +58,48 @@ def make_void_dataset(root: Path, void: int = 3, count: int = 12) -> Path:
     return root
 
 
+STREET_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+                  "Bicyclist", "Unlabelled")
+STREET_VOID = 11
+
+
+def make_street_dataset(root: Path, count: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0,
+                        classes: tuple[str, ...] = STREET_CLASSES) -> Path:
+    """A street scene laid out as CamVid ships: sky over buildings, a road with a car, a pavement; a 12-line
+    classes.txt whose last name is the void 'Unlabelled', and masks marking with that void index 11 the pixels
+    where the class changes from one row to the next, and one small patch."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    height, width = size
+    colors = {0: (110, 160, 230), 1: (120, 110, 100), 3: (60, 60, 65), 4: (170, 170, 160), 5: (40, 130, 40),
+              8: (200, 30, 30)}
+    for index in range(count):
+        mask = np.zeros(size, np.uint8)
+        horizon, curb = int(rng.integers(14, 22)), int(rng.integers(32, 38))
+        mask[horizon:curb] = 1
+        mask[curb:] = 3
+        mask[curb:curb + 4, : width // 3] = 4
+        tree = int(rng.integers(0, width - 12))
+        mask[horizon - 6:horizon + 4, tree:tree + 10] = 5
+        car = int(rng.integers(0, width - 16))
+        mask[curb + 3:curb + 10, car:car + 16] = 8
+        edges = np.zeros(size, bool)
+        edges[1:] |= mask[1:] != mask[:-1]
+        mask[edges] = STREET_VOID  # the annotators left the boundaries unlabelled, as CamVid's do
+        y, x = int(rng.integers(0, height - 4)), int(rng.integers(0, width - 4))
+        mask[y:y + 4, x:x + 4] = STREET_VOID
+        image = np.zeros((height, width, 3), np.uint8)
+        for cls, color in colors.items():
+            image[mask == cls] = color
+        image[mask == STREET_VOID] = (90, 90, 90)
+        image = np.clip(image.astype(int) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"street{index:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"street{index:02d}.png")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
 class RecordWeights(Callback):
     """The network's state (weights and BatchNorm statistics) after every optimizer step."""
 

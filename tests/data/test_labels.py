@@ -47,14 +47,18 @@ def test_check_reads_void_datasets_without_errors(tmp_path, void):
     assert report.to_dict()["ignore_index"] == void
 
 
-def test_an_ignore_value_inside_the_classes_names_the_class_it_hides(tmp_path):
+def test_an_ignore_value_naming_the_last_class_makes_it_the_void_one_inside_is_refused(tmp_path):
     root = make_void_dataset(tmp_path / "data", void=3)
     names = [*NAMES, "void"]
-    with pytest.raises(ConfigError, match=r"ignore_index 3 is a class index \(class 3 'void' of the 4 classes\)") as caught:
-        resolve_labels(_masks(root), classes=names, ignore_index=3)
+    spec = resolve_labels(_masks(root), classes=names, ignore_index=3)
+    assert list(spec.class_names) == list(NAMES) and spec.ignore_index == 3
+    report = check_dataset(root, classes=names, ignore_index=3, progress=False, workers=1)
+    assert report.labels is not None and report.labels.num_classes == 3 and not report.errors
+    with pytest.raises(ConfigError, match=r"ignore_index 1 is class 1 '.*', in the middle of the 4 classes") as caught:
+        resolve_labels(_masks(root), classes=names, ignore_index=1)
     assert "need an ignore_index of at least" not in str(caught.value)
-    with pytest.raises(ConfigError, match="class 3 'void'"):
-        check_dataset(root, classes=names, ignore_index=3, progress=False, workers=1)
+    with pytest.raises(ConfigError, match="class 1 '.*', in the middle"):
+        check_dataset(root, classes=names, ignore_index=1, progress=False, workers=1)
     with pytest.raises(ConfigError, match="class 1 'foreground'"):
         LabelSpec(MaskEncoding("binary", 255, 0), ("background", "foreground"), ((0, 0, 0), (1, 1, 1)), 1)
 

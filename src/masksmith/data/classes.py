@@ -1,12 +1,17 @@
-"""Class-name lists: classes.txt files (one name per line, background first) or Python lists, and the one rule
-every class name obeys wherever it enters (classes files, configs, palettes, converters, bundles)."""
+"""Class-name lists: classes.txt files (one name per line, background first) or Python lists, the one rule
+every class name obeys wherever it enters (classes files, configs, palettes, converters, bundles), and the one
+rule for a void class named in the list (`named_void` when an ignore value names it, `proposed_void` when none
+is given)."""
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from masksmith.errors import DataError
+from masksmith.errors import ConfigError, DataError
 
 # Class lists a dataset folder may carry (masksmith convert writes class_names.txt, as labelme2voc does).
 CLASS_FILES = ("classes.txt", "class_names.txt")
@@ -48,6 +53,11 @@ def validate_class_names(names: Iterable[Any], source: str | Path) -> list[str]:
     return names
 
 
+def class_list_name(classes: Any) -> str:
+    """How errors and log lines name a class list: its file, or "the class list" for names given as a list."""
+    return str(classes) if isinstance(classes, (str, Path)) else "the class list"
+
+
 def find_class_file(root: str | Path) -> Path | None:
     """The class list shipped in a dataset folder (classes.txt or class_names.txt), or None."""
     return next((Path(root) / name for name in CLASS_FILES if (Path(root) / name).is_file()), None)
@@ -73,3 +83,105 @@ def read_class_names(classes: str | Path | list[str] | tuple[str, ...] | None) -
     if len(set(names)) != len(names):
         raise DataError(f"{source}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     return names
+
+
+# The void class: many datasets ship their "unlabelled" class as a line of the class list (CamVid's 'Void',
+# Cityscapes' 'unlabeled', Labelme's '__ignore__') and mark its pixels with that index in the masks.
+# Names compared case-insensitively, with a typographic apostrophe read as a plain one.
+VOID_NAMES = frozenset({"void", "unlabelled", "unlabeled", "ignore", "don't care", "dont care", "__ignore__"})
+
+
+def is_void_name(name: str) -> bool:
+    """Whether a class name is one datasets give their void (unlabelled, don't-care) class."""
+    return name.strip().casefold().replace("\u2019", "'") in VOID_NAMES
+
+
+@dataclass(frozen=True)
+class VoidClass:
+    """A class of the class list that is the dataset's void: its index is the ignore value, and it is left out of
+    the classes. Only the last class can be (`named_void`): leaving it out renumbers no other class."""
+
+    index: int
+    name: str
+    listed: int  # the names in the class list, the void's included
+    source: str  # the class list it is named in
+
+    def names_without(self, names: Sequence[str]) -> list[str]:
+        """The class names with the void left out."""
+        return list(names[: self.index])
+
+    def text(self) -> str:
+        """One line saying what was decided."""
+        return (f"void: ignore_index {self.index} is class {self.index} {self.name!r}, the last of the {self.listed} "
+                f"names in {self.source}: it is the void (its pixels count for no loss and no metric) and is left "
+                f"out of the classes, {self.index} remain")
+
+
+def named_void(names: Sequence[str] | None, ignore_index: Any, source: str | Path = "the class list") -> VoidClass | None:
+    """The class the ignore value names, taken as the void; None when it names no class of `names`.
+
+    A ConfigError when it names class 0 (the background; every other class would be renumbered), a class in the
+    middle (the classes after it would be renumbered), or the second of two classes (one class would be left)."""
+    if names is None or isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        return None
+    if not 0 <= ignore_index < len(names):
+        return None
+    ignore_index = int(ignore_index)
+    name, count = names[ignore_index], len(names)
+    if ignore_index == 0:
+        raise ConfigError(f"{source}: ignore_index 0 is class 0 {name!r}, the background, which cannot be the void: "
+                          f"every other class would be renumbered; give the value the masks mark void pixels with "
+                          f"({count}..255, e.g. 255)")
+    if ignore_index < count - 1:
+        raise ConfigError(f"{source}: ignore_index {ignore_index} is class {ignore_index} {name!r}, in the middle of "
+                          f"the {count} classes: only the last class can be the void (the {count - 1 - ignore_index} "
+                          f"after it would be renumbered); give the value the masks mark void pixels with "
+                          f"({count}..255, e.g. 255)")
+    if count < 3:
+        raise ConfigError(f"{source}: ignore_index {ignore_index} is class {ignore_index} {name!r}; as the void it "
+                          f"would leave a single class; give the value the masks mark void pixels with "
+                          f"({count}..255, e.g. 255)")
+    return VoidClass(ignore_index, name, count, str(source))
+
+
+def without_named_void(names: list[str] | None, ignore_index: Any,
+                       source: str | Path = "the class list") -> tuple[list[str] | None, VoidClass | None]:
+    """The class names with the void that the ignore value names left out (`named_void`), and that void."""
+    void = named_void(names, ignore_index, source)
+    return (void.names_without(names) if void is not None and names is not None else names), void
+
+
+@dataclass(frozen=True)
+class VoidProposal:
+    """What the class list says about the ignore value when none is given: `index` to propose (None: nothing to
+    propose) and one line saying why."""
+
+    index: int | None
+    reason: str
+
+
+def proposed_void(names: Sequence[str] | None, source: str | Path = "the class list") -> VoidProposal | None:
+    """The ignore value a class list proposes: its last class when that alone has a void name (`is_void_name`).
+
+    None when no class has a void name, or only one in the middle (a real class may be called so). A proposal
+    without an index, saying why, when the void name is class 0 (the background: every class would be renumbered)
+    or several classes have void names (which one the masks use is the user's to say)."""
+    if not names:
+        return None
+    voids = [i for i, name in enumerate(names) if is_void_name(name)]
+    count = len(names)
+    if not voids or (len(voids) == 1 and 0 < voids[0] < count - 1):
+        return None
+    listed = ", ".join(f"{i} {names[i]!r}" for i in voids)
+    if len(voids) > 1:
+        return VoidProposal(None, f"classes {listed} of {source} all have void names: none is taken as the void; "
+                                  f"give --ignore-index with the one the masks use")
+    if voids[0] == 0:
+        return VoidProposal(None, f"class 0 {names[0]!r} of {source} has a void name, but class 0 is the background "
+                                  f"and stays a class (as the void every other class would be renumbered)")
+    if count < 3:
+        return None
+    index = count - 1
+    return VoidProposal(index, f"ignore_index {index}: class {index} {names[index]!r}, the last of the {count} names in "
+                               f"{source}, is a void name: it is the void (its pixels count for no loss and no "
+                               f"metric), left out of the classes; --ignore-index chooses another value")

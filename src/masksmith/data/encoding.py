@@ -7,7 +7,8 @@ Mask encodings (`MaskEncoding.kind`):
 
 The ignore value (`ignore_index`, default `DEFAULT_IGNORE_INDEX` = 255) is any 0..255 value that is not one of
 the class indices 0..K-1: void = K (just above the classes), 200 or 255 all work. `ignore_index_problem` says
-so in one place for every caller (labels, decoding, datasets, bundles).
+so in one place for every caller (labels, decoding, datasets, bundles). A class list that names the void as its
+last class (CamVid's 'Unlabelled' = 11 of 12) is read without it first (`masksmith.data.classes.named_void`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 `resolve_labels` is the one function that turns the user's options (class list, foreground value, palette
 file, ignore color, ignore value) and the masks themselves into a `LabelSpec`; check, train, the bundle,
 evaluate and predict all read that spec instead of deciding again. The ignore value is any 0..255 value that
-is not a class index 0..K-1 (see `masksmith.data.encoding.ignore_index_problem`): void = K, 200 or 255 work.
+is not a class index 0..K-1 (see `masksmith.data.encoding.ignore_index_problem`): void = K, 200 or 255 work;
+an ignore value naming the last class of the class list makes that class the void, left out of the classes
+(`masksmith.data.classes.named_void`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from masksmith.data.classes import read_class_names
+from masksmith.data.classes import class_list_name, read_class_names, without_named_void
 from masksmith.data.detect import MaskSurvey, survey_masks
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
@@ -112,7 +114,7 @@ def survey_labels(mask_paths: Sequence[str | Path], *, classes: str | Path | Seq
                   ignore_color: Sequence[int] | None = None, ignore_index: int | None = None) -> MaskSurvey:
     """The detection half of `resolve_labels`: the masks' encoding and sampled class pixels (check prints them)."""
     ignore = _ignore_value(ignore_index)
-    names = read_class_names(_as_classes(classes))
+    names = _class_names(classes, ignore)
     if names is not None:  # a named class hidden by the ignore value fails before any mask is read
         problem = ignore_index_problem(ignore, len(names), names)
         if problem is not None:
@@ -128,7 +130,7 @@ def labels_from_survey(survey: MaskSurvey, *, classes: str | Path | Sequence[str
                        values_seen: Iterable[int] | None = None, where: Path | None = None) -> LabelSpec:
     """The naming half of `resolve_labels`: class names, count and colors on top of a detected encoding."""
     ignore = _ignore_value(ignore_index)
-    names = read_class_names(_as_classes(classes))
+    names = _class_names(classes, ignore)
     encoding, detected = survey.encoding, survey.num_classes
     named_by = source or (classes if isinstance(classes, (str, Path)) else None) or where or "class list"
     if names is not None:
@@ -160,6 +162,13 @@ def _ignore_value(ignore_index: int | None) -> int:
     if problem is not None:
         raise ConfigError(problem)
     return int(value)
+
+
+def _class_names(classes: str | Path | Sequence[str] | None, ignore: int) -> list[str] | None:
+    """The class names given, without the void that the ignore value names (data.classes' rule)."""
+    given = _as_classes(classes)
+    names, _ = without_named_void(read_class_names(given), ignore, class_list_name(given))
+    return names
 
 
 def _as_classes(classes: str | Path | Sequence[str] | None) -> str | Path | list[str] | None:

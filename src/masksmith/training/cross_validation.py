@@ -22,7 +22,7 @@ from masksmith.errors import ConfigError, DataError
 from masksmith.planning.stage import check_and_plan
 from masksmith.training.cv_scores import score_folds, summary_table
 from masksmith.training.network import check_names
-from masksmith.training.prepare import find_pairs, with_dataset_classes
+from masksmith.training.prepare import find_pairs, with_dataset_classes, with_void_class
 from masksmith.training.stages import quiet_lightning, run_stages
 
 SPLITS_FILE = "splits.json"
@@ -155,6 +155,8 @@ def _run_folds(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
     config = user.config
     log = RunLog(run_dir / "train.log", quiet=config.quiet)
     check_names(config)
+    user = with_void_class(user, log)
+    config = user.config
     found = find_pairs(config)  # the run's one discovery: the folds and the plan's check both read it
     pool, pooled, left_out = cv_pool(config.data, found.splits)
     if resume:

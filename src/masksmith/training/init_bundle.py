@@ -1,7 +1,7 @@
 """`train --init RUN/model.msb`: fine-tune from a model bundle (the label -> train -> label loop).
 
-The bundle's network is the run's (architecture, its options, input size, channels, normalization, head),
-unless the user gave those options; its weights are loaded before the first step; its classes must be
+The bundle's network is the run's (architecture, its options, input size, channels, normalization, head), and
+so is its ignore value, unless the user gave those options; its weights are loaded before the first step; its classes must be
 the data's, name for name, or the run is refused before training.
 """
 
@@ -19,7 +19,7 @@ from masksmith.errors import BundleError, ConfigError
 
 # The options a bundle fixes, each taken from it unless the user gave it.
 TAKEN = ("model", "model_options", "encoder", "weights", "size", "resize", "channels", "mean", "std",
-         "binary_head", "threshold")
+         "binary_head", "threshold", "ignore_index")
 
 
 def _names(names: Sequence[str]) -> str:
@@ -49,6 +49,9 @@ def with_init(user: UserConfig) -> UserConfig:
         "size": meta.size, "resize": meta.resize, "channels": meta.in_channels, "mean": list(meta.mean),
         "std": list(meta.std), "binary_head": "sigmoid" if meta.out_channels == 1 else "softmax",
         "threshold": meta.threshold,
+        # The data's void as the bundle was trained with it: a void class named in the class list is left out
+        # again (data.classes.named_void), so the classes match the bundle's.
+        "ignore_index": meta.ignore_index,
     }
     taken = {name: value for name, value in from_bundle.items() if name not in user.given}
     updated = user.with_values(taken, source=f"--init {config.init}")

@@ -11,7 +11,7 @@ import numpy as np
 from masksmith.config import TrainConfig, UserConfig
 from masksmith.core.runlog import RunLog
 from masksmith.data.check import CheckReport
-from masksmith.data.classes import find_class_file
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.discover import Discovery, Sample, discover_dataset, random_split_pool, split_samples, usable_pairs
 from masksmith.data.encoding import MaskEncoding, color_table_text, describe_encoding
 from masksmith.data.images import image_channels
@@ -64,6 +64,18 @@ def with_dataset_classes(user: UserConfig) -> UserConfig:
     if config.classes is None and config.data is not None and (found := find_class_file(config.data)) is not None:
         return user.with_values({"classes": str(found)})
     return user
+
+
+def with_void_class(user: UserConfig, log: RunLog) -> UserConfig:
+    """The run's classes without the void class that its ignore value names (data.classes' rule), with one line
+    in the log saying so; unchanged when the ignore value names no class."""
+    config = user.config
+    names, void = without_named_void(read_class_names(config.classes), config.ignore_index,
+                                     class_list_name(config.classes))
+    if void is None:
+        return user
+    log.info(void.text())
+    return user.with_values({"classes": names})
 
 
 def find_pairs(config: TrainConfig) -> Discovery:

@@ -23,7 +23,7 @@ from masksmith.training.init_bundle import check_init_classes, load_init_weights
 from masksmith.training.network import build_network, check_names, model_arguments
 from masksmith.training.outputs import TrainResult, train_result, write_bundle, write_results
 from masksmith.training.parallel import Launch, processes
-from masksmith.training.prepare import FixedSplit, PreparedData, find_pairs, prepare_data
+from masksmith.training.prepare import FixedSplit, PreparedData, find_pairs, prepare_data, with_void_class
 
 
 def quiet_lightning() -> None:
@@ -55,6 +55,7 @@ def run_stages(user: UserConfig, run_dir: Path, *, resume: bool, callbacks: Sequ
     quiet_lightning()
     log = RunLog(run_dir / "train.log" if launch.leader else None, quiet=user.config.quiet)
     check_names(user.config)  # an unknown name fails now, not after the data has been read
+    user = with_void_class(user, log)
     L.seed_everything(user.config.seed, workers=True, verbose=False)
     planning = user.config.auto and not resume and launch.leader  # the others receive rank 0's plan in its config
     # The data is discovered once in the run: the plan's check and the split read the same discovery, and

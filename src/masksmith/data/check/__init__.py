@@ -45,7 +45,7 @@ from masksmith.data.check.fingerprint import fingerprint, write_fingerprint
 from masksmith.data.check.pairs import pairs_and_problems
 from masksmith.data.check.report import CheckReport, Problem, display_path, print_report, safe_text
 from masksmith.data.check.summary import evenly, summarise_classes, summarise_images
-from masksmith.data.classes import find_class_file, read_class_names
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.discover import Discovery
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, ignore_index_problem
 from masksmith.errors import ConfigError, DataError
@@ -81,6 +81,8 @@ def check_dataset(
     if classes is None:
         classes = find_class_file(root)
     names = read_class_names(classes)
+    # An ignore value that names the last class makes that class the void (data.classes' rule).
+    names, void = without_named_void(names, ignore_index, class_list_name(classes))
     # A bad ignore value is a bad argument: raised here, before any file is read (the one rule, in encoding.py).
     problem = ignore_index_problem(ignore_index, len(names) if names else 0, names)
     if problem is not None:
@@ -89,9 +91,11 @@ def check_dataset(
     if not root.exists():
         raise DataError(f"{root}: folder not found")
 
-    report = CheckReport(root=root, ignore_index=ignore_index, classes_given=names is not None)
+    report = CheckReport(root=root, ignore_index=ignore_index, classes_given=names is not None, void=void)
     if isinstance(classes, (str, os.PathLike)):
         report.classes_file = Path(classes)
+    if void is not None:
+        classes = names  # the classes without the void, for every decision below
     splits, report.unpaired, report.problems = pairs_and_problems(root, mask_suffix, discovery)
     report.splits = {split: len(samples) for split, samples in splits.items()}
     report.pairs = splits

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from masksmith.data.classes import VoidClass
 from masksmith.data.discover import Sample
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
 from masksmith.data.labels import LabelSpec
@@ -77,6 +78,7 @@ class CheckReport:
     ignore_index: int = DEFAULT_IGNORE_INDEX
     classes_given: bool = False
     classes_file: Path | None = None
+    void: VoidClass | None = None  # the class list's class that the ignore value names: left out of the classes
     class_pixels: dict[str, list[int]] = field(default_factory=dict)  # split (and "overall") -> per class
     class_images: dict[str, list[int]] = field(default_factory=dict)  # masks in which each class occurs
     class_runs: dict[str, list[int]] = field(default_factory=dict)  # runs along rows + columns (structure_runs)
@@ -211,6 +213,8 @@ class CheckReport:
             "encoding": self.encoding.to_dict() if self.encoding is not None else None,
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
+            "void": None if self.void is None else {"index": self.void.index, "name": safe_text(self.void.name),
+                                                    "message": safe_text(self.void.text())},
             "classes": classes,
             "never_seen": [safe_text(n) for n in self.never_seen()],
             "rare": [safe_text(n) for n in self.rare_classes()],
@@ -269,6 +273,8 @@ def print_report(report: CheckReport, console: Console) -> None:
         if report.mean is not None:
             console.print(f"mean {report.mean}, std {report.std} (0..1 scale, {report.stats_images} images)")
 
+    if report.void is not None:
+        console.print(text(report.void.text()))
     if report.class_names and report.class_pixels:
         encoding = report.encoding.kind if report.encoding else "?"
         table = Table(title=f"Classes ({report.num_classes}, {encoding} masks; "

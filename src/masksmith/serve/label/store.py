@@ -20,7 +20,7 @@ import numpy as np
 from PIL import ExifTags
 
 from masksmith.bundle import BundleMeta
-from masksmith.data.classes import find_class_file, read_class_names
+from masksmith.data.classes import class_list_name, find_class_file, read_class_names, without_named_void
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX, MaskEncoding
 from masksmith.data.images import NPY_SUFFIX, read_image
 from masksmith.data.labels import LabelSpec, display_colors, resolve_labels
@@ -70,13 +70,16 @@ def decide_labels(listing: Listing, options: LabelOptions, model: BundleMeta | N
     """The dataset's classes, encoding, colors and ignore value: from its masks as `check` decides them, else
     from the model (whose bundle records its training masks' encoding), else from the options."""
     classes = options.classes or find_class_file(listing.root)
-    ignore = DEFAULT_IGNORE_INDEX if options.ignore_index is None else options.ignore_index
+    given_ignore = options.ignore_index
+    if given_ignore is None and model is not None:
+        given_ignore = model.ignore_index  # the value it was trained with: a void it names is left out as in training
+    ignore = DEFAULT_IGNORE_INDEX if given_ignore is None else given_ignore
     if listing.masks:
         spec = resolve_labels(listing.masks, classes=classes, foreground=options.foreground, palette=options.palette,
-                              ignore_color=options.ignore_color, ignore_index=options.ignore_index)
+                              ignore_color=options.ignore_color, ignore_index=given_ignore)
     elif model is not None:
         spec = LabelSpec.from_dict(model.model_dump())
-        names = read_class_names(classes)
+        names, _ = without_named_void(read_class_names(classes), spec.ignore_index, class_list_name(classes))
         if names is not None and len(names) == spec.num_classes:
             spec = LabelSpec(spec.encoding, tuple(names), spec.colors, spec.ignore_index)
     elif options.palette is not None:
