@@ -129,6 +129,12 @@ def check(
     raise typer.Exit(result.report.exit_code(strict))
 
 
+# Typer reads the default from the Option; one Option shared by predict, evaluate and serve keeps them alike.
+_BACKEND = typer.Option("auto", help="auto: a bundle runs on ONNX Runtime on the CPU (exported once, checked against "
+                        "PyTorch, cached in $MASKSMITH_CACHE or ~/.cache/masksmith), PyTorch on a GPU or where the "
+                        "check fails | torch | onnx")
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -144,6 +150,7 @@ def evaluate(
     html: bool = typer.Option(False, "--html", help="also write OUT/report.html: one self-contained page "
                               "(metrics, per-class bars, confusion matrix, curves, sortable per-image table)"),
     tta: bool = typer.Option(False, "--tta", help="average each prediction over flipped copies, as predict --tta"),
+    backend: str = _BACKEND,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled images: per-class IoU, Dice, precision, recall; plots and a gallery."""
@@ -152,7 +159,8 @@ def evaluate(
 
     *more, data = rest  # evaluate MODEL [MODEL...] DATA: the last argument is the data
     result = run_evaluation([bundle, *more] if more else bundle, data, split=split, out=out,
-                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html, tta=tta)
+                            mask_suffix=mask_suffix, threshold=threshold, progress=not quiet, html=html, tta=tta,
+                            backend=backend)
     if not quiet:
         print_results(result)
     typer.echo(f"report: {result['out']}")
@@ -175,7 +183,7 @@ def predict(
                                     "training masks' own encoding (0/255, RGB colors, ...)"),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
+    backend: str = _BACKEND,
     tile: Optional[int] = typer.Option(None, min=1, max=65536, help="predict in tiles of this many pixels "
                                        "[default: automatic for crop-trained models on images over 2x the "
                                        "training size]"),
@@ -295,7 +303,7 @@ def serve_command(
     port: int = typer.Option(8000, help="TCP port (0: a free one)"),
     token: Optional[str] = typer.Option(None, envvar="MASKSMITH_SERVE_TOKEN",
                                         help="bearer token required on every route but /healthz"),
-    backend: Optional[str] = typer.Option(None, help="torch | onnx [default: onnx for .onnx files, else torch]"),
+    backend: str = _BACKEND,
     threads: Optional[int] = typer.Option(None, help="compute threads [default: one per physical core]"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the torch backend runs (onnx: the CPU)"),
     max_batch: Optional[int] = typer.Option(None, help="most images run together in one batch (1: batching off) "

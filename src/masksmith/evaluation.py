@@ -55,16 +55,17 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
 
 def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
              mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
-             html: bool = False, tta: bool = False) -> dict[str, Any]:
+             html: bool = False, tta: bool = False, backend: str | None = None) -> dict[str, Any]:
     """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
-    `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only)."""
+    `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only).
+    `backend`: what a model file runs on (masksmith.inference.backend_choice; the command's default is auto)."""
     check_threshold(threshold)
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
     if in_memory and tta:
         raise MasksmithError("tta is an option of a model loaded from a file; give Predictor(..., tta=True) instead")
-    predictor = bundle if in_memory else load_models(bundle, tta=tta)  # type: ignore[arg-type]
+    predictor = bundle if in_memory else load_models(bundle, tta=tta, backend=backend)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
     if out is None:

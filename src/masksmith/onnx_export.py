@@ -244,6 +244,31 @@ def verify(network: nn.Module, backend: OnnxBackend, inputs: Sequence[torch.Tens
     return checks
 
 
+def verified_onnx(network: nn.Module, meta: BundleMeta, *, source: str, opset: int = DEFAULT_OPSET,
+                  int8: bool = False, real: Sequence[torch.Tensor] = ()) -> tuple[bytes, ExportReport]:
+    """The network as ONNX (fp32, or int8 calibrated on `real`) and its parity report against PyTorch.
+
+    An fp32 graph whose logits stray more than FP32_TOLERANCE of their range from PyTorch's is refused
+    (MasksmithError naming `source`); int8 ones are reported, since quantization changes logits by design.
+    """
+    model = network_to_onnx(network, meta, opset=opset)
+    multiple = input_multiple(network)  # the one the graph's header records (network_to_onnx reads the same)
+    precision = "int8" if int8 else "fp32"
+    if int8:
+        import onnx
+
+        quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
+        set_onnx_header(quantized, onnx_header(meta, multiple, "int8", opset))
+        model = quantized.SerializeToString()
+    backend = OnnxBackend(model, source=source)
+    report = ExportReport(Path(source), precision, opset, multiple, len(model), calibration_images=len(real))
+    report.checks = verify(network, backend, _verification_inputs(meta, multiple, real), real_from=2)
+    if not int8 and report.max_rel_diff > FP32_TOLERANCE:
+        raise MasksmithError(f"{source}: ONNX logits differ from PyTorch by {report.max_rel_diff:.2e} of their "
+                             f"range (limit {FP32_TOLERANCE:.0e})")
+    return model, report
+
+
 def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
                 calibration: str | Path | Sequence[str | Path] | None = None,
                 calibration_limit: int = 32) -> ExportReport:
@@ -259,21 +284,10 @@ def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = D
     if calibration:
         items = [calibration] if isinstance(calibration, (str, Path)) else list(calibration)
         real = calibration_batches(meta, items, calibration_limit)
-    model = network_to_onnx(network, meta, opset=opset)
-    multiple = input_multiple(network)  # the one the graph's header records (network_to_onnx reads the same)
-    precision = "int8" if int8 else "fp32"
-    if int8:
-        import onnx
-
-        quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
-        set_onnx_header(quantized, onnx_header(meta, multiple, "int8", opset))
-        model = quantized.SerializeToString()
-    backend = OnnxBackend(model, source=str(out_path))
-    report = ExportReport(out_path, precision, opset, multiple, len(model), calibration_images=len(real))
-    report.checks = verify(network, backend, _verification_inputs(meta, multiple, real), real_from=2)
-    if not int8 and report.max_rel_diff > FP32_TOLERANCE:
-        raise MasksmithError(f"{out_path}: ONNX logits differ from PyTorch by {report.max_rel_diff:.2e} of their "
-                             f"range (limit {FP32_TOLERANCE:.0e}); not written")
+    try:
+        model, report = verified_onnx(network, meta, source=str(out_path), opset=opset, int8=int8, real=real)
+    except MasksmithError as error:
+        raise MasksmithError(f"{error}; not written") from None
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(model)
     report.seconds = time.perf_counter() - started

@@ -20,12 +20,13 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from masksmith.backends import Backend, TorchBackend, open_backend
+from masksmith.backends import Backend, TorchBackend
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.fileio import refuse_overwrite
+from masksmith.inference.backend_choice import open_model
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities
 from masksmith.models.base import input_multiple, pad_to_multiple
@@ -221,11 +222,13 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *, backend: str | None = None,
              optimize: bool = True, threads: int | None = None, **options) -> "Predictor":
-        """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle run by PyTorch.
+        """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle.
 
-        `backend="onnx"` on a bundle exports it to ONNX in memory first; options go to the constructor.
+        A bundle runs on the `backend` that masksmith.inference.backend_choice picks: "auto" (the commands'
+        default: ONNX Runtime from the ONNX cache on the CPU, else PyTorch), "torch", "onnx", or None
+        (PyTorch). Other options go to the constructor.
         """
-        opened = open_backend(path, kind=backend, device=device, optimize=optimize, threads=threads)
+        opened = open_model(path, backend, device, optimize=optimize, threads=threads)
         assert opened.meta is not None  # opened from a file: the bundle's (or ONNX header's) metadata
         return cls(opened, opened.meta, **options)
 
