@@ -107,13 +107,14 @@ def test_onnx_predictions_match_the_bundle_from_the_command_line(trained, tmp_pa
     assert result.exit_code == 0, result.output
     assert "max |logit diff|" in result.output and exported.is_file()
     outputs = {}
-    for label, model, extra in (("torch", bundle, []), ("onnx", exported, []), ("msb-onnx", bundle, ["--backend", "onnx"])):
+    for label, model, extra in (("torch", bundle, ["--backend", "torch"]), ("onnx", exported, []),
+                                ("msb-onnx", bundle, ["--backend", "onnx"]), ("msb-default", bundle, [])):
         out = tmp_path / label
         result = runner.invoke(app, ["predict", str(model), str(data / "images"), "--out", str(out), "-q", *extra])
         assert result.exit_code == 0, result.output
         outputs[label] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
     assert len(outputs["torch"]) == 12
-    for label in ("onnx", "msb-onnx"):
+    for label in ("onnx", "msb-onnx", "msb-default"):
         assert outputs[label].keys() == outputs["torch"].keys()
         same = np.mean([np.mean(outputs[label][k] == outputs["torch"][k]) for k in outputs["torch"]])
         assert same >= 0.999

@@ -64,7 +64,7 @@ def choose(path: str | Path, backend: str | None = None, device: str = "cpu") ->
     check_backend(backend)
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        return Choice("onnx")
+        return Choice("torch" if backend == "torch" else "onnx")  # open_backend refuses torch for it
     if backend in (None, "torch"):
         return Choice("torch")
     on_cuda = torch.device(_device(device)).type == "cuda"

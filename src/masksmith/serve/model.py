@@ -92,9 +92,10 @@ class ServedModel:
     card: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None,
+    def load(cls, path: str | Path, backend: str | None = "auto", threads: int | None = None,
              device: str = "cpu") -> "ServedModel":
-        """Load a .msb bundle (PyTorch on `device`) or an .onnx export (ONNX Runtime, on the CPU)."""
+        """Load an .onnx export (ONNX Runtime, on the CPU) or a .msb bundle, on the backend `serve` defaults to
+        (auto: the bundle's cached ONNX export on the CPU; masksmith.inference.backend_choice)."""
         path = Path(path)
         if not path.is_file():
             raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
