@@ -237,6 +237,7 @@ def predict(
                                  gpus_per_actor=gpus_per_actor, load_options=load_options)
     refuse_if_locked(out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
     predictor = load_models(models, **load_options) if engine == "local" else None
+    _say_int8(predictor)
     # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
     plan = plan_predictions(inputs, out, overlay_images=overlay, resume=resume)
     record = PredictionRecord.of(models, {
@@ -263,6 +264,17 @@ def predict(
         cost = f"{passes} forward passes per image, ~{passes}x the inference time, " if passes else ""
         typer.echo(f"tta: {cost}{per_image:.0f} ms per image with TTA")
     _exit_on_failures(report.failed, "read")
+
+
+def _say_int8(predictor: Any) -> None:
+    """An int8 model changes masks: say by how much (its export measured it), once, on stderr."""
+    from masksmith.onnx_export import int8_note
+
+    for member in getattr(predictor, "members", [predictor]):
+        header = getattr(getattr(member, "backend", None), "header", None)
+        note = int8_note(header) if header is not None else None
+        if note:
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 def _exit_on_failures(failed: list[tuple[Any, str]], verb: str) -> None:

@@ -109,6 +109,17 @@ class ServedModel:
         """Architecture, file name and the start of the checksum: changes whenever the weights do."""
         return f"{self.predictor.meta.model}:{self.path.name}:{self.checksum.split(':')[1][:12]}"
 
+    def _precision(self) -> dict[str, Any]:
+        """The card's precision: an int8 model's also says how far its masks agree with PyTorch's."""
+        from masksmith.onnx_export import int8_note
+
+        header = getattr(self.predictor.backend, "header", None)
+        note = int8_note(header) if header is not None else None
+        if header is None or note is None:
+            return {"precision": "fp32"}
+        return {"precision": "int8", "int8": {"validation_agreement": header.validation_agreement,
+                                              "validation_images": header.validation_images, "note": note}}
+
     def _card(self) -> dict[str, Any]:
         meta = self.predictor.meta
         split = dict(meta.split)
@@ -117,7 +128,8 @@ class ServedModel:
             split["val_images"] = len(validation_names)
         return {
             "id": self.model_id, "checksum": self.checksum, "file": self.path.name,
-            "architecture": meta.model, "backend": self.predictor.backend_name, "threads": self.threads,
+            "architecture": meta.model, "backend": self.predictor.backend_name, **self._precision(),
+            "threads": self.threads,
             "device": str(self.predictor.device),
             "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
                         for i, name in enumerate(meta.class_names)],
