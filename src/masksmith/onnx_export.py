@@ -116,8 +116,8 @@ def int8_note(header: OnnxHeader) -> str | None:
         return None
     agreement, images = header.validation_agreement, header.validation_images
     if agreement is None:
-        return "int8 model: quantization can change masks; its agreement with PyTorch was not measured on a " \
-               "validation split (export it beside its run's config.yaml to measure it)"
+        return "int8 model: quantization can change masks; its agreement with PyTorch was not measured (at export, " \
+               "no config.yaml beside the bundle led to its training data's validation split)"
     measured = f"{100 * agreement:.2f}% of the validation split's mask pixels ({images} images)"
     if agreement >= INT8_AGREEMENT_CLAIM:
         return f"int8 model: its masks agree with PyTorch's on {measured}, at least {100 * INT8_AGREEMENT_CLAIM:g}%"

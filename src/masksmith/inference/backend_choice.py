@@ -65,8 +65,8 @@ def choose(path: str | Path, backend: str | None = None, device: str = "cpu") ->
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return Choice("torch" if backend == "torch" else "onnx")  # open_backend refuses torch for it
-    if backend in (None, "torch"):
-        return Choice("torch")
+    if backend in (None, "torch") or not path.is_file():
+        return Choice("torch")  # a missing bundle: open_backend words the error as for any backend
     on_cuda = torch.device(_device(device)).type == "cuda"
     if backend == "auto" and on_cuda:
         return Choice("torch")

@@ -46,10 +46,6 @@ class CacheUnavailable(MasksmithError):
     """The cache folder cannot be created, locked or written (a file in its place, read-only, full)."""
 
 
-class ParityFailed(MasksmithError):
-    """The bundle's ONNX export was refused: it failed (or failed its parity check against PyTorch)."""
-
-
 def cache_dir() -> Path:
     """Where ONNX exports are cached: $MASKSMITH_CACHE/onnx, $XDG_CACHE_HOME/masksmith/onnx or ~/.cache/masksmith/onnx."""
     root = os.environ.get(CACHE_ENV, "").strip()
