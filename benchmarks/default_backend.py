@@ -1,19 +1,20 @@
 """`masksmith predict MODEL.msb DIR --out O` as a user runs it: the default backend against `--backend torch`.
 
-    python benchmarks/default_backend.py [--images 160] [--bundle MODEL.msb] [--train-minutes 1] [--rounds 1]
+    python benchmarks/default_backend.py [--images 160] [--bundle MODEL.msb] [--train-minutes 1] [--rounds 2]
 
 Without --bundle it trains a model with the default command on the membrane slices (`masksmith train
 DATA --foreground 0 --size 256 --max-time M`: the plan's default architecture, trained at 256 px, as the
 demo trains), so the ONNX export and its parity check run on trained weights. The images are the ISBI 2012
 membrane slices (/work/shared/data/isbi2012-membrane, train and test, 512x512) and their flips and
 rotations, written as distinct PNG files up to --images. Each row is one `masksmith predict` process
-(a fresh interpreter, model loading included) into a fresh output folder, rows run one after the other:
+(a fresh interpreter, model loading included) into a fresh output folder:
 
 - `--backend torch`: eager PyTorch;
 - default, first run: the ONNX cache is empty (a fresh $MASKSMITH_CACHE), so it exports, checks and stores;
 - default, cached: the same command again, reading the cached export.
 
-Wall seconds are the whole process; "start-up" is the same command on --startup-images images, and
+The torch and cached rows alternate for --rounds rounds and keep their best, so load from other processes
+slows both alike. Wall seconds are the whole process; "start-up" is the same command on --startup-images images, and
 images/s after start-up is (images - startup images) / (wall - start-up wall). The last column is the share
 of mask pixels equal to the torch run's masks.
 """
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--startup-images", type=int, default=4)
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--train-minutes", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved torch/cached rounds (best kept)")
     parser.add_argument("--work", type=Path, help="scratch folder [default: a temporary one]")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="masksmith-default-backend-"))
@@ -101,31 +103,41 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "MASKSMITH_CACHE": str(cache)}
 
-    rows = []
-    start_torch, _ = run(bundle, few, work / "o-few-torch", ["--backend", "torch"], env)
-    torch_s, torch_err = run(bundle, images, work / "o-torch", ["--backend", "torch"], env)
-    first_s, first_err = run(bundle, images, work / "o-first", [], env)  # empty cache: export + check + store
-    start_cached, _ = run(bundle, few, work / "o-few-cached", [], env)
-    cached_s, cached_err = run(bundle, images, work / "o-cached", [], env)
-    rows.append(("`--backend torch` (eager PyTorch)", torch_s, start_torch, work / "o-torch", torch_err))
-    rows.append(("default, first run (exports to the ONNX cache)", first_s, None, work / "o-first", first_err))
-    rows.append(("default, cached export", cached_s, start_cached, work / "o-cached", cached_err))
+    # The first default run finds the cache empty; then the torch and cached rows alternate, round by round, so
+    # load from other processes on a shared machine slows both alike; each row keeps its best round.
+    first_s, first_err = run(bundle, images, work / "o-first", [], env)
+    best: dict[str, tuple[float, float, str]] = {}
+    for _ in range(args.rounds):
+        for label, extra in (("torch", ["--backend", "torch"]), ("cached", [])):
+            startup, _ = run(bundle, few, work / f"o-few-{label}", extra, env)
+            seconds, stderr = run(bundle, images, work / f"o-{label}", extra, env)
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, startup, stderr)
+    rows = [("`--backend torch` (eager PyTorch)", *best["torch"], work / "o-torch"),
+            ("default, first run (exports to the ONNX cache)", first_s, None, first_err, work / "o-first"),
+            ("default, cached export", *best["cached"], work / "o-cached")]
 
     after = args.images - args.startup_images
-    print(f"{args.images} membrane slices, 512x512 PNG in, masks out; model {bundle}; "
+    from masksmith.bundle import read_meta
+
+    meta = read_meta(bundle)
+    encoder = meta.model_options.get("encoder", "")
+    print(f"{args.images} membrane slices, 512x512 PNG in, masks out; model {meta.model}"
+          f"{f' ({encoder})' if encoder else ''}, trained at {meta.size} ({meta.resize}): {bundle}; "
           f"{os.cpu_count()} CPUs visible, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print()
     print("| command | seconds | images/s | start-up s | images/s after start-up | pixels equal to torch's |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for label, seconds, startup, out, stderr in rows:
+    for label, seconds, startup, stderr, out in rows:
         rate_after = f"{after / (seconds - startup):.1f}" if startup is not None and seconds > startup else "—"
         print(f"| {label} | {seconds:.1f} | {args.images / seconds:.1f} | "
               f"{f'{startup:.1f}' if startup is not None else '—'} | {rate_after} | "
               f"{100 * agreement(out, work / 'o-torch'):.3f}% |")
-    for label, _, _, _, stderr in rows:
+    for label, _, _, stderr, _ in rows:
         if stderr:
             print(f"{label}: stderr: {stderr}")
-    print(f"\nspeed-up of the cached default over --backend torch: {torch_s / cached_s:.2f}x end to end")
+    print(f"\nspeed-up of the cached default over --backend torch: {best['torch'][0] / best['cached'][0]:.2f}x end "
+          f"to end (best of {args.rounds} interleaved rounds each)")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
