@@ -359,3 +359,20 @@ def test_a_ray_actor_creates_its_session_once(bundle, cache, monkeypatch, tmp_pa
         result = actor(rows)
         assert all(reason == "" for reason in result["reason"])
     assert len(sessions) == 1
+
+
+def test_the_ray_driver_exports_before_its_actors_start_and_says_why_not(bundle, cache, tmp_path, monkeypatch,
+                                                                         exports):
+    from masksmith.ray_engine import prepare_models
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_models([bundle], {"backend": "auto", "device": "cpu"})
+    assert len(exports) == 1 and entry_for(bundle).record.is_file() and not caught  # the actors will read it
+    prepare_models([bundle], {"backend": "torch", "device": "cpu"})
+    assert len(exports) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MASKSMITH_CACHE", str(blocker))
+    with pytest.warns(BackendNote, match="running PyTorch"):
+        prepare_models([bundle], {"backend": "auto", "device": "cpu"})
