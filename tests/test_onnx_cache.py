@@ -376,3 +376,34 @@ def test_the_ray_driver_exports_before_its_actors_start_and_says_why_not(bundle,
     monkeypatch.setenv("MASKSMITH_CACHE", str(blocker))
     with pytest.warns(BackendNote, match="running PyTorch"):
         prepare_models([bundle], {"backend": "auto", "device": "cpu"})
+
+
+def test_predict_and_evaluate_default_to_the_cached_onnx_export(bundle, cache, tmp_path, exports, monkeypatch,
+                                                                  make_image_mask_pairs):
+    from masksmith.inference import backend_choice
+
+    data = tmp_path / "data"
+    make_image_mask_pairs(data / "images", data / "masks", ["a", "b"], size=(20, 28))
+    result = runner.invoke(app, ["predict", str(bundle), str(data / "images"), "--out", str(tmp_path / "p"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(exports) == 1 and entry_for(bundle).record.is_file()  # predict's default exported and cached it
+    opened = []
+    original = backend_choice.open_model
+
+    def spy(path, backend=None, *args, **kwargs):
+        backend_made = original(path, backend, *args, **kwargs)
+        opened.append((backend, backend_made.name))
+        return backend_made
+
+    torch_masks = Predictor.load(bundle, backend="torch", device="cpu").predict_batch(
+        sorted((data / "images").glob("*.png")))
+    monkeypatch.setattr("masksmith.predict.open_model", spy)
+    result = runner.invoke(app, ["evaluate", str(bundle), str(data), "--split", "all", "--out", str(tmp_path / "e"),
+                                 "-q"])
+    again = runner.invoke(app, ["predict", str(bundle), str(data / "images"), "--out", str(tmp_path / "q"), "-q"])
+    assert result.exit_code == 0 and again.exit_code == 0, result.output + again.output
+    assert opened == [("auto", "onnx"), ("auto", "onnx")] and len(exports) == 1  # read from the cache
+    from PIL import Image
+
+    for path, expected in zip(sorted((data / "images").glob("*.png")), torch_masks):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "q" / path.name)), expected)
