@@ -2,12 +2,13 @@
 
 `auto` (the commands' default) runs a bundle on the CPU through ONNX Runtime fp32, from the ONNX cache
 (inference.onnx_cache: exported once, parity-checked against PyTorch, kept by the bundle's checksum), since
-it is 2-4x faster than eager PyTorch there; it runs PyTorch where ONNX Runtime cannot serve the bundle, and
-says why in one line (a BackendNote warning): a CUDA device (ONNX Runtime runs on the CPU here), onnxruntime
-not installed, an export refused by its parity check, a cache folder that cannot be used. `onnx` insists:
-the same cached export, or one in memory for this run when the cache cannot be used; a refused export is an
-error. `torch` runs the bundle on PyTorch. An `.onnx` file always runs on ONNX Runtime. None (the Python
-API's default) picks by file type: PyTorch for a bundle.
+it is faster than eager PyTorch there (benchmarks/default_backend.py, benchmarks/inference.py). It runs
+PyTorch where ONNX Runtime cannot serve the bundle, and says why in one line (a BackendNote warning): a
+CUDA device (ONNX Runtime runs on the CPU here), onnxruntime not installed, an export refused by its parity
+check, a cache folder that cannot be used. `onnx` insists: the same cached export, or one in memory for
+this run when the cache cannot be used; a refused export is an error. `torch` runs the bundle on PyTorch.
+An `.onnx` file always runs on ONNX Runtime. None (the Python API's default) picks by file type: PyTorch
+for a bundle.
 """
 
 from __future__ import annotations
