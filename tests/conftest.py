@@ -12,6 +12,15 @@ from PIL import Image
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX exports made by the commands' default backend go to one cache per test process, never ~/.cache:
+    a bundle shared by several tests is exported once (subprocesses inherit the variable)."""
+    import os
+
+    os.environ["MASKSMITH_CACHE"] = str(tmp_path_factory.mktemp("masksmith-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in its own temporary folder: default outputs (runs/train, runs/check-...) stay out of the repo."""

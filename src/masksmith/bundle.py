@@ -225,13 +225,17 @@ class OnnxHeader(BaseModel):
     # A header without one predates the field; such graphs were exported without padding requirements.
     input_multiple: Annotated[int, Field(strict=True, ge=1, le=MAX_MULTIPLE)] = DEFAULT_MULTIPLE
     precision: Literal["fp32", "int8"] = "fp32"
+    # An int8 export's share of pixels whose class PyTorch's network gives too, on the model's validation split.
+    validation_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    validation_images: Annotated[int, Field(ge=0)] | None = None
     meta: BundleMeta
 
 
-def onnx_header(meta: BundleMeta, multiple: int, precision: str, opset: int) -> str:
-    """The JSON stored under METADATA_KEY in an exported ONNX model's metadata_props."""
+def onnx_header(meta: BundleMeta, multiple: int, precision: str, opset: int, **measured: Any) -> str:
+    """The JSON stored under METADATA_KEY in an exported ONNX model's metadata_props (`measured`: OnnxHeader's
+    optional fields, such as an int8 export's validation agreement)."""
     return json.dumps({"format": ONNX_FORMAT_NAME, "format_version": ONNX_FORMAT_VERSION, "input_multiple": multiple,
-                       "precision": precision, "opset": opset, "exported_by": __version__,
+                       "precision": precision, "opset": opset, "exported_by": __version__, **measured,
                        "meta": meta.model_dump(mode="json")})
 
 

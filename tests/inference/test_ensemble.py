@@ -125,7 +125,7 @@ def test_predict_and_evaluate_cli_take_several_models(tmp_path, members):
     result = runner.invoke(app, ["predict", str(members[0]), str(members[1]), str(data / "images"),
                                  "--out", str(tmp_path / "pred"), "-q"])
     assert result.exit_code == 0, result.output
-    ensemble = load_models(members[:2])
+    ensemble = load_models(members[:2], backend="auto")  # the commands' default backend
     for path in sorted((data / "images").glob("*.jpg")):
         written = np.asarray(Image.open(tmp_path / "pred" / f"{path.stem}.png"))
         assert np.array_equal(written, ensemble.predict(path))
@@ -135,7 +135,7 @@ def test_predict_and_evaluate_cli_take_several_models(tmp_path, members):
                                  "--split", "all", "--out", str(tmp_path / "ev"), "-q"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    three = load_models(members)
+    three = load_models(members, backend="auto")
     confusion = ConfusionMatrix(3, 255)
     for path in sorted((data / "images").glob("*.jpg")):
         confusion.update(three.predict(path), np.asarray(Image.open(data / "masks" / f"{path.stem}.png")))

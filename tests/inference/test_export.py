@@ -112,13 +112,14 @@ def test_onnx_predictions_match_the_bundle_from_the_command_line(trained, tmp_pa
     assert result.exit_code == 0, result.output
     assert "max |logit diff|" in result.output and exported.is_file()
     outputs = {}
-    for label, model, extra in (("torch", bundle, []), ("onnx", exported, []), ("msb-onnx", bundle, ["--backend", "onnx"])):
+    for label, model, extra in (("torch", bundle, ["--backend", "torch"]), ("onnx", exported, []),
+                                ("msb-onnx", bundle, ["--backend", "onnx"]), ("msb-default", bundle, [])):
         out = tmp_path / label
         result = runner.invoke(app, ["predict", str(model), str(data / "images"), "--out", str(out), "-q", *extra])
         assert result.exit_code == 0, result.output
         outputs[label] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
     assert len(outputs["torch"]) == 12
-    for label in ("onnx", "msb-onnx"):
+    for label in ("onnx", "msb-onnx", "msb-default"):
         assert outputs[label].keys() == outputs["torch"].keys()
         same = np.mean([np.mean(outputs[label][k] == outputs["torch"][k]) for k in outputs["torch"]])
         assert same >= 0.999
@@ -209,3 +210,50 @@ def test_export_over_its_own_bundle_is_refused(tmp_path, bundle):
     assert result.exit_code == 2, result.output
     assert "would overwrite the input" in result.output
     assert bundle.read_bytes() == before
+
+
+def test_int8_export_measures_its_agreement_on_the_validation_split(trained, tmp_path):
+    from masksmith.inference.export import validation_images
+
+    root, data, bundle, _, report = trained
+    meta = read_meta(bundle)
+    wanted = set(meta.split["val"])
+    found = validation_images(bundle, meta)
+    assert wanted and {path.stem for path in found} == wanted
+    assert report.validation_images == len(wanted) and 0.5 < report.validation_agreement <= 1
+    header = OnnxBackend(root / "model.int8.onnx").header
+    assert header.validation_agreement == pytest.approx(report.validation_agreement)
+    assert header.validation_images == len(wanted)
+    assert "on the validation split" in report.summary()
+    # The same measure, taken independently: int8 masks against PyTorch's at the images' own size.
+    int8, eager = Predictor.load(root / "model.int8.onnx"), Predictor.load(bundle, backend="torch")
+    same = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(int8.predict_batch(found),
+                                                                      eager.predict_batch(found))]))
+    assert abs(same - report.validation_agreement) < 0.02
+    # The fp32 export has nothing to claim; an int8 one is said to change masks, by as much as measured.
+    assert OnnxBackend(root / "model.onnx").header.validation_agreement is None
+    result = runner.invoke(app, ["predict", str(root / "model.int8.onnx"), str(data / "images"),
+                                 "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"{100 * report.validation_agreement:.2f}% of the validation split's mask pixels" in result.output
+    from masksmith.serve.model import ServedModel
+
+    card = ServedModel.load(root / "model.int8.onnx").card
+    assert card["precision"] == "int8" and card["int8"]["validation_images"] == len(wanted)
+    claimed = "at least 99.5%" in card["int8"]["note"]
+    assert claimed == (report.validation_agreement >= 0.995)
+    assert ServedModel.load(root / "model.onnx").card["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("agreement, claim", [(0.9951, "at least 99.5%"), (0.9949, "only 99.49%"),
+                                              (None, "not measured")])
+def test_int8_note_claims_agreement_only_at_or_above_the_bar(agreement, claim):
+    from masksmith.bundle import OnnxHeader
+    from masksmith.inference.export import int8_note
+
+    from tests.inference.test_backends import _meta  # a BundleMeta for the header
+
+    header = OnnxHeader(precision="int8", validation_agreement=agreement,
+                        validation_images=6 if agreement is not None else None, meta=_meta())
+    assert claim in int8_note(header)
+    assert int8_note(OnnxHeader(precision="fp32", meta=_meta())) is None

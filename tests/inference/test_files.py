@@ -189,14 +189,14 @@ def test_the_predict_batch_default_is_one_constant():
     # predict_files, the Ray engine and the CLI's --batch-size read inference.files.PREDICT_BATCH_SIZE.
     import inspect
 
-    from masksmith.cli.app import predict as predict_command
+    from masksmith.inference.config import PredictConfig
     from masksmith.inference.files import PREDICT_BATCH_SIZE
     from masksmith.inference.predictor import predict_files
     from masksmith.inference.ray_engine import RayOptions
 
     assert inspect.signature(predict_files).parameters["batch_size"].default == PREDICT_BATCH_SIZE
     assert RayOptions().batch_size == PREDICT_BATCH_SIZE
-    assert inspect.signature(predict_command).parameters["batch_size"].default.default == PREDICT_BATCH_SIZE
+    assert PredictConfig.model_fields["batch_size"].default == PREDICT_BATCH_SIZE  # the CLI's --batch-size
     # Nobody restates the number as a batch default.
     import re
     from pathlib import Path

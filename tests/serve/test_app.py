@@ -76,7 +76,7 @@ def test_health_readiness_and_model_card(client, trained):
     assert card["id"].endswith(card["checksum"][7:19])
     assert [c["name"] for c in card["classes"]] == ["background", "red box", "blue box"]
     assert card["input"]["size"] == 32 and card["input"]["resize"] == "resize"
-    assert len(card["normalization"]["mean"]) == 3 and card["backend"] == "torch"
+    assert len(card["normalization"]["mean"]) == 3 and card["backend"] == "onnx"  # serve's default on the CPU
     assert card["training"]["data"] == "shapes" and card["training"]["split"]["val_images"] >= 1
     results = json.loads((bundle.parent / "results.json").read_text())
     assert card["validation"]["scores"]["val_dice"] == pytest.approx(results["best_epoch_metrics"]["val_dice"])

@@ -110,7 +110,7 @@ def test_pooled_scores_equal_a_confusion_matrix_recomputed_from_the_fold_models(
 @pytest.mark.slow
 def test_the_run_folder_is_the_fold_ensemble_for_predict_and_evaluate(cv_run, tmp_path):
     data, run = cv_run
-    ensemble = load_models(run)
+    ensemble = load_models(run, backend="auto")  # the backend the commands run by default
     assert isinstance(ensemble, EnsemblePredictor) and len(ensemble) == 3
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(run), str(data / "test" / "images"), "--out", str(tmp_path / "p"), "-q"])

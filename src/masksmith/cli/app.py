@@ -182,6 +182,7 @@ def predict(
                                  gpus_per_actor=o.gpus_per_actor, load_options=o.load_options())
     refuse_if_locked(o.out, kind="prediction")  # at once, before the model loads; the lock itself is taken below
     predictor = load_models(models, **o.load_options()) if o.engine == "local" else None
+    _say_int8(predictor)
     # Planned before OUT is claimed: outputs that would replace an input are refused with OUT untouched.
     plan = plan_predictions(inputs, o.out, overlay_images=o.overlay, resume=o.resume)
     record = PredictionRecord.of(models, {
@@ -203,6 +204,17 @@ def predict(
     passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(report.summary(o.out, tta=o.tta, tta_passes=passes))
     _exit_on_failures(report.failed, "read")
+
+
+def _say_int8(predictor: Any) -> None:
+    """An int8 model changes masks: say by how much (its export measured it), once, on stderr."""
+    from masksmith.inference.export import int8_note
+
+    for member in getattr(predictor, "members", [predictor]):
+        header = getattr(getattr(member, "backend", None), "header", None)
+        note = int8_note(header) if header is not None else None
+        if note:
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 def _exit_on_failures(failed: list[tuple[Any, str]], verb: str) -> None:

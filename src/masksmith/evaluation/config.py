@@ -9,6 +9,8 @@ from pydantic import Field
 
 from masksmith.core.command_config import CommandConfig, extra
 from masksmith.data.discover import VOC_SPLITS
+from masksmith.inference.backend_choice import BACKEND_HELP, DEFAULT_BACKEND
+from masksmith.inference.backend_choice import CHOICES as BACKEND_CHOICES
 
 SPLITS = (*VOC_SPLITS, "all")  # the split folders a dataset may have, and every image
 
@@ -28,4 +30,5 @@ class EvaluateConfig(CommandConfig):
     html: bool = Field(False, description="also write OUT/report.html: one self-contained page (metrics, per-class "
                        "bars, confusion matrix, curves, sortable per-image table)")
     tta: bool = Field(False, description="average each prediction over flipped copies, as predict --tta")
+    backend: str = Field(DEFAULT_BACKEND, description=BACKEND_HELP, json_schema_extra=extra(choices=BACKEND_CHOICES))
     quiet: bool = Field(False, description="no progress bar or tables", json_schema_extra=extra("-q", cli_only=True))

@@ -13,11 +13,12 @@ from masksmith.data.discover import Sample, discover, random_split_pool
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.errors import DataError, MasksmithError
-from masksmith.evaluation.config import EvaluateConfig
 from masksmith.evaluation.html_report import ThumbnailKeeper, write_html_report
 from masksmith.evaluation.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.evaluation.report import write_report
+from masksmith.evaluation.config import EvaluateConfig
 from masksmith.evaluation.results import EvaluationResult
+from masksmith.inference.backend_choice import DEFAULT_BACKEND
 from masksmith.inference.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.inference.predictor import Predictor, check_threshold
 from masksmith.inference.work_budget import WorkBudget, check_file
@@ -87,18 +88,20 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
 
 def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
              mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
-             html: bool = False, tta: bool = False) -> EvaluationResult:
+             html: bool = False, tta: bool = False, backend: str = DEFAULT_BACKEND) -> EvaluationResult:
     """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
     `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only).
+    `backend`: what a model file runs on (masksmith.inference.backend_choice).
     The keywords are EvaluateConfig's (evaluation/config.py), checked by it before anything is read."""
-    EvaluateConfig.of(split=split, out=out, mask_suffix=mask_suffix, threshold=threshold, html=html, tta=tta)
+    EvaluateConfig.of(split=split, out=out, mask_suffix=mask_suffix, threshold=threshold, html=html, tta=tta,
+                      backend=backend)
     check_threshold(threshold)
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
     if in_memory and tta:
         raise MasksmithError("tta is an option of a model loaded from a file; give Predictor(..., tta=True) instead")
-    predictor = bundle if in_memory else load_models(bundle, tta=tta)  # type: ignore[arg-type]
+    predictor = bundle if in_memory else load_models(bundle, tta=tta, backend=backend)  # type: ignore[arg-type]
     meta = predictor.meta
     samples = select_split(data, predictor, split, mask_suffix)
     if out is None:

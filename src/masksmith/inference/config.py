@@ -10,7 +10,9 @@ from pydantic import Field
 from masksmith.annotations import ANNOTATION_FORMATS, DEFAULT_TOLERANCE
 from masksmith.core.command_config import CommandConfig, extra
 from masksmith.core.devices import DEVICES
-from masksmith.inference.backends import BACKENDS, DEFAULT_OPSET
+from masksmith.inference.backend_choice import BACKEND_HELP, DEFAULT_BACKEND
+from masksmith.inference.backend_choice import CHOICES as BACKEND_CHOICES
+from masksmith.inference.backends import DEFAULT_OPSET
 from masksmith.inference.files import MASK_FORMATS, PREDICT_BATCH_SIZE
 from masksmith.inference.predictor import BLENDS
 from masksmith.inference.ray_engine import RayOptions
@@ -39,8 +41,7 @@ class PredictConfig(CommandConfig):
     batch_size: int = Field(PREDICT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="images predicted together",
                             json_schema_extra=extra("-b"))
     device: str = Field("auto", description="where the model runs", json_schema_extra=extra(choices=DEVICES))
-    backend: str | None = Field(None, description="how the model runs", json_schema_extra=extra(
-        choices=BACKENDS, default_text="onnx for .onnx files, else torch"))
+    backend: str = Field(DEFAULT_BACKEND, description=BACKEND_HELP, json_schema_extra=extra(choices=BACKEND_CHOICES))
     tile: int | None = Field(None, ge=1, le=MAX_TILE, description="predict in tiles of this many pixels",
                              json_schema_extra=extra(default_text="automatic for crop-trained models on images "
                                                                   "over 2x the training size"))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from masksmith.bundle import BundleMeta, load_network, onnx_header
+from masksmith.bundle import BundleMeta, OnnxHeader, load_network, onnx_header
 from masksmith.core.fileio import atomic_path, refuse_overwrite, require_writable
 from masksmith.errors import MasksmithError
 from masksmith.inference.backends import DEFAULT_OPSET, OnnxBackend, network_to_onnx, quiet_exporter, set_onnx_header
@@ -28,6 +28,11 @@ from masksmith.models.heads import logits_to_classes
 
 # Logits of an fp32 export must match PyTorch to this fraction of the largest logit magnitude.
 FP32_TOLERANCE = 1e-4
+# An int8 export whose masks agree with PyTorch's on at least this share of its validation split's pixels is
+# said to in serve's model card; below it the card says it changes masks.
+INT8_AGREEMENT_CLAIM = 0.995
+# Validation images an int8 export is measured on (each is one forward pass of both models).
+VALIDATION_LIMIT = 256
 
 
 @dataclass
@@ -53,6 +58,8 @@ class ExportReport:
     seconds: float = 0.0
     calibration_images: int = 0
     checks: list[ExportCheck] = field(default_factory=list)
+    validation_agreement: float | None = None  # int8: share of the validation split's pixels PyTorch agrees on
+    validation_images: int = 0
 
     @property
     def max_abs_diff(self) -> float:
@@ -72,9 +79,13 @@ class ExportReport:
 
     def summary(self) -> str:
         """One line for the CLI."""
-        return (f"{self.path} ({self.precision}, opset {self.opset}, {self.size_bytes / 1e6:.2f} MB): "
+        line = (f"{self.path} ({self.precision}, opset {self.opset}, {self.size_bytes / 1e6:.2f} MB): "
                 f"max |logit diff| vs PyTorch {self.max_abs_diff:.2e} (relative {self.max_rel_diff:.2e}), "
                 f"{100 * self.agreement:.2f}% pixels agree")
+        if self.validation_agreement is not None:
+            line += (f"; on the validation split ({self.validation_images} images) "
+                     f"{100 * self.validation_agreement:.2f}% of mask pixels agree with PyTorch's")
+        return line
 
 
 def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: int = 32) -> list[torch.Tensor]:
@@ -101,6 +112,55 @@ def calibration_batches(meta: BundleMeta, inputs: Sequence[str | Path], limit: i
         top, left = max(0, (image.shape[0] - side) // 2), max(0, (image.shape[1] - side) // 2)
         batches.append(preprocess_image(image[top:top + side, left:left + side], None, meta.mean, meta.std))
     return batches
+
+
+def int8_note(header: OnnxHeader) -> str | None:
+    """What an int8 model's masks are worth, in one line (None for fp32): its measured validation agreement."""
+    if header.precision != "int8":
+        return None
+    agreement, images = header.validation_agreement, header.validation_images
+    if agreement is None:
+        return "int8 model: quantization can change masks; its agreement with PyTorch was not measured (at export, " \
+               "no config.yaml beside the bundle led to its training data's validation split)"
+    measured = f"{100 * agreement:.2f}% of the validation split's mask pixels ({images} images)"
+    if agreement >= INT8_AGREEMENT_CLAIM:
+        return f"int8 model: its masks agree with PyTorch's on {measured}, at least {100 * INT8_AGREEMENT_CLAIM:g}%"
+    return f"int8 model: its masks agree with PyTorch's on only {measured}, under {100 * INT8_AGREEMENT_CLAIM:g}%"
+
+
+def validation_images(bundle_path: str | Path, meta: BundleMeta, limit: int = VALIDATION_LIMIT) -> list[Path]:
+    """The model's validation images, found through config.yaml beside the bundle (its training data); [] if gone.
+
+    The split is the data's val folder, or the random (or fold) split recorded in the bundle.
+    """
+    import warnings
+
+    import yaml
+
+    from masksmith.data.discover import discover
+
+    try:
+        config = yaml.safe_load((Path(bundle_path).parent / "config.yaml").read_text(encoding="utf-8"))
+        data = Path(str(config["data"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # left-out files are the training's business, not the export's
+            splits = discover(data, mask_suffix=config.get("mask_suffix"), skip_unpaired=True)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, MasksmithError):
+        return []
+    wanted = set(meta.split.get("val", [])) if meta.split.get("kind") in ("random", "fold") else set()
+    if wanted:
+        pool = [sample for samples in splits.values() for sample in samples]
+        images = [sample.image for sample in pool if sample.name in wanted]
+    else:
+        images = [sample.image for sample in splits.get("val", [])]
+    return sorted(images)[:limit]
+
+
+def pixel_agreement(network: nn.Module, backend: OnnxBackend, batches: Sequence[torch.Tensor]) -> float:
+    """Share of all pixels (every batch weighted by its size) whose class the backend and the network agree on."""
+    checks = verify(network, backend, batches)
+    pixels = [batch.shape[0] * batch.shape[-2] * batch.shape[-1] for batch in batches]
+    return sum(check.agreement * n for check, n in zip(checks, pixels)) / max(1, sum(pixels))
 
 
 def _head_conv(model: Any) -> str | None:
@@ -253,6 +313,31 @@ def verify(network: nn.Module, backend: OnnxBackend, inputs: Sequence[torch.Tens
     return checks
 
 
+def verified_onnx(network: nn.Module, meta: BundleMeta, *, source: str, opset: int = DEFAULT_OPSET,
+                  int8: bool = False, real: Sequence[torch.Tensor] = ()) -> tuple[bytes, ExportReport]:
+    """The network as ONNX (fp32, or int8 calibrated on `real`) and its parity report against PyTorch.
+
+    An fp32 graph whose logits stray more than FP32_TOLERANCE of their range from PyTorch's is refused
+    (MasksmithError naming `source`); int8 ones are reported, since quantization changes logits by design.
+    """
+    model = network_to_onnx(network, meta, opset=opset)
+    multiple = input_multiple(network)  # the one the graph's header records (network_to_onnx reads the same)
+    precision = "int8" if int8 else "fp32"
+    if int8:
+        import onnx
+
+        quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
+        set_onnx_header(quantized, onnx_header(meta, multiple, "int8", opset))
+        model = quantized.SerializeToString()
+    backend = OnnxBackend(model, source=source)
+    report = ExportReport(Path(source), precision, opset, multiple, len(model), calibration_images=len(real))
+    report.checks = verify(network, backend, _verification_inputs(meta, multiple, real), real_from=2)
+    if not int8 and report.max_rel_diff > FP32_TOLERANCE:
+        raise MasksmithError(f"{source}: ONNX logits differ from PyTorch by {report.max_rel_diff:.2e} of their "
+                             f"range (limit {FP32_TOLERANCE:.0e})")
+    return model, report
+
+
 def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
                 calibration: str | Path | Sequence[str | Path] | None = None,
                 calibration_limit: int = 32) -> ExportReport:
@@ -268,21 +353,22 @@ def export_onnx(bundle_path: str | Path, out_path: str | Path, *, opset: int = D
     if calibration:
         items = [calibration] if isinstance(calibration, (str, Path)) else list(calibration)
         real = calibration_batches(meta, items, calibration_limit)
-    model = network_to_onnx(network, meta, opset=opset)
-    multiple = input_multiple(network)  # the one the graph's header records (network_to_onnx reads the same)
-    precision = "int8" if int8 else "fp32"
-    if int8:
+    try:
+        model, report = verified_onnx(network, meta, source=str(out_path), opset=opset, int8=int8, real=real)
+    except MasksmithError as error:
+        raise MasksmithError(f"{error}; not written") from None
+    validation = validation_images(bundle_path, meta) if int8 else []
+    if validation:
         import onnx
 
-        quantized = onnx.load_from_string(quantize_int8(model, real, multiple))
-        set_onnx_header(quantized, onnx_header(meta, multiple, "int8", opset))
+        agreement = pixel_agreement(network, OnnxBackend(model, source=str(out_path)),
+                                    calibration_batches(meta, validation, len(validation)))
+        report.validation_agreement, report.validation_images = agreement, len(validation)
+        quantized = onnx.load_from_string(model)
+        set_onnx_header(quantized, onnx_header(meta, report.input_multiple, "int8", opset,
+                                               validation_agreement=agreement, validation_images=len(validation)))
         model = quantized.SerializeToString()
-    backend = OnnxBackend(model, source=str(out_path))
-    report = ExportReport(out_path, precision, opset, multiple, len(model), calibration_images=len(real))
-    report.checks = verify(network, backend, _verification_inputs(meta, multiple, real), real_from=2)
-    if not int8 and report.max_rel_diff > FP32_TOLERANCE:
-        raise MasksmithError(f"{out_path}: ONNX logits differ from PyTorch by {report.max_rel_diff:.2e} of their "
-                             f"range (limit {FP32_TOLERANCE:.0e}); not written")
+        report.size_bytes = len(model)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(model)
     report.seconds = time.perf_counter() - started

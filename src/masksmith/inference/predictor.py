@@ -25,7 +25,8 @@ from masksmith.core.fileio import refuse_overwrite
 from masksmith.data.images import array_image, image_to_array, read_image
 from masksmith.data.transforms import preprocess_image
 from masksmith.errors import ConfigError, MasksmithError
-from masksmith.inference.backends import Backend, TorchBackend, open_backend
+from masksmith.inference.backend_choice import open_model
+from masksmith.inference.backends import Backend, TorchBackend
 from masksmith.inference.files import (
     PREDICT_BATCH_SIZE,
     PredictionPlan,
@@ -227,11 +228,13 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *, backend: str | None = None,
              optimize: bool = True, threads: int | None = None, **options) -> "Predictor":
-        """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle run by PyTorch.
+        """Load a model: `.onnx` runs on onnxruntime, anything else is a masksmith bundle.
 
-        `backend="onnx"` on a bundle exports it to ONNX in memory first; options go to the constructor.
+        A bundle runs on the `backend` that masksmith.inference.backend_choice picks: "auto" (the commands'
+        default: ONNX Runtime from the ONNX cache on the CPU, else PyTorch), "torch", "onnx", or None
+        (PyTorch). Other options go to the constructor.
         """
-        opened = open_backend(path, kind=backend, device=device, optimize=optimize, threads=threads)
+        opened = open_model(path, backend, device, optimize=optimize, threads=threads)
         assert opened.meta is not None  # opened from a file: the bundle's (or ONNX header's) metadata
         return cls(opened, opened.meta, **options)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -143,6 +144,19 @@ class Segmenter:
         return outcome
 
 
+def prepare_models(models: Sequence[str | Path], load_options: dict[str, Any]) -> None:
+    """Choose each model's backend in the driver, before the actors start: a bundle's ONNX export is made and
+    cached once here, so the actors read it instead of all exporting at once, and the one-line notes (why a
+    model runs on PyTorch) reach the user, which an actor's would not (its output stays in Ray's logs)."""
+    from masksmith.inference.ensemble import expand_models
+    from masksmith.inference.backend_choice import BackendNote, choose
+
+    for member in expand_models([Path(model) for model in models]):
+        choice = choose(member, load_options.get("backend"), load_options.get("device", "auto"))
+        if choice.note:
+            warnings.warn(choice.note, BackendNote, stacklevel=2)
+
+
 def _connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at `address` (or start a local one); True when this call started it."""
     if ray.is_initialized():
@@ -176,6 +190,7 @@ def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path],
         plan = plan_predictions(inputs, out_dir, overlay_images=overlay_images, resume=resume)
     report = PredictReport(failed=list(plan.failed), skipped=plan.skipped)
     if plan.items:
+        prepare_models(models, options.load_options)
         started_here = _connect(ray, options.address)
         try:
             started = time.perf_counter()

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from masksmith.core.command_config import CommandConfig, extra
-from masksmith.inference.backends import BACKENDS
+from masksmith.inference.backend_choice import BACKEND_HELP, DEFAULT_BACKEND
+from masksmith.inference.backend_choice import CHOICES as BACKEND_CHOICES
 from masksmith.inference.work_budget import MB
 from masksmith.serve.options import AUTO_BATCH_LIMIT, SERVE_DEVICES, ServeOptions
 
@@ -24,8 +25,7 @@ class ServeConfig(CommandConfig):
     port: int = Field(_DEFAULT.port, description="TCP port (0: a free one)")
     token: str | None = Field(_DEFAULT.token, description="bearer token required on every route but /healthz",
                               json_schema_extra=extra(envvar="MASKSMITH_SERVE_TOKEN"))
-    backend: str | None = Field(None, description="how the model runs", json_schema_extra=extra(
-        choices=BACKENDS, default_text="onnx for .onnx files, else torch"))
+    backend: str = Field(DEFAULT_BACKEND, description=BACKEND_HELP, json_schema_extra=extra(choices=BACKEND_CHOICES))
     threads: int | None = Field(_DEFAULT.threads, description="compute threads",
                                 json_schema_extra=extra(default_text="one per physical core"))
     device: str = Field(_DEFAULT.device, description="where the torch backend runs (onnx: the CPU)",

@@ -93,9 +93,10 @@ class ServedModel:
     card: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str | None = None, threads: int | None = None,
+    def load(cls, path: str | Path, backend: str | None = "auto", threads: int | None = None,
              device: str = "cpu") -> "ServedModel":
-        """Load a .msb bundle (PyTorch on `device`) or an .onnx export (ONNX Runtime, on the CPU)."""
+        """Load an .onnx export (ONNX Runtime, on the CPU) or a .msb bundle, on the backend `serve` defaults to
+        (auto: the bundle's cached ONNX export on the CPU; masksmith.inference.backend_choice)."""
         path = Path(path)
         if not path.is_file():
             raise MasksmithError(f"{path}: no such model file (give runs/NAME/model.msb or model.onnx)")
@@ -109,6 +110,17 @@ class ServedModel:
         """Architecture, file name and the start of the checksum: changes whenever the weights do."""
         return f"{self.predictor.meta.model}:{self.path.name}:{self.checksum.split(':')[1][:12]}"
 
+    def _precision(self) -> dict[str, Any]:
+        """The card's precision: an int8 model's also says how far its masks agree with PyTorch's."""
+        from masksmith.inference.export import int8_note
+
+        header = getattr(self.predictor.backend, "header", None)
+        note = int8_note(header) if header is not None else None
+        if header is None or note is None:
+            return {"precision": "fp32"}
+        return {"precision": "int8", "int8": {"validation_agreement": header.validation_agreement,
+                                              "validation_images": header.validation_images, "note": note}}
+
     def _card(self) -> dict[str, Any]:
         meta = self.predictor.meta
         split = dict(meta.split)
@@ -117,7 +129,8 @@ class ServedModel:
             split["val_images"] = len(validation_names)
         return {
             "id": self.model_id, "checksum": self.checksum, "file": self.path.name,
-            "architecture": meta.model, "backend": self.predictor.backend_name, "threads": self.threads,
+            "architecture": meta.model, "backend": self.predictor.backend_name, **self._precision(),
+            "threads": self.threads,
             "device": str(self.predictor.device),
             "classes": [{"index": i, "name": name, "color": list(meta.colors[i])}
                         for i, name in enumerate(meta.class_names)],
