@@ -205,6 +205,7 @@ def predict(
     from masksmith.annotations import annotation_sinks, check_annotation_options
     from masksmith.ensemble import load_models, split_models
     from masksmith.fileio import refuse_if_locked
+    from masksmith.inference.pipeline import pipeline_depth
     from masksmith.predict import check_threshold, predict_files
     from masksmith.predict_io import check_mask_format, plan_predictions
     from masksmith.predict_record import PredictionRecord, prediction_output
@@ -215,6 +216,7 @@ def predict(
     check_annotation_options(annotation_format, polygon_tolerance, rank)  # before the model loads
     check_mask_format(mask_format)
     check_threshold(threshold)
+    depth = pipeline_depth()  # a bad $MASKSMITH_PIPELINE_DEPTH is refused before any work
     if engine not in ("local", "ray"):
         raise MasksmithError(f"--engine must be local or ray, got {engine!r}")
     load_options = dict(device=device, backend=backend, tile=tile, overlap=overlap, blend=blend, tta=tta)
@@ -240,13 +242,13 @@ def predict(
         if predictor is None:
             report = predict_with_ray(models, inputs, out, options=ray_options, overlay_images=overlay,
                                       threshold=threshold, mask_format=mask_format, resume=resume,
-                                      progress=not quiet, plan=plan)
+                                      progress=not quiet, plan=plan, depth=depth)
         else:
             sinks = annotation_sinks(out, predictor.class_names, annotation_format=annotation_format,
                                      tolerance=polygon_tolerance, rank=rank)
             report = predict_files(predictor, inputs, out, overlay_images=overlay, threshold=threshold,
                                    batch_size=batch_size, mask_format=mask_format, progress=not quiet, sinks=sinks,
-                                   resume=resume, plan=plan)
+                                   resume=resume, plan=plan, depth=depth)
     passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(f"wrote {len(report.written)} masks to {out}" + (f" ({len(report.skipped)} already there)"
                                                                  if report.skipped else ""))

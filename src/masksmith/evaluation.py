@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ from masksmith.ensemble import EnsemblePredictor, load_models, models_home
 from masksmith.errors import DataError, MasksmithError
 from masksmith.fileio import require_writable
 from masksmith.html_report import ThumbnailKeeper, write_html_report
+from masksmith.inference.pipeline import Prefetch, Writer, pipeline_depth
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.predict import Predictor, check_threshold
@@ -55,11 +57,12 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
 
 def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
              mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
-             html: bool = False, tta: bool = False) -> dict[str, Any]:
+             html: bool = False, tta: bool = False, depth: int | None = None) -> dict[str, Any]:
     """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
-    `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only)."""
+    `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only).
+    `depth`: pairs read ahead and scorings waiting (masksmith.inference.pipeline; 0: one step after the other)."""
     check_threshold(threshold)
     in_memory = not isinstance(bundle, (str, Path, list, tuple))
     if in_memory and tta:
@@ -78,22 +81,36 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     # Thumbnails are made as the images pass (never all full images in memory), only for the page.
     keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
     budget = WorkBudget.offline()
-    for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
+    depth = pipeline_depth() if depth is None else depth
+
+    def read(sample: Sample) -> tuple[np.ndarray, np.ndarray] | DataError:
         try:
             check_file(predictor, sample.image, budget)  # before decoding: an image too costly to predict
-            image, truth = _read_pair(predictor, sample, encoding)
+            return _read_pair(predictor, sample, encoding)
         except DataError as error:
-            # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
-            failed.append({"name": sample.name, "reason": str(error)})
-            continue
-        scored.append(sample)
-        prediction = predictor.predict(image, threshold)
+            return error
+
+    def score(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
         confusion.update(prediction, truth)
         scores = per_image_scores(prediction, truth, meta.num_classes, meta.ignore_index)
-        per_image.append({"name": sample.name, **{key: None if np.isnan(value) else value
-                                                   for key, value in scores.items()}})
+        per_image.append({"name": name, **{key: None if np.isnan(value) else value for key, value in scores.items()}})
         if keeper is not None:
             keeper.add(len(per_image) - 1, per_image[-1]["dice"], image, truth, prediction)
+
+    # The next pairs are read and the last predictions scored beside the model (masksmith.inference.pipeline).
+    with (Prefetch(samples, read, depth=depth, size=_pair_bytes) as pairs, Writer(depth=depth) as scorer,
+          tqdm(total=len(samples), desc=f"evaluating {split}", unit="img", disable=not progress) as bar):
+        for sample, pair in pairs:
+            if isinstance(pair, DataError):
+                # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
+                failed.append({"name": sample.name, "reason": str(pair)})
+            else:
+                image, truth = pair
+                scored.append(sample)
+                prediction = predictor.predict(image, threshold)
+                scorer.submit(functools.partial(score, sample.name, image, truth, prediction),
+                              image.nbytes + truth.nbytes + prediction.nbytes)
+            bar.update(1)
     result = confusion.compute(class_names=meta.class_names)
     # Images whose every pixel is ignored have no Dice; counting them as 1.0 would inflate the mean.
     result["image_dice"], result["image_dice_left_out"] = mean_image_score([row["dice"] for row in per_image])
@@ -114,6 +131,10 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
         result["html"] = str(write_html_report(out_dir, result, colors=predictor.colors, thumbs=keeper.by_index(),
                                                run_dir=run_folder(bundle), model=model, data=str(data)))
     return result
+
+
+def _pair_bytes(pair: tuple[np.ndarray, np.ndarray] | DataError) -> int:
+    return 0 if isinstance(pair, DataError) else pair[0].nbytes + pair[1].nbytes
 
 
 def run_folder(bundle: str | Path | Predictor) -> Path | None:
