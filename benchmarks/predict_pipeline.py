@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batch_predict import same_bytes, tree_pss_mb  # noqa: E402  (benchmarks/ is the script's folder)
+from batch_predict import same_bytes, tree_pss_mb  # noqa: I001  (benchmarks/, the script's own folder)
 
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from masksmith import predict as predict_module
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.cli import app
-from masksmith.data.inputs import InputImage
 from masksmith.errors import ConfigError
 from masksmith.evaluation import evaluate
 from masksmith.inference.pipeline import DEPTH_ENV_VAR, Prefetch, Writer, pipeline_depth
@@ -121,10 +120,9 @@ def test_a_load_error_comes_after_the_results_before_it():
         return n
 
     seen = []
-    with pytest.raises(ValueError, match="item 5"):
-        with Prefetch(range(10), load, depth=2) as results:
-            for n, _ in results:
-                seen.append(n)
+    with pytest.raises(ValueError, match="item 5"), Prefetch(range(10), load, depth=2) as results:
+        for n, _ in results:
+            seen.append(n)
     assert seen == [0, 1, 2, 3, 4]
     assert _no_pipeline_threads()
 
@@ -148,21 +146,19 @@ def test_the_writer_runs_jobs_in_order_and_raises_the_first_error_in_the_caller(
             raise OSError(errno.ENOSPC, "No space left on device")
         done.append(n)
 
-    with pytest.raises(OSError, match="No space left"):
-        with Writer(depth=depth) as writer:
-            for n in range(20):
-                writer.submit(lambda n=n: job(n))
+    with pytest.raises(OSError, match="No space left"), Writer(depth=depth) as writer:
+        for n in range(20):
+            writer.submit(lambda n=n: job(n))
     assert done == [0, 1, 2, 3]  # in order, and nothing after the failed one
     assert _no_pipeline_threads()
 
 
 def test_the_writer_finishes_what_it_was_given_when_the_caller_fails():
     done: list[int] = []
-    with pytest.raises(RuntimeError, match="model"):
-        with Writer(depth=3) as writer:
-            for n in range(3):
-                writer.submit(lambda n=n: done.append(n))
-            raise RuntimeError("the model failed")
+    with pytest.raises(RuntimeError, match="model"), Writer(depth=3) as writer:
+        for n in range(3):
+            writer.submit(lambda n=n: done.append(n))
+        raise RuntimeError("the model failed")
     assert done == [0, 1, 2]
 
 

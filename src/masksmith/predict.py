@@ -25,9 +25,9 @@ from masksmith.backends import Backend, TorchBackend, open_backend
 from masksmith.bundle import FLIP_AXES, BundleMeta
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
+from masksmith.data.inputs import InputImage
 from masksmith.errors import ConfigError, MasksmithError
 from masksmith.fileio import refuse_overwrite
-from masksmith.data.inputs import InputImage
 from masksmith.inference.pipeline import Prefetch, Writer, pipeline_depth
 from masksmith.inference.work_budget import WorkBudget, check_file
 from masksmith.models import best_class, logits_to_probabilities

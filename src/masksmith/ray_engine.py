@@ -102,7 +102,7 @@ class Segmenter:
 
     def __init__(self, models: Sequence[str], out_dir: str, *, threads: int, batch_size: int,
                  load_options: dict[str, Any], threshold: float | None, mask_format: str, overlay_images: bool,
-                 depth: int):
+                 depth: int | None = None):
         import torch
 
         from masksmith.ensemble import load_models
@@ -112,7 +112,7 @@ class Segmenter:
         self.out_dir, self.batch_size = Path(out_dir), batch_size
         self.threshold, self.mask_format, self.overlay_images = threshold, mask_format, overlay_images
         self.budget = WorkBudget.offline()
-        self.depth = depth
+        self.depth = pipeline_depth() if depth is None else depth
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [InputImage(Path(path), Path(relative)) for path, relative in zip(rows["path"], rows["relative"])]

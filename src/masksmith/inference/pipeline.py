@@ -109,7 +109,7 @@ class Prefetch(Generic[T, R]):
                 result = self._load(item)
                 if not self._queue.put((item, result, None), self._size(result)):
                     return
-        except BaseException as error:  # handed to the consumer, which raises it in its own thread
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it in its own thread)
             self._queue.put((_END, None, error), 0)
             return
         self._queue.put((_END, None, None), 0)
@@ -164,7 +164,7 @@ class Writer:
                 return
             try:
                 job()
-            except BaseException as error:
+            except BaseException as error:  # noqa: BLE001  (raised in the caller's thread)
                 self._error = error
                 self._queue.close()
                 return
