@@ -1,17 +1,20 @@
 """End-to-end `masksmith predict` with decoding and writing beside the model, against one step after the other.
 
-    python benchmarks/predict_pipeline.py MODEL.msb [--images 640] [--side 512] [--batch 4] [--rounds 1]
+    python benchmarks/predict_pipeline.py MODEL.msb [--images 640] [--side 512] [--batch 4] [--chunk 32] [--cli]
 
 The images are membrane slices of /work/shared/data/isbi2012-membrane (or --source): its 60 slices in their
 8 flips and rotations, as they are and inverted, cut or scaled to --side, as --images distinct PNGs (made
-once under --work). For MODEL as given (the default backend) and for MODEL exported to ONNX beforehand,
-`masksmith predict MODEL DIR --out O` runs as its own process, sequential ($MASKSMITH_PIPELINE_DEPTH=0)
-and overlapped (the default), in turn (order reversed every round), into fresh folders. The table gives
-each run's wall time, its images/s after start-up (from the first mask written to the last, by their
-modification times), the peak memory of the process (PSS, sampled every 0.2 s), the load average of the
-machine while it ran, and the backend's own rate: the same backend in this process timed on batches of
---batch preprocessed images of the same size (the model alone, as benchmarks/inference.py times it).
-The overlapped outputs are checked to be the sequential ones byte for byte.
+once under --work). For MODEL as `predict` loads it (its default backend) and for MODEL exported to ONNX
+beforehand, this process times, chunk by chunk (--chunk images) and interleaved (the order turned every
+chunk), so that the load of other processes slows all of them alike:
+  sequential  - predict_files as `masksmith predict MODEL DIR --out O` runs it, one step after the other
+                (what $MASKSMITH_PIPELINE_DEPTH=0 gives);
+  overlapped  - the same with the default pipeline depth (decoding ahead, writing behind);
+  backend     - the backend alone on the same images, preprocessed beforehand, --batch at a time (the
+                model's own rate, as benchmarks/inference.py times it).
+The masks of the two predict variants are compared byte for byte. --cli also runs the whole command
+once per variant as its own process (wall time with start-up, and images/s from the first mask written
+to the last by their modification times). The load average (1 minute) is printed beside the numbers.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from batch_predict import same_bytes, tree_pss_mb  # noqa: I001  (benchmarks/, t
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
 from masksmith.inference.pipeline import DEPTH_ENV_VAR
-from masksmith.predict import Predictor
+from masksmith.ensemble import load_models
+from masksmith.predict import predict_files
 
 MASKSMITH = [sys.executable, "-c", "from masksmith.cli import main; main()"]
 SOURCE = Path("/work/shared/data/isbi2012-membrane")
@@ -111,21 +115,37 @@ def run_predict(model: Path, images: Path, out: Path, batch: int, sequential: bo
     return Run(seconds, rate, peak, (load_before, os.getloadavg()[0]))
 
 
-def backend_rate(model: Path, images: Path, batch: int, seconds: float) -> tuple[str, float]:
-    """(backend name, images/s) of the backend `predict` loads for `model`, on preprocessed batches alone."""
-    predictor = Predictor.load(model, device="cpu")
-    files = sorted(images.glob("*.png"))[:batch]
-    tensor = torch.cat([preprocess_image(read_image(path, channels=predictor.meta.in_channels),
-                                         predictor.input_size, predictor.meta.mean, predictor.meta.std)
-                        for path in files])
-    with torch.inference_mode():
-        predictor.backend(tensor)  # warm-up: allocator, kernel choice, ONNX Runtime's first-run work
-        calls, started = 0, time.perf_counter()
-        while calls < 3 or time.perf_counter() - started < seconds:
-            predictor.backend(tensor)
-            calls += 1
-        elapsed = time.perf_counter() - started
-    return predictor.backend_name, calls * len(files) / elapsed
+def time_interleaved(model: Path, images: Path, out: Path, batch: int, chunk: int) -> dict[str, float]:
+    """Seconds each variant (sequential, overlapped, backend) took over all images, chunk by chunk in turn."""
+    predictor = load_models([model], device="cpu")  # as `masksmith predict` loads it
+    files = sorted(images.glob("*.png"))
+    seconds = {"sequential": 0.0, "overlapped": 0.0, "backend": 0.0}
+    for folder in ("sequential", "overlapped"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+    def run(variant: str, paths: list[Path]) -> None:
+        if variant == "backend":
+            tensors = [torch.cat([preprocess_image(read_image(path, channels=predictor.meta.in_channels),
+                                                   predictor.input_size, predictor.meta.mean, predictor.meta.std)
+                                  for path in paths[start:start + batch]]) for start in range(0, len(paths), batch)]
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for tensor in tensors:
+                    predictor.backend(tensor)
+        else:
+            started = time.perf_counter()
+            predict_files(predictor, paths, out / variant, batch_size=batch, progress=False,
+                          depth=0 if variant == "sequential" else None)
+        seconds[variant] += time.perf_counter() - started
+
+    for variant in seconds:  # warm-up: allocator, kernel choice, ONNX Runtime's first-run work
+        run(variant, files[:batch])
+        seconds[variant] = 0.0
+    order = list(seconds)
+    for index, start in enumerate(range(0, len(files), chunk)):
+        for variant in order[index % 3:] + order[:index % 3]:
+            run(variant, files[start:start + chunk])
+    return seconds
 
 
 def main() -> None:
@@ -135,8 +155,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4, help="predict's --batch-size (its default: 4)")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=20.0, help="timing of the backend alone")
+    parser.add_argument("--chunk", type=int, default=32, help="images per turn of each variant")
+    parser.add_argument("--cli", action="store_true", help="also run each whole command once as its own process")
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--work", type=Path, default=Path("runs/bench/predict_pipeline"))
     parser.add_argument("--no-onnx", action="store_true", help="only the bundle, not its ONNX export")
@@ -151,38 +171,41 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         models["MODEL.onnx (exported beforehand)"] = onnx.resolve()
 
-    runs: dict[tuple[str, bool], list[Run]] = {}
+    load_before = os.getloadavg()
+    timed = {}
     for name, model in models.items():
-        for round_ in range(args.rounds):
-            for sequential in ((True, False) if round_ % 2 == 0 else (False, True)):
-                out = args.work / "out" / f"{Path(model).suffix[1:]}-{'seq' if sequential else 'overlap'}"
-                run = run_predict(model, images, out, args.batch, sequential)
-                runs.setdefault((name, sequential), []).append(run)
-                print(f"{name} {'sequential' if sequential else 'overlapped'}: {run.seconds:.1f} s, "
-                      f"{run.rate:.1f} img/s, load {run.load[0]:.2f}->{run.load[1]:.2f}", flush=True)
-        suffix = Path(model).suffix[1:]
-        compared, differ = same_bytes(args.work / "out" / f"{suffix}-seq", args.work / "out" / f"{suffix}-overlap")
-        print(f"{name}: {compared} masks compared, {differ} differ between sequential and overlapped")
-
-    rates = {name: backend_rate(model, images, args.batch, args.seconds) for name, model in models.items()}
+        timed[name] = time_interleaved(model, images, args.work / "out" / Path(model).suffix[1:], args.batch,
+                                       args.chunk)
+        compared, differ = same_bytes(args.work / "out" / Path(model).suffix[1:] / "sequential",
+                                      args.work / "out" / Path(model).suffix[1:] / "overlapped")
+        print(f"{name}: {compared} masks compared, {differ} differ between sequential and overlapped", flush=True)
+    load_after = os.getloadavg()
+    backends = {name: load_models([model], device="cpu").backend_name for name, model in models.items()}
     print(f"\n{args.images} membrane slices of {args.side}x{args.side} PNG, --batch-size {args.batch}, "
-          f"{torch.get_num_threads()} threads; best of {args.rounds} round(s); load average (1 min) before -> after\n")
-    print("| command | pipeline | seconds | images/s after start-up | of the backend's own rate | peak MB | load |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
-    baseline = min(runs[(next(iter(models)), True)], key=lambda run: run.seconds)
+          f"{torch.get_num_threads()} threads, chunks of {args.chunk} interleaved; load average (1, 5, 15 min) "
+          f"{' '.join(f'{v:.1f}' for v in load_before)} before, {' '.join(f'{v:.1f}' for v in load_after)} after\n")
+    print("| `masksmith predict` of | backend | sequential img/s | overlapped img/s | backend alone img/s | "
+          "overlapped / sequential | overlapped / backend alone | overlapped / first row's sequential |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    baseline = args.images / timed[next(iter(models))]["sequential"]
     for name in models:
-        backend, rate = rates[name]
+        rate = {variant: args.images / seconds for variant, seconds in timed[name].items()}
+        print(f"| {name} | {backends[name]} | {rate['sequential']:.2f} | {rate['overlapped']:.2f} | "
+              f"{rate['backend']:.2f} | {rate['overlapped'] / rate['sequential']:.2f}x | "
+              f"{100 * rate['overlapped'] / rate['backend']:.0f}% | {rate['overlapped'] / baseline:.2f}x |")
+    if not args.cli:
+        return
+
+    print("\nWhole commands, one process each (start-up included):\n")
+    print("| command | pipeline | seconds | images/s after start-up | peak MB | load before -> after |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for name, model in models.items():
         for sequential in (True, False):
-            best = min(runs[(name, sequential)], key=lambda run: run.seconds)
-            speedup = baseline.seconds / best.seconds
-            print(f"| `masksmith predict {name} DIR --out O` ({backend}) | "
-                  f"{'sequential' if sequential else 'overlapped'} | {best.seconds:.1f} ({speedup:.2f}x) | "
-                  f"{best.rate:.1f} | {100 * best.rate / rate:.0f}% | {best.peak_mb:.0f} | "
-                  f"{best.load[0]:.2f} -> {best.load[1]:.2f} |")
-    for name in models:
-        backend, rate = rates[name]
-        print(f"| backend alone: {backend} of {name}, batch {args.batch}, {args.side}² | | | {rate:.1f} | 100% | | "
-              f"{os.getloadavg()[0]:.2f} |")
+            out = args.work / "out" / f"cli-{Path(model).suffix[1:]}-{'seq' if sequential else 'overlap'}"
+            run = run_predict(model, images, out, args.batch, sequential)
+            print(f"| `masksmith predict {name} DIR --out O` | {'sequential' if sequential else 'overlapped'} | "
+                  f"{run.seconds:.1f} | {run.rate:.2f} | {run.peak_mb:.0f} | {run.load[0]:.1f} -> {run.load[1]:.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
