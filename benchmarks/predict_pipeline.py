@@ -31,14 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from batch_predict import (  # benchmarks/, the script's own folder
+    same_bytes,
+    tree_pss_mb,
+)
 from PIL import Image
-
-from batch_predict import same_bytes, tree_pss_mb  # noqa: I001  (benchmarks/, the script's own folder)
 
 from masksmith.data.dataset import preprocess_image
 from masksmith.data.images import read_image
-from masksmith.inference.pipeline import DEPTH_ENV_VAR
 from masksmith.ensemble import load_models
+from masksmith.inference.pipeline import DEPTH_ENV_VAR
 from masksmith.predict import predict_files
 
 MASKSMITH = [sys.executable, "-c", "from masksmith.cli import main; main()"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 from masksmith.errors import ConfigError
 
@@ -133,7 +134,7 @@ class Prefetch(Generic[T, R]):
         if self._thread is not None:
             self._thread.join()
 
-    def __enter__(self) -> "Prefetch[T, R]":
+    def __enter__(self) -> Prefetch[T, R]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +192,7 @@ class Writer:
             self._thread = None
         self._raise()
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
