@@ -5,8 +5,9 @@ write (or score) each result. `Prefetch` decodes ahead in one background thread 
 in another, so the model's thread only runs the model. Both keep their items in order (one thread each)
 and hold at most `depth` items, and never more than `max_bytes` of them beyond the first: at most
 2 x depth + 3 batches are alive at once (depth queued and one being made on each side, one in the model).
-Decoding, resizing and PNG encoding release the GIL in Pillow, numpy and zlib, as the model's own
-kernels do, so threads overlap them without copying images between processes.
+Pillow's decoders and encoders, zlib and numpy's copies run without the GIL, as the model's kernels do,
+so threads overlap them without copying images between processes. The overlap fills the cores the
+model leaves idle; where its threads already keep every core busy, there is little left to gain.
 
 Depth 0 runs everything in the caller's thread, one step after the other: the sequential order, with the
 same outputs ($MASKSMITH_PIPELINE_DEPTH=0; tests compare against it).
