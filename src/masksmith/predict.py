@@ -442,7 +442,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     # Decoding the next batches and writing the last ones overlap with the model (masksmith.inference.pipeline).
     with (tqdm(total=len(plan.items), desc="predicting", unit="img", disable=not progress) as bar,
           Prefetch(_batches(plan.items, batch_size), read, depth=depth, size=_array_bytes) as reads,
-          Writer(depth=depth) as writer):
+          Writer(depth=depth * batch_size) as writer):  # masks: `depth` batches of them
         for batch, (arrays, readable, failed) in reads:
             report.failed.extend(failed)
             if arrays:

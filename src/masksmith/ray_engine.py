@@ -119,7 +119,8 @@ class Segmenter:
         outcome: dict[str, tuple[str, str]] = {}
         batches = [items[start:start + self.batch_size] for start in range(0, len(items), self.batch_size)]
         # As the local engine: the next batches are decoded and the last masks written beside the model.
-        with Prefetch(batches, self._read, depth=self.depth) as reads, Writer(depth=self.depth) as writer:
+        with (Prefetch(batches, self._read, depth=self.depth) as reads,
+              Writer(depth=self.depth * self.batch_size) as writer):
             for _, (arrays, readable, failed) in reads:
                 outcome.update({str(path): ("", reason) for path, reason in failed})
                 self._predict_batch(arrays, readable, outcome, writer)

@@ -3,8 +3,9 @@
 Folder prediction (both engines) and evaluation read and decode images, run the model, then encode and
 write (or score) each result. `Prefetch` decodes ahead in one background thread and `Writer` writes behind
 in another, so the model's thread only runs the model. Both keep their items in order (one thread each)
-and hold at most `depth` items, and never more than `max_bytes` of them beyond the first: at most
-2 x depth + 3 batches are alive at once (depth queued and one being made on each side, one in the model).
+and hold at most `depth` items, and never more than `max_bytes` of them beyond the first; the callers
+count `depth` in batches on both sides (the writer's items are single masks), so at most 2 x depth + 3
+batches are alive at once (depth queued and one being made on each side, one in the model).
 Pillow's decoders and encoders, zlib and numpy's copies run without the GIL, as the model's kernels do,
 so threads overlap them without copying images between processes. The overlap fills the cores the
 model leaves idle; where its threads already keep every core busy, there is little left to gain.
