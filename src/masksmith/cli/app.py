@@ -162,6 +162,7 @@ def predict(
     from masksmith.core.fileio import refuse_if_locked
     from masksmith.inference.ensemble import load_models, split_models
     from masksmith.inference.files import plan_predictions
+    from masksmith.inference.pipeline import pipeline_depth
     from masksmith.inference.predictor import check_threshold, predict_files
     from masksmith.inference.record import PredictionRecord, prediction_output
 
@@ -171,6 +172,7 @@ def predict(
         raise MasksmithError(f"no images to predict: every argument after the model is a model too ({models[-1]})")
     check_annotation_options(o.annotation_format, o.polygon_tolerance, o.rank)  # before the model loads
     check_threshold(o.threshold)
+    depth = pipeline_depth()  # a bad $MASKSMITH_PIPELINE_DEPTH is refused before any work
     if o.engine == "ray":
         from masksmith.inference.ray_engine import RayOptions, import_ray, predict_with_ray
 
@@ -194,13 +196,13 @@ def predict(
         if predictor is None:
             report = predict_with_ray(models, inputs, o.out, options=ray_options, overlay_images=o.overlay,
                                       threshold=o.threshold, mask_format=o.mask_format, resume=o.resume,
-                                      progress=not o.quiet, plan=plan)
+                                      progress=not o.quiet, plan=plan, depth=depth)
         else:
             sinks = annotation_sinks(o.out, predictor.class_names, annotation_format=o.annotation_format,
                                      tolerance=o.polygon_tolerance, rank=o.rank)
             report = predict_files(predictor, inputs, o.out, overlay_images=o.overlay, threshold=o.threshold,
                                    batch_size=o.batch_size, mask_format=o.mask_format, progress=not o.quiet,
-                                   sinks=sinks, resume=o.resume, plan=plan)
+                                   sinks=sinks, resume=o.resume, plan=plan, depth=depth)
     passes = predictor.tta_passes if predictor is not None else None  # forward passes per image (local engine)
     typer.echo(report.summary(o.out, tta=o.tta, tta_passes=passes))
     _exit_on_failures(report.failed, "read")

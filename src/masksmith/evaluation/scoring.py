@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,13 +14,14 @@ from masksmith.data.discover import Sample, discover, random_split_pool
 from masksmith.data.encoding import MaskEncoding
 from masksmith.data.masks import read_mask
 from masksmith.errors import DataError, MasksmithError
+from masksmith.evaluation.config import EvaluateConfig
 from masksmith.evaluation.html_report import ThumbnailKeeper, write_html_report
 from masksmith.evaluation.metrics import ConfusionMatrix, mean_image_score, per_image_scores
 from masksmith.evaluation.report import write_report
-from masksmith.evaluation.config import EvaluateConfig
 from masksmith.evaluation.results import EvaluationResult
 from masksmith.inference.backend_choice import DEFAULT_BACKEND
 from masksmith.inference.ensemble import EnsemblePredictor, load_models, models_home
+from masksmith.inference.pipeline import Prefetch, Writer, pipeline_depth
 from masksmith.inference.predictor import Predictor, check_threshold
 from masksmith.inference.work_budget import WorkBudget, check_file
 
@@ -88,12 +90,14 @@ def select_split(data: str | Path, predictor: Predictor, split: str, mask_suffix
 
 def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePredictor, data: str | Path, *, split: str = "val", out: str | Path | None = None,
              mask_suffix: str | None = None, threshold: float | None = None, progress: bool = True,
-             html: bool = False, tta: bool = False, backend: str = DEFAULT_BACKEND) -> EvaluationResult:
+             html: bool = False, tta: bool = False, backend: str = DEFAULT_BACKEND,
+             depth: int | None = None) -> EvaluationResult:
     """Score a model on a labelled split; writes metrics.json, per_class.csv, plots, a gallery (html: report.html).
 
     Several models, or a cross-validation run folder, are scored as their ensemble (probabilities averaged).
     `tta`: each image's prediction averages the logits of its flips (as `predict --tta`; files only).
-    `backend`: what a model file runs on (masksmith.inference.backend_choice).
+    `backend`: what a model file runs on (masksmith.inference.backend_choice); `depth`: pairs read ahead and
+    scorings waiting (masksmith.inference.pipeline; 0: one step after the other).
     The keywords are EvaluateConfig's (evaluation/config.py), checked by it before anything is read."""
     EvaluateConfig.of(split=split, out=out, mask_suffix=mask_suffix, threshold=threshold, html=html, tta=tta,
                       backend=backend)
@@ -116,23 +120,37 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
     keeper = ThumbnailKeeper(predictor.colors, meta.ignore_index) if html else None
     gallery = GalleryPicker()
     budget = WorkBudget.offline()
-    for sample in tqdm(samples, desc=f"evaluating {split}", unit="img", disable=not progress):
+    depth = pipeline_depth() if depth is None else depth
+
+    def read(sample: Sample) -> tuple[np.ndarray, np.ndarray] | DataError:
         try:
             check_file(predictor, sample.image, budget)  # before decoding: an image too costly to predict
-            image, truth = _read_pair(predictor, sample, encoding)
+            return _read_pair(predictor, sample, encoding)
         except DataError as error:
-            # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
-            failed.append({"name": sample.name, "reason": str(error)})
-            continue
-        scored.append(sample)
-        prediction = predictor.predict(image, threshold)
+            return error
+
+    def score(name: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
         confusion.update(prediction, truth)
         scores = per_image_scores(prediction, truth, meta.num_classes, meta.ignore_index)
-        per_image.append({"name": sample.name, **{key: None if np.isnan(value) else value
-                                                   for key, value in scores.items()}})
-        gallery.add(len(per_image) - 1, per_image[-1]["dice"], sample.name, image, truth, prediction)
+        per_image.append({"name": name, **{key: None if np.isnan(value) else value for key, value in scores.items()}})
+        gallery.add(len(per_image) - 1, per_image[-1]["dice"], name, image, truth, prediction)
         if keeper is not None:
             keeper.add(len(per_image) - 1, per_image[-1]["dice"], image, truth, prediction)
+
+    # The next pairs are read and the last predictions scored beside the model (masksmith.inference.pipeline).
+    with (Prefetch(samples, read, depth=depth, size=_pair_bytes) as pairs, Writer(depth=depth) as scorer,
+          tqdm(total=len(samples), desc=f"evaluating {split}", unit="img", disable=not progress) as bar):
+        for sample, pair in pairs:
+            if isinstance(pair, DataError):
+                # As predict does: one bad pair is listed (metrics.json "failed"), the others are still scored.
+                failed.append({"name": sample.name, "reason": str(pair)})
+            else:
+                image, truth = pair
+                scored.append(sample)
+                prediction = predictor.predict(image, threshold)
+                scorer.submit(functools.partial(score, sample.name, image, truth, prediction),
+                              image.nbytes + truth.nbytes + prediction.nbytes)
+            bar.update(1)
     result = confusion.compute(class_names=meta.class_names)
     # Images whose every pixel is ignored have no Dice; counting them as 1.0 would inflate the mean.
     result["image_dice"], result["image_dice_left_out"] = mean_image_score([row["dice"] for row in per_image])
@@ -152,6 +170,10 @@ def evaluate(bundle: str | Path | Sequence[str | Path] | Predictor | EnsemblePre
         result["html"] = str(write_html_report(out_dir, result, colors=predictor.colors, thumbs=keeper.by_index(),
                                                run_dir=run_folder(bundle), model=model, data=str(data)))
     return EvaluationResult.from_dict(result)
+
+
+def _pair_bytes(pair: tuple[np.ndarray, np.ndarray] | DataError) -> int:
+    return 0 if isinstance(pair, DataError) else pair[0].nbytes + pair[1].nbytes
 
 
 def run_folder(bundle: str | Path | Predictor) -> Path | None:

@@ -7,6 +7,7 @@ images of crop-trained models are predicted tile by tile, tiles aligned to the b
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from masksmith.inference.files import (
     write_failures,
     write_prediction,
 )
+from masksmith.inference.inputs import InputImage
+from masksmith.inference.pipeline import Prefetch, Writer, pipeline_depth
 from masksmith.inference.tiling import (
     AUTO_TILE_FACTOR,
     TILE_BATCH,
@@ -378,6 +381,10 @@ class PredictReport:
         return "\n".join(lines)
 
 
+def _array_bytes(read: tuple[list[np.ndarray], list, list]) -> int:
+    return sum(array.nbytes for array in read[0])
+
+
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
@@ -392,7 +399,8 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   overlay_images: bool = False, threshold: float | None = None, batch_size: int = PREDICT_BATCH_SIZE,
                   mask_format: str = "palette", progress: bool = True, resume: bool = False,
-                  sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None) -> PredictReport:
+                  sinks: Sequence[PredictionSink] = (), plan: PredictionPlan | None = None,
+                  depth: int | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT/<relative path>.png masks (and OUT/overlays/).
 
     A folder's subfolders are kept under OUT (a flat folder gives OUT/<stem>.png); `resume` skips images
@@ -401,7 +409,9 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
     masks' own encoding (0/255 binary, RGB colors, or indices), as recorded in the bundle.
     `sinks` (masksmith.annotations: Labelme/COCO writers, the ranking) get every predicted image too.
     `plan`: these inputs' plan_predictions, when the caller made it already (predict checks it before it
-    claims OUT).
+    claims OUT). `depth`: batches decoded ahead and results waiting to be written (0: one step after the
+    other; default $MASKSMITH_PIPELINE_DEPTH or masksmith.inference.pipeline.DEFAULT_DEPTH). A failed write
+    stops the run with its OSError, as in sequential order; the masks before it are written.
     """
     check_mask_format(mask_format)
     out_dir = Path(out_dir)
@@ -417,9 +427,23 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
         check_file(predictor, path, budget, answer)
 
     inference = 0.0
-    with tqdm(total=len(plan.items), desc="predicting", unit="img", disable=not progress) as bar:
-        for batch in _batches(plan.items, batch_size):
-            arrays, readable, failed = read_batch(batch, predictor.meta.in_channels, admit)
+    depth = pipeline_depth() if depth is None else depth
+    meta, keep_probabilities = predictor.meta, bool(sinks)
+
+    def read(batch: list[InputImage]) -> tuple[list[np.ndarray], list[InputImage], list[tuple[Path, str]]]:
+        return read_batch(batch, meta.in_channels, admit)
+
+    def write(item: InputImage, array: np.ndarray, mask: np.ndarray, probs: torch.Tensor | None) -> None:
+        report.written.append(write_prediction(meta, mask, array, out_dir, item.relative, mask_format=mask_format,
+                                               overlay_images=overlay_images))
+        for sink in sinks:
+            sink.add(item.path, item.relative, probs, mask)
+
+    # Decoding the next batches and writing the last ones overlap with the model (masksmith.inference.pipeline).
+    with (tqdm(total=len(plan.items), desc="predicting", unit="img", disable=not progress) as bar,
+          Prefetch(_batches(plan.items, batch_size), read, depth=depth, size=_array_bytes) as reads,
+          Writer(depth=depth * batch_size) as writer):  # masks: `depth` batches of them
+        for batch, (arrays, readable, failed) in reads:
             report.failed.extend(failed)
             if arrays:
                 started = time.perf_counter()
@@ -427,10 +451,9 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                 inference += time.perf_counter() - started
                 for item, array, probs in zip(readable, arrays, probabilities):
                     mask = predictor.decide(probs, threshold)
-                    report.written.append(write_prediction(predictor.meta, mask, array, out_dir, item.relative,
-                                                           mask_format=mask_format, overlay_images=overlay_images))
-                    for sink in sinks:
-                        sink.add(item.path, item.relative, probs, mask)
+                    kept = probs if keep_probabilities else None  # else freed here: K floats a pixel
+                    writer.submit(functools.partial(write, item, array, mask, kept),
+                                  array.nbytes + mask.nbytes + (probs.nbytes if kept is not None else 0))
             bar.update(len(batch))
     report.seconds = inference
     for sink in sinks:

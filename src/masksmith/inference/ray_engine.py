@@ -9,14 +9,16 @@ image (written, or why not), so the driver's memory does not grow with the image
 streaming executor bounds what is in flight.
 
 Decoding and writing run inside the actor, next to the model, rather than in stages of their own: a decoded
-image then never travels through Ray's object store (a copy per stage). On a GPU cluster, give each actor
-CPUs for that work (--threads).
+image then never travels through Ray's object store (a copy per stage). They run in threads beside the
+model's (masksmith.inference.pipeline), so the model waits neither for the next batch nor for the last
+masks. On a GPU cluster, give each actor CPUs for that work (--threads).
 
 On a cluster, the bundle, the inputs and OUT must be at the same paths on every node (a shared file system).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -38,6 +40,7 @@ from masksmith.inference.files import (
     write_prediction,
 )
 from masksmith.inference.inputs import InputImage
+from masksmith.inference.pipeline import Prefetch, Writer, pipeline_depth
 from masksmith.inference.predictor import PredictReport
 from masksmith.inference.work_budget import WorkBudget, check_file
 
@@ -100,7 +103,8 @@ class Segmenter:
     """One actor of the pool: the model, loaded once, and the writing options; called with batches of rows."""
 
     def __init__(self, models: Sequence[str], out_dir: str, *, threads: int, batch_size: int,
-                 load_options: dict[str, Any], threshold: float | None, mask_format: str, overlay_images: bool):
+                 load_options: dict[str, Any], threshold: float | None, mask_format: str, overlay_images: bool,
+                 depth: int | None = None):
         import torch
 
         from masksmith.inference.ensemble import load_models
@@ -110,46 +114,62 @@ class Segmenter:
         self.out_dir, self.batch_size = Path(out_dir), batch_size
         self.threshold, self.mask_format, self.overlay_images = threshold, mask_format, overlay_images
         self.budget = WorkBudget.offline()
+        self.depth = pipeline_depth() if depth is None else depth
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [InputImage(Path(path), Path(relative)) for path, relative in zip(rows["path"], rows["relative"])]
         outcome: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(items), self.batch_size):
-            outcome.update(self._predict_batch(items[start:start + self.batch_size]))
+        batches = [items[start:start + self.batch_size] for start in range(0, len(items), self.batch_size)]
+        # As the local engine: the next batches are decoded and the last masks written beside the model.
+        with (Prefetch(batches, self._read, depth=self.depth) as reads,
+              Writer(depth=self.depth * self.batch_size) as writer):
+            for _, (arrays, readable, failed) in reads:
+                outcome.update({str(path): ("", reason) for path, reason in failed})
+                self._predict_batch(arrays, readable, outcome, writer)
         paths = [str(item.path) for item in items]
         return {"index": rows["index"],
                 "mask": np.array([outcome[path][0] for path in paths], dtype=object),
                 "reason": np.array([outcome[path][1] for path in paths], dtype=object)}
 
-    def _predict_batch(self, items: list[InputImage]) -> dict[str, tuple[str, str]]:
-        """Decode, predict as one batch, encode and write: {path: (mask written, "") or ("", why not)}."""
+    def _read(self, items: list[InputImage]) -> tuple[list[np.ndarray], list[InputImage], list[tuple[Path, str]]]:
         answer = "overlay" if self.overlay_images else "mask"
-        arrays, readable, failed = read_batch(items, self.predictor.meta.in_channels,
-                                              lambda path: check_file(self.predictor, path, self.budget, answer))
-        outcome = {str(path): ("", reason) for path, reason in failed}
-        if arrays:
+        return read_batch(items, self.predictor.meta.in_channels,
+                          lambda path: check_file(self.predictor, path, self.budget, answer))
+
+    def _predict_batch(self, arrays: list[np.ndarray], readable: list[InputImage],
+                       outcome: dict[str, tuple[str, str]], writer: Writer) -> None:
+        """Predict as one batch and hand each mask to `writer`; outcome[path]: (mask written, "") or ("", why not)."""
+        if not arrays:
+            return
+        try:
+            probabilities = self.predictor.probabilities(arrays)
+        except Exception as error:  # a model failure is every image's failure, reported, never the run's end
+            outcome.update({str(item.path): ("", f"{item.path}: prediction failed ({error})") for item in readable})
+            return
+        for item, array, probs in zip(readable, arrays, probabilities):
             try:
-                probabilities = self.predictor.probabilities(arrays)
-            except Exception as error:  # a model failure is every image's failure, reported, never the run's end
-                probabilities = None
-                outcome.update({str(item.path): ("", f"{item.path}: prediction failed ({error})") for item in readable})
-            for item, array, probs in zip(readable, arrays, probabilities or []):
-                try:
-                    mask = self.predictor.decide(probs, self.threshold)
-                    target = write_prediction(self.predictor.meta, mask, array, self.out_dir, item.relative,
-                                              mask_format=self.mask_format, overlay_images=self.overlay_images)
-                    outcome[str(item.path)] = (str(target), "")
-                except (OSError, MasksmithError) as error:
-                    outcome[str(item.path)] = ("", f"{item.path}: could not write its prediction ({error})")
-        return outcome
+                mask = self.predictor.decide(probs, self.threshold)
+            except MasksmithError as error:
+                outcome[str(item.path)] = ("", f"{item.path}: could not write its prediction ({error})")
+                continue
+            writer.submit(functools.partial(self._write, item, array, mask, outcome), array.nbytes + mask.nbytes)
+
+    def _write(self, item: InputImage, array: np.ndarray, mask: np.ndarray,
+               outcome: dict[str, tuple[str, str]]) -> None:
+        try:
+            target = write_prediction(self.predictor.meta, mask, array, self.out_dir, item.relative,
+                                      mask_format=self.mask_format, overlay_images=self.overlay_images)
+            outcome[str(item.path)] = (str(target), "")
+        except (OSError, MasksmithError) as error:
+            outcome[str(item.path)] = ("", f"{item.path}: could not write its prediction ({error})")
 
 
 def prepare_models(models: Sequence[str | Path], load_options: dict[str, Any]) -> None:
     """Choose each model's backend in the driver, before the actors start: a bundle's ONNX export is made and
     cached once here, so the actors read it instead of all exporting at once, and the one-line notes (why a
     model runs on PyTorch) reach the user, which an actor's would not (its output stays in Ray's logs)."""
-    from masksmith.inference.ensemble import expand_models
     from masksmith.inference.backend_choice import BackendNote, choose
+    from masksmith.inference.ensemble import expand_models
 
     for member in expand_models([Path(model) for model in models]):
         choice = choose(member, load_options.get("backend"), load_options.get("device", "auto"))
@@ -176,14 +196,17 @@ def _rows(items: Sequence[InputImage]) -> Iterator[dict[str, Any]]:
 def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path, *,
                      options: RayOptions = RayOptions(), overlay_images: bool = False,
                      threshold: float | None = None, mask_format: str = "palette", resume: bool = False,
-                     progress: bool = True, plan: PredictionPlan | None = None) -> PredictReport:
+                     progress: bool = True, plan: PredictionPlan | None = None,
+                     depth: int | None = None) -> PredictReport:
     """Predict files, folders, globs or manifests into OUT with a Ray Data pipeline (see the module's text).
 
     The same outputs as `predict.predict_files`: OUT/<relative path>.png masks, overlays, OUT/failures.csv;
     `resume` skips images whose outputs exist. `report.seconds` is the pipeline's wall time. `plan`: the
-    inputs' plan_predictions, when the caller made it already.
+    inputs' plan_predictions, when the caller made it already. `depth`: each actor's batches decoded ahead
+    and waiting to be written (masksmith.inference.pipeline; default $MASKSMITH_PIPELINE_DEPTH, 0: sequential).
     """
     check_mask_format(mask_format)
+    depth = pipeline_depth() if depth is None else depth
     ray = import_ray()
     out_dir = Path(out_dir)
     if plan is None:
@@ -196,7 +219,7 @@ def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path],
             started = time.perf_counter()
             for index, mask, reason in _run_pipeline(ray, models, plan.items, out_dir, options,
                                                      overlay_images=overlay_images, threshold=threshold,
-                                                     mask_format=mask_format, progress=progress):
+                                                     mask_format=mask_format, progress=progress, depth=depth):
                 if reason:
                     report.failed.append((plan.items[index].path, reason))
                 else:
@@ -211,7 +234,7 @@ def predict_with_ray(models: Sequence[str | Path], inputs: Sequence[str | Path],
 
 def _run_pipeline(ray: Any, models: Sequence[str | Path], items: Sequence[InputImage], out_dir: Path,
                   options: RayOptions, *, overlay_images: bool, threshold: float | None, mask_format: str,
-                  progress: bool) -> Iterator[tuple[int, str, str]]:
+                  progress: bool, depth: int) -> Iterator[tuple[int, str, str]]:
     """(index in `items`, mask written or "", reason or "") for every item, as the actors finish them."""
     from tqdm import tqdm
 
@@ -229,7 +252,8 @@ def _run_pipeline(ray: Any, models: Sequence[str | Path], items: Sequence[InputI
         fn_constructor_kwargs=dict(models=[str(m) for m in models], out_dir=str(out_dir.resolve()),
                                    threads=options.threads, batch_size=options.batch_size,
                                    load_options=options.load_options,
-                                   threshold=threshold, mask_format=mask_format, overlay_images=overlay_images))
+                                   threshold=threshold, mask_format=mask_format, overlay_images=overlay_images,
+                                   depth=depth))
     with tqdm(total=len(items), desc=f"predicting (ray, {actors} actors)", unit="img", disable=not progress) as bar:
         for row in results.iter_rows():
             bar.update(1)
