@@ -37,7 +37,7 @@ from batch_predict import (  # benchmarks/, the script's own folder
 )
 from PIL import Image
 
-from masksmith.data.dataset import preprocess_image
+from masksmith.data.transforms import preprocess_image
 from masksmith.data.images import read_image
 from masksmith.inference.ensemble import load_models
 from masksmith.inference.pipeline import DEPTH_ENV_VAR
