@@ -44,6 +44,8 @@ def make_images(folder: Path, count: int) -> Path:
     if not sources:
         raise SystemExit(f"no membrane slices under {ISBI}")
     folder.mkdir(parents=True, exist_ok=True)
+    if count > 8 * len(sources):
+        raise SystemExit(f"--images {count}: at most {8 * len(sources)} distinct slices")
     written = 0
     for variant in range(8):
         for source in sources:
@@ -53,7 +55,7 @@ def make_images(folder: Path, count: int) -> Path:
             array = np.rot90(array[:, ::-1] if variant >= 4 else array, variant % 4)
             Image.fromarray(np.ascontiguousarray(array)).save(folder / f"{written:05d}.png")
             written += 1
-    raise SystemExit(f"--images {count}: at most {8 * len(sources)} distinct slices")
+    return folder
 
 
 def train(out: Path, minutes: float) -> Path:
