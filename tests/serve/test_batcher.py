@@ -232,7 +232,7 @@ def test_masksmith_serve_prints_where_and_what_and_stops_cleanly_on_ctrl_c(bundl
         assert header[0].startswith("masksmith serve: http://127.0.0.1:"), header
         url = header[0].split()[2]
         assert "model" in header[1] and str(bundle) in header[1] and "3 classes" in header[1]
-        assert "backend  torch" in header[2] and "threads" in header[2]
+        assert "backend  onnx on cpu" in header[2] and "threads" in header[2]  # the default: ONNX Runtime
         _wait_for(lambda: _ready(url), "readiness")
         assert _post(url).status_code == 200
         process.send_signal(signal.SIGINT)
