@@ -61,6 +61,7 @@ def test_the_dry_run_runs_every_command_on_the_cpu_and_prints_the_table_with_num
     assert (out / "ddp" / "model.msb").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the script would run the real check")
 def test_without_a_gpu_the_real_check_stops_with_one_line(tmp_path):
     result = run_check("--out", str(tmp_path / "check"), timeout=120)

@@ -104,6 +104,7 @@ def test_resume_continues_the_run(tmp_path):
     assert "epochs: 3" in (second.run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_max_time_stops_cleanly_and_keeps_a_model(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=8)
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1000, batch_size=2,
@@ -135,6 +136,7 @@ def test_multiclass_with_a_sigmoid_free_softmax_head_and_class_names(tmp_path):
     assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_binary_sigmoid_head(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=8)
     for path in (data / "masks").glob("*.png"):  # keep only the red box, as 0/255
@@ -155,6 +157,7 @@ def test_crop_training_predicts_whole_images(tmp_path):
     assert masksmith.load(result.bundle).predict(data / "images" / "s01.jpg").shape == (64, 80)
 
 
+@pytest.mark.slow
 def test_split_folders_are_used_as_given(tmp_path):
     pool = make_shapes_dataset(tmp_path / "pool", count=8)
     for split, names in (("train", range(6)), ("val", range(6, 8))):

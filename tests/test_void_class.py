@@ -219,6 +219,7 @@ def test_fine_tuning_from_the_bundle_keeps_its_void_without_the_plan(trained, st
     assert "void: ignore_index 11" in (tmp_path / "again" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_skips_the_void_pixels(trained, street, tmp_path):
     run, _ = trained
     result = invoke("evaluate", run / "model.msb", street, "--out", tmp_path / "eval")
@@ -228,6 +229,7 @@ def test_evaluate_skips_the_void_pixels(trained, street, tmp_path):
     assert "Unlabelled" not in json.dumps(metrics["per_class"])
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_of_the_11_classes(trained, street, tmp_path):
     run, _ = trained
     result = invoke("predict", run / "model.msb", street / "images", "--out", tmp_path / "pred", "-q")

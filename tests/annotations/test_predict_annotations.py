@@ -271,6 +271,7 @@ def test_real_predictions_round_trip_through_labelme_and_coco(tmp_path: Path) ->
     assert scores and all(0.0 < s <= 1.0 for s in scores)
 
 
+@pytest.mark.slow
 def test_predict_never_overwrites_a_human_annotation(tmp_path: Path) -> None:
     bundle, data = shapes_model()
     images, folder = tmp_path / "images", tmp_path / "annotated"

@@ -31,6 +31,7 @@ def cli_run(tmp_path_factory):
     return root, data, result
 
 
+@pytest.mark.slow
 def test_train_from_yaml_with_overrides(cli_run):
     root, _, result = cli_run
     assert f"model: {root / 'run' / 'model.msb'}" in result.output
@@ -38,6 +39,7 @@ def test_train_from_yaml_with_overrides(cli_run):
     assert "model_options:\n  base_channels: 8" in (root / "run" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_prints_the_table_and_writes_the_report(cli_run):
     root, data, _ = cli_run
     result = invoke("evaluate", root / "run" / "model.msb", data, "--out", root / "eval")
@@ -48,6 +50,7 @@ def test_evaluate_prints_the_table_and_writes_the_report(cli_run):
     assert (root / "eval" / "per_class.csv").read_text().startswith("index,name,iou,dice,precision,recall")
 
 
+@pytest.mark.slow
 def test_predict_folder_and_glob_with_overlays_and_a_bad_file(cli_run):
     root, data, _ = cli_run
     inputs = root / "inputs"

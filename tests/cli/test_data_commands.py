@@ -91,6 +91,7 @@ def color_dataset(root: Path) -> tuple[Path, list[tuple[int, int, int]]]:
     return data, colors
 
 
+@pytest.mark.slow
 def test_color_masks_train_and_predict_back_in_their_colors(tmp_path):
     data, colors = color_dataset(tmp_path / "color")
     result = invoke("train", data, "--out", tmp_path / "run", *TINY)
@@ -106,6 +107,7 @@ def test_color_masks_train_and_predict_back_in_their_colors(tmp_path):
     assert {tuple(c) for c in written.reshape(-1, 3)} <= set(colors)
 
 
+@pytest.mark.slow
 def test_binary_predictions_in_kind_keep_the_datasets_values(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     for path in (data / "masks").glob("*.png"):  # ISBI-style: object = 0, rest = 255

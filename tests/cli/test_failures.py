@@ -76,6 +76,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_read_only_output_folder_is_one_line_before_any_work(world, tmp_path, monkeypatch, command):
     out = tmp_path / "out"
@@ -123,6 +124,7 @@ def _full_disk_after(count: int):
     return write_bytes
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_predicting_overlays_is_one_line_naming_the_file(world, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(Path, "write_bytes", _full_disk_after(3))
@@ -150,6 +152,7 @@ def test_a_wrapped_write_failure_names_the_target_and_leaves_no_temp_file(tmp_pa
         assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_is_one_line_and_resume_finishes(world, tmp_path, monkeypatch):
     run = tmp_path / "run"
     real = AtomicCheckpointIO.save_checkpoint

@@ -57,6 +57,7 @@ def churn(**env: str) -> tuple[str, int, int]:
     return output[0], int(output[1]), int(output[2])
 
 
+@pytest.mark.slow
 @glibc_only
 def test_a_networks_feature_maps_reuse_the_freed_memory_in_every_thread():
     tuned, main_thread, other_thread = churn()
@@ -67,6 +68,7 @@ def test_a_networks_feature_maps_reuse_the_freed_memory_in_every_thread():
     assert main_thread < system_main // 10 and other_thread < system_other // 10
 
 
+@pytest.mark.slow
 @glibc_only
 def test_the_users_own_malloc_settings_are_left_alone(monkeypatch):
     assert churn(MALLOC_ARENA_MAX="2")[0] == "False"

@@ -154,6 +154,7 @@ def _dataset(root: Path, names: list[str]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_an_image_named_with_a_newline_writes_every_report(tmp_path, hostile_bundle):
     data = _dataset(tmp_path / "data", ["two\nlines", "tab\tand\x1bescape", "plain"])
     result = CliRunner().invoke(app, ["evaluate", str(hostile_bundle), str(data), "--split", "all", "--html",

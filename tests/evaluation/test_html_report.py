@@ -118,6 +118,7 @@ def evaluated(tmp_path_factory):
     return run, data, result
 
 
+@pytest.mark.slow
 def test_the_page_holds_every_section_with_embedded_images_only(evaluated):
     run, _, result = evaluated
     page_path = Path(result["html"])

@@ -36,6 +36,7 @@ def _confusion(predictor: Predictor, data) -> np.ndarray:
     return confusion.matrix
 
 
+@pytest.mark.slow
 def test_tta_scores_are_the_flip_averaged_predictions(tmp_path):
     trained, data = shapes_model()
     # As if trained with flips (the shared model's augmentation has none): TTA averages 4 views.
@@ -53,6 +54,7 @@ def test_tta_scores_are_the_flip_averaged_predictions(tmp_path):
     assert '"tta": true' in (tmp_path / "cli" / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_tta_with_a_predictor_in_memory_is_refused(tmp_path):
     bundle, data = shapes_model()
     with pytest.raises(MasksmithError, match="tta"):
@@ -75,6 +77,7 @@ def bundle(tmp_path: Path) -> Path:
     return untrained_bundle(tmp_path / "model.msb")
 
 
+@pytest.mark.slow
 def test_an_all_ignore_image_is_left_out_of_the_per_image_mean(tmp_path, bundle):
     from masksmith.evaluation.metrics import mean_image_score, per_image_dice
     from masksmith.evaluation.scoring import evaluate
@@ -104,6 +107,7 @@ def trained_bundle(tmp_path_factory) -> Path:
     return tiny_trained_bundle(tmp_path_factory.mktemp("limits"))
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_an_image_over_the_limit_by_name(trained_bundle, tmp_path, monkeypatch):
     data = make_shapes_dataset(tmp_path / "data", count=3)
     Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(data / "images" / "big.png")

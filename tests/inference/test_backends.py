@@ -64,6 +64,7 @@ def _imports(module: str) -> set[str]:
     return {name for name in found if name.startswith("masksmith.")}
 
 
+@pytest.mark.slow
 def test_export_and_predict_do_not_import_each_other():
     # Regression: export imported predict (Predictor.load) and predict imported export (OnnxBackend).
     assert not {"masksmith.inference.predictor"} & _imports("masksmith.inference.export")
@@ -98,6 +99,7 @@ class Plain(torch.nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.slow
 def test_the_input_multiple_is_the_same_everywhere():
     pytest.importorskip("onnxruntime")
     # Regression: the ONNX export fell back to 32 for a network without `multiple`, the Predictor to 1, so
@@ -114,6 +116,7 @@ def test_the_input_multiple_is_the_same_everywhere():
         assert float((onnx(image) - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
 
 
+@pytest.mark.slow
 def test_open_backend_picks_by_file_type(bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     torch_backend = open_backend(bundle)

@@ -119,6 +119,7 @@ def test_split_models_takes_leading_model_files_and_keeps_predict_model_input_co
     assert split_models(members[0], ["missing.msb", str(picture)])[0] == [str(members[0])]
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_cli_take_several_models(tmp_path, members):
     data = make_shapes_dataset(tmp_path / "shapes", count=3, size=(32, 40))
     runner = CliRunner()
@@ -143,6 +144,7 @@ def test_predict_and_evaluate_cli_take_several_models(tmp_path, members):
     assert evaluate(members[:2], data, split="all", out=tmp_path / "ev2", progress=False)["images"] == 3
 
 
+@pytest.mark.slow
 def test_members_trained_on_one_recorded_split_are_evaluated_on_its_validation_images(tmp_path):
     # Two models trained side by side on one seeded split: their ensemble scores the images neither trained on.
     data = make_shapes_dataset(tmp_path / "shapes", count=5, size=(32, 40))

@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
     return root, data, run.bundle, fp32, int8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (3, 3, 32, 32), (1, 3, 45, 70), (3, 3, 64, 24)])
 def test_fp32_onnx_matches_pytorch_at_any_batch_and_size(trained, shape):
     root, _, bundle, report, _ = trained
@@ -55,6 +56,7 @@ def test_fp32_onnx_matches_pytorch_at_any_batch_and_size(trained, shape):
     assert report.precision == "fp32" and report.max_rel_diff <= 1e-4 and len(report.checks) >= 2
 
 
+@pytest.mark.slow
 def test_metadata_round_trips_through_the_onnx_file(trained):
     root, _, bundle, _, _ = trained
     original = read_meta(bundle)
@@ -67,6 +69,7 @@ def test_metadata_round_trips_through_the_onnx_file(trained):
     assert "masksmith" in props
 
 
+@pytest.mark.slow
 def test_int8_export_is_calibrated_and_agrees_with_fp32(trained):
     root, data, _, _, report = trained
     assert report.precision == "int8" and report.calibration_images == 12
@@ -79,6 +82,7 @@ def test_int8_export_is_calibrated_and_agrees_with_fp32(trained):
     assert np.mean(same) >= 0.95
 
 
+@pytest.mark.slow
 def test_int8_graph_stays_int8_with_weights_that_cannot_saturate(trained):
     root, _, _, _, _ = trained
     model = onnx.load(str(root / "model.int8.onnx"))
@@ -91,6 +95,7 @@ def test_int8_graph_stays_int8_with_weights_that_cannot_saturate(trained):
     assert all(np.abs(w).max() <= 64 for w in weights)
 
 
+@pytest.mark.slow
 def test_transposed_conv_rewrite_computes_the_same_function(trained):
     _, _, bundle, _, _ = trained
     predictor = Predictor.load(bundle, device="cpu", optimize=False)
@@ -105,6 +110,7 @@ def test_transposed_conv_rewrite_computes_the_same_function(trained):
     assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
 
 
+@pytest.mark.slow
 def test_onnx_predictions_match_the_bundle_from_the_command_line(trained, tmp_path):
     root, data, bundle, _, _ = trained
     exported = tmp_path / "cli.onnx"
@@ -125,6 +131,7 @@ def test_onnx_predictions_match_the_bundle_from_the_command_line(trained, tmp_pa
         assert same >= 0.999
 
 
+@pytest.mark.slow
 def test_predict_options_tile_overlap_and_tta(trained, tmp_path):
     _, data, bundle, _, _ = trained
     result = runner.invoke(app, ["predict", str(bundle), str(data / "images"), "--out", str(tmp_path / "o"),
@@ -169,6 +176,7 @@ def test_bad_onnx_files_give_one_clear_line_naming_the_file(tmp_path, kind, mess
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_export_refuses_what_it_cannot_do(trained, tmp_path):
     root, _, bundle, _, _ = trained
     with pytest.raises(MasksmithError, match="calibration"):
@@ -212,6 +220,7 @@ def test_export_over_its_own_bundle_is_refused(tmp_path, bundle):
     assert bundle.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_int8_export_measures_its_agreement_on_the_validation_split(trained, tmp_path):
     from masksmith.inference.export import validation_images
 

@@ -27,6 +27,7 @@ def bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 def test_predict_lists_every_hostile_file_and_writes_the_rest(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=4)
     run = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2, auto=False,

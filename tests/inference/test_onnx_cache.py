@@ -82,6 +82,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
 
 
+@pytest.mark.slow
 def test_auto_exports_once_then_reads_the_cache_and_matches_pytorch(bundle, cache, exports):
     bundle.parent.chmod(0o555)  # nothing is written beside the bundle (root ignores the mode; the listing checks)
     try:
@@ -105,6 +106,7 @@ def test_auto_exports_once_then_reads_the_cache_and_matches_pytorch(bundle, cach
     assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_masks_on_real_membrane_slices_equal_pytorch(tmp_path, isbi_dir, cache):
     # Real inputs through both backends: a 1-channel binary U-Net with trained-like BatchNorm statistics.
     torch.manual_seed(0)
@@ -130,6 +132,7 @@ def test_masks_on_real_membrane_slices_equal_pytorch(tmp_path, isbi_dir, cache):
         assert np.mean(onnx_mask == torch_mask) >= 0.9999
 
 
+@pytest.mark.slow
 def test_truncated_or_damaged_cached_onnx_is_detected_and_exported_again(bundle, cache, exports):
     _load(bundle)
     entry = entry_for(bundle)
@@ -147,6 +150,7 @@ def test_truncated_or_damaged_cached_onnx_is_detected_and_exported_again(bundle,
     assert len(exports) == 4 and json.loads(entry.record.read_text())["onnx_sha256"]
 
 
+@pytest.mark.slow
 def test_a_cached_file_from_another_bundle_is_not_used(tmp_path, cache, exports):
     first, second = _bundle(tmp_path / "a.msb", seed=0), _bundle(tmp_path / "b.msb", seed=1)
     _load(first)
@@ -167,6 +171,7 @@ def test_a_cached_file_from_another_bundle_is_not_used(tmp_path, cache, exports)
     assert len(exports) == 4
 
 
+@pytest.mark.slow
 def test_a_cache_path_that_is_a_file_falls_back_in_one_line(bundle, tmp_path, monkeypatch, exports):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache would go")
@@ -213,6 +218,7 @@ def test_a_read_only_cache_folder_falls_back_in_one_line(bundle, cache, exports)
     assert predictor.backend_name == "torch" and len(notes) == 1 and "running PyTorch" in notes[0]
 
 
+@pytest.mark.slow
 def test_an_entry_that_cannot_be_stored_serves_the_run_from_memory(bundle, cache, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cache / "x.onnx"))
@@ -224,6 +230,7 @@ def test_an_entry_that_cannot_be_stored_serves_the_run_from_memory(bundle, cache
     assert not entry_for(bundle).record.exists()
 
 
+@pytest.mark.slow
 def test_an_export_that_fails_its_parity_check_runs_pytorch_and_is_remembered(bundle, cache, monkeypatch, exports):
     monkeypatch.setattr(onnx_export, "FP32_TOLERANCE", 0.0)  # no export can pass: the check refuses it
     predictor, notes = _load(bundle)
@@ -276,6 +283,7 @@ print("exported" if cached.exported_now else "read", cached.stored, len(cached.m
 """
 
 
+@pytest.mark.slow
 def test_two_processes_exporting_the_same_bundle_at_once_leave_one_whole_entry(bundle, cache):
     import time
 
@@ -301,6 +309,7 @@ def test_two_processes_exporting_the_same_bundle_at_once_leave_one_whole_entry(b
     assert sorted(p.name for p in cache.iterdir()) == sorted([entry.onnx.name, entry.record.name, entry.lock.name])
 
 
+@pytest.mark.slow
 def test_a_served_model_creates_its_session_once(bundle, cache, monkeypatch):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
@@ -330,6 +339,7 @@ def test_a_served_model_creates_its_session_once(bundle, cache, monkeypatch):
     assert len(sessions) == 1
 
 
+@pytest.mark.slow
 def test_a_ray_actor_creates_its_session_once(bundle, cache, monkeypatch, tmp_path):
     from PIL import Image
 
@@ -361,6 +371,7 @@ def test_a_ray_actor_creates_its_session_once(bundle, cache, monkeypatch, tmp_pa
     assert len(sessions) == 1
 
 
+@pytest.mark.slow
 def test_the_ray_driver_exports_before_its_actors_start_and_says_why_not(bundle, cache, tmp_path, monkeypatch,
                                                                          exports):
     from masksmith.inference.ray_engine import prepare_models
@@ -378,6 +389,7 @@ def test_the_ray_driver_exports_before_its_actors_start_and_says_why_not(bundle,
         prepare_models([bundle], {"backend": "auto", "device": "cpu"})
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_default_to_the_cached_onnx_export(bundle, cache, tmp_path, exports, monkeypatch,
                                                                   make_image_mask_pairs):
     from masksmith.inference import backend_choice

@@ -222,6 +222,7 @@ def test_predict_never_decodes_more_than_its_depth_ahead(world, tmp_path, monkey
     assert counts["most"] <= 2 * (1 + 2)
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_is_one_line_and_the_masks_before_it_are_written(world, tmp_path, monkeypatch):
     real = Path.write_bytes
     calls = {"n": 0}

@@ -62,6 +62,7 @@ def test_the_folder_records_the_model_options_and_inputs(tmp_path, models, photo
     assert record["inputs"] == [str(photos.resolve())]
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_refused_naming_both(tmp_path, models, photos):
     out = tmp_path / "out"
     first = photos / "p0.png"
@@ -95,6 +96,7 @@ def test_resume_with_the_same_model_and_options_continues_and_adds_the_inputs(tm
     assert record["inputs"] == [str((photos / "p0.png").resolve()), str(photos.resolve())]
 
 
+@pytest.mark.slow
 def test_predicting_again_without_resume_replaces_the_record_and_warns(tmp_path, models, photos):
     out = tmp_path / "out"
     assert _predict(models[0], photos, "--out", out).exit_code == 0

@@ -159,6 +159,7 @@ def test_the_offline_budget_reads_its_environment_variables(monkeypatch):
         WorkBudget(max_aspect=0.5)
 
 
+@pytest.mark.slow
 def test_predict_refuses_the_audits_strip_from_its_header_and_predicts_the_rest(tmp_path):
     bundle = _bundle(tmp_path / "crop.msb", resize="random_crop", size=32, depth=2)
     _strip_png(tmp_path / "in" / "strip.png", 20_000_000)
@@ -186,6 +187,7 @@ def test_predict_files_counts_an_overlay_and_names_the_variable_to_raise(tmp_pat
     assert len(report.written) == 1  # the mask alone fits
 
 
+@pytest.mark.slow
 def test_evaluate_lists_an_image_over_the_budget_as_failed_and_scores_the_others(tmp_path, monkeypatch):
     data = make_shapes_dataset(tmp_path / "shapes", count=3)
     Image.fromarray(np.full((600, 600, 3), 100, np.uint8)).save(data / "images" / "big.png")

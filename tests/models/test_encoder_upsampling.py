@@ -47,6 +47,7 @@ def test_encoder_unet_rejects_other_modes(bad: object) -> None:
         build_model("unet", 3, 2, encoder="efficientnet_lite0", upsampling=bad, **TINY)
 
 
+@pytest.mark.slow
 def test_trained_bundle_records_nearest_and_rebuilds_it(tmp_path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", count=6, size=(32, 32))
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=3, model="unet",

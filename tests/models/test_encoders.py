@@ -334,6 +334,7 @@ def test_train_bundle_predict_tiles_and_tta(encoder, shapes, tmp_path):
     assert tiled_mask.shape == (40, 56) and tiled_mask.max() <= 2
 
 
+@pytest.mark.slow
 def test_frozen_first_epoch_keeps_the_pretrained_encoder(shapes, tmp_path):
     start = tmp_path / "published.pth"
     published = published_checkpoint("mobilenet_v2", seed=6)

@@ -67,6 +67,7 @@ def _decoded(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
+@pytest.mark.slow
 def test_health_readiness_and_model_card(client, trained):
     _, bundle, _ = trained
     assert client.get("/healthz").json() == {"status": "alive"}
@@ -216,6 +217,7 @@ def test_odd_but_valid_images_get_masks_at_their_own_size(client, trained, tmp_p
     assert _segment(client, tiff, "rgba16.tif").content == (tmp_path / "out" / "rgba16.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_crop_trained_binary_model_tiles_long_images_and_takes_a_threshold(tmp_path):
     bundle = binary_crop_bundle(tmp_path / "binary.msb")
     strip = png_bytes(np.random.default_rng(1).integers(0, 255, (30, 3000, 3), dtype=np.uint8))

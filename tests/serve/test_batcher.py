@@ -173,6 +173,7 @@ def _wait_for(condition, what: str) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_overload_answers_503_with_retry_after_then_recovers(bundle):
     model, gate, app = _gated(bundle, max_batch=1, max_queue=2)
     with live_server(app) as (url, _), ThreadPoolExecutor(4) as pool:
@@ -223,6 +224,7 @@ def test_shutdown_drains_requests_in_flight(bundle):
         assert in_flight.result(60).status_code == 200
 
 
+@pytest.mark.slow
 def test_masksmith_serve_prints_where_and_what_and_stops_cleanly_on_ctrl_c(bundle):
     command = [sys.executable, "-m", "masksmith.cli", "serve", str(bundle), "--port", "0", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

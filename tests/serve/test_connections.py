@@ -67,6 +67,7 @@ def _status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
 
 
+@pytest.mark.slow
 def test_slow_headers_are_cut_off_and_surplus_connections_refused_with_one_log_line(served, caplog):
     caplog.set_level(logging.WARNING, logger="masksmith.serve")
     app = create_app(served, ServeOptions(max_connections=20, header_timeout_s=3.0))
@@ -111,6 +112,7 @@ def test_a_body_that_trickles_past_the_request_limit_is_answered_408_and_cut_off
         assert _status(answer) == 408 and b"the upload took longer than the request limit of 1 s" in answer
 
 
+@pytest.mark.slow
 def test_with_few_descriptors_the_cli_caps_connections_below_them_and_stays_quiet(bundle, tmp_path):
     """The audit's case: 200 slow connections against a process allowed 448 files (room for 64 connections)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -80,6 +80,7 @@ def _wait_for(condition, what: str, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_the_audits_uploads_are_refused_from_their_header(crop_bundle, resize_bundle):
     # 1 x 24,000,000 pixels is under --max-pixels; the header-only PNG would be a 422 if anything decoded it.
     strip = bomb_png(24_000_000, 1)
@@ -101,6 +102,7 @@ def test_the_audits_uploads_are_refused_from_their_header(crop_bundle, resize_bu
         assert overlay.status_code == 413 and "over the work limit of 4 MB" in overlay.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_timed_out_request_stops_its_tiled_work(crop_bundle):
     slow, app = _slowed(crop_bundle, 0.1, timeout_s=1.0)  # 73 chunks of 4 tiles: over 7 s
     with live_server(app) as (url, _):
@@ -111,6 +113,7 @@ def test_a_timed_out_request_stops_its_tiled_work(crop_bundle):
         assert _post(url, SMALL).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_large_image_does_not_hold_small_ones_hostage(crop_bundle):
     slow, app = _slowed(crop_bundle, 0.1)
     with live_server(app) as (url, _), ThreadPoolExecutor(1) as pool:

@@ -55,6 +55,7 @@ def _column(run, name: str) -> list[float]:
         return [float(row[name]) for row in csv.DictReader(handle)]
 
 
+@pytest.mark.slow
 def test_the_two_runs_keep_different_epochs(runs):
     scores = _column(runs["best"], MONITOR)
     assert scores == _column(runs["last"], MONITOR)  # the same run up to the choice
@@ -123,6 +124,7 @@ def best_state(checkpoint: dict) -> dict:
                 if key.startswith("ModelCheckpoint") and state.get("monitor") == "val_dice")
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stopped_improving(shapes, tmp_path, monkeypatch):
     script_val_dice(monkeypatch, [0.9, 0.5, 0.4])
     result = tiny_train(shapes, tmp_path / "run", epochs=3)
@@ -133,6 +135,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stopped_improving
     assert float(best_state(last)["best_model_score"]) == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_resumes_with_its_best_score(shapes, tmp_path, monkeypatch):
     script_val_dice(monkeypatch, [0.9, 0.5, 0.6, 0.7])
     first = tiny_train(shapes, tmp_path / "before", epochs=2)
@@ -154,6 +157,7 @@ def test_a_moved_run_folder_resumes_with_its_best_score(shapes, tmp_path, monkey
         assert torch.equal(tensor, best["state_dict"][f"network.{name}"]), name
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_weight_average(shapes, tmp_path):
     decay, recorder = 0.5, RecordWeights()
     first = tiny_train(shapes, tmp_path / "run", epochs=1, ema_decay=decay, lr=0.05)

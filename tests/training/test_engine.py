@@ -44,6 +44,7 @@ def test_every_optimizer_and_schedule_is_built_as_named(optimizer, scheduler):
     assert lr == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_run_that_does_not_improve(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     # A learning rate of ~0 keeps the validation score flat, so patience 2 stops after 3 epochs.
@@ -64,6 +65,7 @@ def test_channels_last_bf16_gradient_clipping_and_custom_augmentation_train_on_c
     assert masksmith.load(result.bundle).predict(data / "images" / "s00.jpg").shape == (40, 56)
 
 
+@pytest.mark.slow
 def test_a_finished_run_folder_is_not_overwritten(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=4)
     options = dict(classes=str(data / "classes.txt"), size=32, epochs=1, batch_size=2, model_options=TINY_UNET,
@@ -108,6 +110,7 @@ class _SlowEpochs(Callback):
         time.sleep(self.seconds)
 
 
+@pytest.mark.slow
 def test_a_cosine_schedule_anneals_by_the_time_budget_not_by_an_unreachable_epoch_count(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=4)
     # 1000 epochs asked, about 6 fit in 3 seconds: the rate must still come down to its floor by the end.
@@ -136,6 +139,7 @@ def test_the_curves_mark_the_best_epoch_of_the_monitored_metric(tmp_path, monkey
         assert marked and set(marked) == {expected}  # a loss is plotted with the losses, unmarked
 
 
+@pytest.mark.slow
 def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(tmp_path, capsys):
     from masksmith.config import MONITORED_METRICS
     from masksmith.training.engine import EpochLines, ProgressBar, progress_callback

@@ -91,6 +91,7 @@ def test_unet_encoder_is_its_contracting_path():
     assert not any(key.startswith("encoder.") for key in model.state_dict())
 
 
+@pytest.mark.slow
 def test_frozen_encoder_and_its_batchnorm_statistics_stay_fixed_then_train():
     config = TrainConfig(data="d", epochs=3, freeze_encoder_epochs=2, lr=0.01, scheduler="none",
                          early_stopping=0, monitor="val_loss")
@@ -151,6 +152,7 @@ def test_frozen_stages_without_a_pretrained_encoder_is_a_clear_error(model, tmp_
                         frozen_stages=1, out=str(tmp_path / "run"), quiet=True)
 
 
+@pytest.mark.slow
 def test_train_with_a_frozen_start_runs_and_records_the_schedule(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6)
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=32, epochs=2, batch_size=2,

@@ -40,6 +40,7 @@ def first_run(tmp_path_factory):
     return data, run.bundle
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_bundles_weights_and_network(first_run, tmp_path):
     data, bundle = first_run
     meta, weights = load_bundle(bundle)

@@ -114,6 +114,7 @@ def test_train_fails_on_a_truncated_jpeg_before_training_and_names_it(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the first step
 
 
+@pytest.mark.slow
 def test_train_skip_invalid_leaves_the_truncated_jpeg_out_and_lists_it(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", count=8)
     _truncated_jpeg(data / "images" / "s03.jpg")

@@ -329,6 +329,7 @@ def test_fingerprint_uses_the_train_split(tmp_path):
 SLICE = [f"{i:04d}" for i in range(1, 39)] + ["0738", "0772"]  # 0738 has a bra, 0772 the only earrings
 
 
+@pytest.mark.slow
 def test_clothing_slice_parallel_matches_serial(tmp_path, ccp_dir):
     for folder, ext in (("images", ".jpg"), ("masks", ".png")):
         (tmp_path / folder).mkdir()
@@ -378,6 +379,7 @@ def _die(task):
     os._exit(3)
 
 
+@pytest.mark.slow
 def test_a_dying_worker_is_a_clear_error():
     from masksmith.data.check.files import map_tasks as _map
 

@@ -149,6 +149,7 @@ def test_ignore_label_skipped_shapes_and_labels_used_without_meta(tmp_path: Path
     assert classes[5, 5] == 255 and classes[20, 20] == 2 and classes[35, 38] == 2
 
 
+@pytest.mark.slow
 def test_million_point_polygon_equals_its_corners(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "big.png", 60, 80)
     _image(tmp_path / "images" / "corners.png", 60, 80)
@@ -259,6 +260,7 @@ def test_broken_or_hostile_xml_is_an_error_naming_it(tmp_path: Path, content: st
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_100_mb_file_is_streamed(tmp_path: Path) -> None:
     # 100 MB of <image> elements with 5,000-point polygons, all for missing images but one: each image is
     # converted (or reported) and dropped as it is read, so memory stays far below the file's size.

@@ -194,6 +194,7 @@ def test_image_lookup_follows_label_studio_urls_and_stays_inside_images(tmp_path
     assert "task 5" in reasons[1] and "cannot tell which is the image" in reasons[1]
 
 
+@pytest.mark.slow
 def test_million_point_polygon_equals_its_corners(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "big.png", 60, 80)
     _image(tmp_path / "images" / "corners.png", 60, 80)

@@ -253,6 +253,7 @@ def test_label_file_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
                                               for p, c in zip("abcdefgh", "bcdefghi")) + "names: *i\n",
      "has a name that is not text"),
 ])
+@pytest.mark.slow
 def test_bad_dataset_yaml_is_an_error_naming_it(tmp_path: Path, yaml_text: str, fragment: str) -> None:
     root = tmp_path / "ds"
     root.mkdir()

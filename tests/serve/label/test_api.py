@@ -477,6 +477,7 @@ def _wait_predicted(client, timeout=60.0):
     raise AssertionError("the model did not predict every image in time")
 
 
+@pytest.mark.slow
 def test_predictions_rank_the_queue_and_match_the_predictor(trained, shapes):
     _, bundle = trained
     model = ServedModel.load(bundle)
@@ -500,6 +501,7 @@ def test_predictions_rank_the_queue_and_match_the_predictor(trained, shapes):
         assert summary["model"]["checksum"] == model.checksum and f"--init {bundle}" in summary["command"]
 
 
+@pytest.mark.slow
 def test_accepting_a_prediction_saves_it_as_corrected_with_the_model(trained, shapes):
     _, bundle = trained
     model = ServedModel.load(bundle)
@@ -609,6 +611,7 @@ def test_tiff_and_rotated_images_are_sent_upright_as_png(tmp_path):
             assert np.asarray(Image.open(io.BytesIO(response.content))).shape[:2] == shape
 
 
+@pytest.mark.slow
 def test_the_command_serves_the_page_on_loopback(shapes):
     import subprocess
     import sys
