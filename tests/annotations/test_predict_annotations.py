@@ -297,6 +297,7 @@ def test_predict_never_overwrites_a_human_annotation(tmp_path: Path) -> None:
     assert len(json.loads((out / "s00.json").read_text())["shapes"]) == len(document["shapes"])
 
 
+@pytest.mark.slow
 def test_rank_puts_noisy_and_occluded_images_above_clean_ones(tmp_path: Path) -> None:
     bundle, data = shapes_model()
     images = tmp_path / "images"

@@ -64,6 +64,7 @@ def test_check_exit_codes_clean_warnings_and_errors(tmp_path):
     assert "unpaired" in codes
 
 
+@pytest.mark.slow
 def test_auto_plan_is_printed_saved_and_respects_given_options(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=6, size=(80, 120))
     result = invoke("train", data, "--classes", data / "classes.txt", "--out", tmp_path / "run",

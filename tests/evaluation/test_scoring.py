@@ -120,6 +120,7 @@ def test_evaluate_refuses_an_image_over_the_limit_by_name(trained_bundle, tmp_pa
                      result["failed"][0]["reason"])
 
 
+@pytest.mark.slow
 def test_evaluate_gallery_of_a_10000x16_strip_stays_small(trained_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKSMITH_MAX_ASPECT", "1000")  # 625:1 is over the default work budget's 100:1
     data = tmp_path / "strip"

@@ -302,6 +302,7 @@ def test_a_ray_actor_reports_a_failed_write_per_image_and_writes_the_rest(world,
     assert len(list((tmp_path / "out").glob("?/*.png"))) == 21
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_same_in_both_orders_and_lists_a_broken_pair(world, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(world["data"], data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -12,6 +13,7 @@ from masksmith.cli.app import app
 from tests.trained_models import shapes_model
 
 
+@pytest.mark.slow
 def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch):
     bundle, _ = shapes_model()
     image = tmp_path / "x.png"

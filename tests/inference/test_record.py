@@ -53,6 +53,7 @@ def _masks(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_the_folder_records_the_model_options_and_inputs(tmp_path, models, photos):
     out = tmp_path / "out"
     assert _predict(models[0], photos, "--out", out, "--blend", "linear").exit_code == 0

@@ -50,6 +50,7 @@ def test_stride_4_logits_are_the_bilinear_upsampling_of_the_heads_map() -> None:
     assert torch.allclose(logits, expected)
 
 
+@pytest.mark.slow
 def test_stopping_early_saves_the_most_expensive_blocks() -> None:
     shape = (1, 3, 192, 288)
     costs = {s: flops(build_model("unet", 3, 59, encoder="efficientnet_lite0", decoder_stride=s), shape)

@@ -191,6 +191,7 @@ def test_overload_answers_503_with_retry_after_then_recovers(bundle):
         assert httpx.get(f"{url}healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_request_over_its_time_limit_is_408_and_its_queued_work_is_dropped(bundle):
     model, gate, app = _gated(bundle, max_batch=1, timeout_s=1.0)
     with live_server(app) as (url, _), ThreadPoolExecutor(2) as pool:

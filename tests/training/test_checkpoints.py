@@ -256,6 +256,7 @@ def test_a_crash_mid_epoch_leaves_no_temp_files_and_a_whole_last_checkpoint(shap
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_writing_a_checkpoint_keeps_the_previous_one(shapes, tmp_path, monkeypatch):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 

@@ -125,6 +125,7 @@ def test_a_cosine_schedule_anneals_by_the_time_budget_not_by_an_unreachable_epoc
     assert rates[-1] < 0.01 / 3
 
 
+@pytest.mark.slow
 def test_the_curves_mark_the_best_epoch_of_the_monitored_metric(tmp_path, monkeypatch):
     import masksmith.visualize
 
@@ -164,6 +165,7 @@ def test_output_that_is_not_a_terminal_gets_one_line_per_epoch(tmp_path, capsys)
     assert set(MONITORED_METRICS) <= set(header)
 
 
+@pytest.mark.slow
 def test_ema_decay_puts_the_moving_average_of_the_weights_in_the_bundle(tmp_path):
     from masksmith.bundle import load_bundle
 

@@ -514,6 +514,7 @@ def test_accepting_a_prediction_saves_it_as_corrected_with_the_model(trained, sh
     assert np.array_equal(read_png(shapes / "masks" / "s07.png"), predicted)
 
 
+@pytest.mark.slow
 def test_region_assist_is_the_models_connected_region(trained, shapes):
     _, bundle = trained
     with client_of(shapes, model=ServedModel.load(bundle)) as client:
