@@ -37,15 +37,16 @@ from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     find_image,
+    images_found,
     open_output,
     output_stem,
+    read_photo,
     write_sample,
 )
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import MAX_INSTANCE_ID
 from masksmith.data.convert.polygons import fill_polygons
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
-from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
@@ -241,12 +242,7 @@ def convert_coco(
             continue
         by_image[image_id].append(annotation)
 
-    sources = [ann_path]
-    for image_id, entry in images.items():
-        try:
-            sources.append(find_image(f"image id {image_id}", images_dir, entry["file_name"]))
-        except DataError:
-            pass  # reported when that image's turn comes
+    sources = [ann_path, *images_found(images_dir, (entry["file_name"] for entry in images.values()))]
     out_stems = list(dict.fromkeys(output_stem(entry["file_name"]) for entry in images.values()))
     open_output(out_dir, images_dir, sources, out_stems, classes, visualize=visualize, objects=instances)
     stems: dict[str, str] = {}
@@ -257,10 +253,7 @@ def convert_coco(
         try:
             claim_stem(stems, stem, file_name, where)
             path = find_image(where, images_dir, file_name)
-            try:
-                image = read_image(path, channels=3)
-            except MasksmithError as exc:
-                raise DataError(f"{where}: {exc}") from None
+            image = read_photo(where, path)
             height, width = image.shape[:2]
             stated = _image_size(entry)
             if stated is not None and stated != (height, width):

@@ -7,13 +7,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 from masksmith.core.fileio import atomic_path, refuse_overwrite, require_writable, write_text_atomic
 from masksmith.data.encoding import DEFAULT_IGNORE_INDEX
-from masksmith.errors import ConfigError, DataError
+from masksmith.data.images import read_image
+from masksmith.errors import ConfigError, DataError, MasksmithError
 from masksmith.visualize import default_colors, overlay, save_image, save_mask_png
 
 # Orientation tag in EXIF; a JPEG carrying a rotation must be re-encoded upright, not copied.
@@ -133,6 +135,26 @@ def find_image(where: str, images_dir: Path, file_name: str) -> Path:
             return candidate
     raise DataError(f"{where}: image file not found (looked for {candidates[0]}"
                     + (f" and {candidates[1]})" if candidates[1] != candidates[0] else ")"))
+
+
+def images_found(images_dir: Path, names: Iterable[str]) -> list[Path]:
+    """The images that `names` (COCO file_names, CVAT image names) mean and that exist: the inputs no output may
+    replace. A missing one is not an error here; it is reported when that image's turn comes."""
+    found = []
+    for name in names:
+        try:
+            found.append(find_image(name, images_dir, name))
+        except DataError:
+            pass
+    return found
+
+
+def read_photo(where: str, path: Path) -> np.ndarray:
+    """The RGB image at `path`, or a DataError naming `where` (the annotation entry) and the problem."""
+    try:
+        return read_image(path, channels=3)
+    except MasksmithError as exc:
+        raise DataError(f"{where}: {exc}") from None
 
 
 def claim_stem(claimed: dict[str, str], stem: str, name: str, where: str) -> None:

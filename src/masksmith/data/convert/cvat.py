@@ -39,13 +39,14 @@ from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     find_image,
+    images_found,
     open_output,
     output_stem,
+    read_photo,
     write_sample,
 )
 from masksmith.data.convert.paint import Region, paint
 from masksmith.data.convert.polygons import fill_polygons
-from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
@@ -298,12 +299,7 @@ def convert_cvat(
     labels_source = "the labels of <meta>" if scan.labels else "the labels used"
     classes, class_index = class_table([(name, name) for name in names], f"{xml_path}: {labels_source}")
 
-    sources = [xml_path]
-    for where, name in scan.images:
-        try:
-            sources.append(find_image(where, images_dir, name))
-        except DataError:
-            pass  # reported when that image's turn comes
+    sources = [xml_path, *images_found(images_dir, (name for _, name in scan.images))]
     stems = list(dict.fromkeys(output_stem(name) for _, name in scan.images))
     open_output(out_dir, images_dir, sources, stems, classes, visualize=visualize, objects=instances)
     colors = default_colors(len(classes))
@@ -317,10 +313,7 @@ def convert_cvat(
         try:
             claim_stem(claimed, stem, name, where)
             path = find_image(where, images_dir, name)
-            try:
-                image = read_image(path, channels=3)
-            except MasksmithError as exc:
-                raise DataError(f"{where}: {exc}") from None
+            image = read_photo(where, path)
             height, width = image.shape[:2]
             stated = (_int(where, element, "width"), _int(where, element, "height"))
             if stated != (width, height):

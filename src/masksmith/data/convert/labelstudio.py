@@ -36,13 +36,13 @@ from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     open_output,
+    read_photo,
     write_sample,
 )
 from masksmith.data.convert.labelstudio_rle import decode_brush
 from masksmith.data.convert.nesting import load_json_file
 from masksmith.data.convert.paint import Region, paint
 from masksmith.data.convert.polygons import fill_polygons
-from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
@@ -260,10 +260,7 @@ def convert_labelstudio(
             path = _find_image(where, images_dir, task)
             where = f"{where} ({path.name})"
             claim_stem(claimed, path.stem, path.name, where)
-            try:
-                image = read_image(path, channels=3)
-            except MasksmithError as exc:
-                raise DataError(f"{where}: {exc}") from None
+            image = read_photo(where, path)
             height, width = image.shape[:2]
             _check_size(where, regions, height, width)
             painted = [Region(class_index[label], None, lambda r=result: _pixels(where, r, height, width))

@@ -37,12 +37,12 @@ from masksmith.data.convert.common import (
     ConvertReport,
     claim_stem,
     open_output,
+    read_photo,
     write_image_sets,
     write_sample,
 )
 from masksmith.data.convert.paint import Region, paint
 from masksmith.data.discover import SPLIT_DIR_NAMES, is_image_file
-from masksmith.data.images import read_image
 from masksmith.errors import DataError, MasksmithError
 from masksmith.visualize import default_colors
 
@@ -263,10 +263,7 @@ def convert_yolo(
         try:
             claim_stem(stems, image_path.stem, str(image_path.relative_to(src_dir)), where)
             lines = read_label_file(label_path, class_index)
-            try:
-                image = read_image(image_path, channels=3)
-            except MasksmithError as exc:
-                raise DataError(f"{where}: {exc}") from None
+            image = read_photo(where, image_path)
             height, width = image.shape[:2]
             regions = [Region(cls, None, lambda pts=pts: polygon_pixels(pts, height, width)) for cls, pts in lines]
             class_mask, object_mask = paint(where, (height, width), regions, instances=instances)
