@@ -105,12 +105,11 @@ class Run:
     peak_mb: float
 
 
-def run_engine(engine: str, bundle: Path, images: Path, out: Path, batch: int, extra: list[str]) -> Run:
-    shutil.rmtree(out, ignore_errors=True)
-    command = [*MASKSMITH, "predict", str(bundle), str(images), "--out", str(out), "-q", "-b", str(batch),
-               "--engine", engine, *extra]
+def run_measured(name: str, command: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
+    """Run `command` to its end: its output, its wall seconds and the peak PSS (MB) of its process tree, sampled
+    every 0.2 s."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = 0.0
     done = threading.Event()
 
@@ -127,7 +126,15 @@ def run_engine(engine: str, bundle: Path, images: Path, out: Path, batch: int, e
     done.set()
     sampler.join()
     if process.returncode != 0:
-        raise SystemExit(f"{engine} failed ({process.returncode}):\n{output[-3000:]}")
+        raise SystemExit(f"{name} failed ({process.returncode}):\n{output[-3000:]}")
+    return output, seconds, peak
+
+
+def run_engine(engine: str, bundle: Path, images: Path, out: Path, batch: int, extra: list[str]) -> Run:
+    shutil.rmtree(out, ignore_errors=True)
+    command = [*MASKSMITH, "predict", str(bundle), str(images), "--out", str(out), "-q", "-b", str(batch),
+               "--engine", engine, *extra]
+    _, seconds, peak = run_measured(engine, command)
     return Run(seconds, peak)
 
 

@@ -23,8 +23,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from batch_predict import (  # benchmarks/, the script's own folder
+    MASKSMITH,
+    run_measured,
     same_bytes,
-    tree_pss_mb,
 )
 from PIL import Image
 
@@ -43,7 +42,6 @@ from masksmith.inference.ensemble import load_models
 from masksmith.inference.pipeline import DEPTH_ENV_VAR
 from masksmith.inference.predictor import predict_files
 
-MASKSMITH = [sys.executable, "-c", "from masksmith.cli import main; main()"]
 SOURCE = Path("/work/shared/data/isbi2012-membrane")
 
 
@@ -94,24 +92,7 @@ def run_predict(model: Path, images: Path, out: Path, batch: int, sequential: bo
         env[DEPTH_ENV_VAR] = "0"
     command = [*MASKSMITH, "predict", str(model), str(images), "--out", str(out), "-q", "-b", str(batch)]
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak, done = 0.0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_pss_mb(process.pid))
-            done.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = process.communicate()
-    seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    if process.returncode != 0:
-        raise SystemExit(f"predict failed ({process.returncode}):\n{output[-3000:]}")
+    _, seconds, peak = run_measured("predict", command, env)
     times = sorted(path.stat().st_mtime for path in out.glob("*.png"))
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
     return Run(seconds, rate, peak, (load_before, os.getloadavg()[0]))
