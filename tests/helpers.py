@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -131,12 +132,12 @@ def write_photos(folder: Path, names: list[str], size: tuple[int, int] = (24, 32
     return paths
 
 
-def untrained_bundle(path: Path) -> Path:
+def untrained_bundle(path: Path, class_names: Sequence[str] = ("bg", "a", "b")) -> Path:
     """An untrained 3-class U-Net bundle: enough to run predict end to end in a second."""
     torch.manual_seed(0)
     network = build_model("unet", 3, 3, depth=2, base_channels=4)
     meta = BundleMeta(model="unet", model_options={"depth": 2, "base_channels": 4}, in_channels=3, out_channels=3,
-                      class_names=["bg", "a", "b"], colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32,
+                      class_names=list(class_names), colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32,
                       resize="random_crop", mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
     return save_bundle(path, network.state_dict(), meta)
 

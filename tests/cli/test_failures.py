@@ -16,17 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.training.checkpoints import AtomicCheckpointIO
 from masksmith.cli.app import app
 from masksmith.errors import ConfigError
 from masksmith.core.fileio import atomic_path, require_writable
-from masksmith.models import build_model
-from tests.helpers import make_shapes_dataset
+from tests.helpers import make_shapes_dataset, untrained_bundle
 
 TINY = ["--size", "32", "-m", "base_channels=4", "-m", "depth=2", "-b", "2", "--no-auto", "--workers", "0",
         "--early-stopping", "0", "-q"]
@@ -37,13 +34,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     """A labelled dataset, a bundle of its 3 classes, a Labelme folder and a folder of photos."""
     root = tmp_path_factory.mktemp("failures")
     data = make_shapes_dataset(root / "shapes", count=4)
-    torch.manual_seed(0)
-    network = build_model("unet", 3, 3, depth=2, base_channels=4)
-    meta = BundleMeta(model="unet", model_options={"depth": 2, "base_channels": 4}, in_channels=3, out_channels=3,
-                      class_names=["background", "red box", "blue box"],
-                      colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32, resize="random_crop",
-                      mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
-    bundle = save_bundle(root / "model.msb", network.state_dict(), meta)
+    bundle = untrained_bundle(root / "model.msb", class_names=["background", "red box", "blue box"])
     labelme = root / "labelme"
     labelme.mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(labelme / "a.png")

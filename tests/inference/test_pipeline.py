@@ -12,20 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from masksmith.inference import predictor as predict_module
-from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.cli.app import app
 from masksmith.errors import ConfigError
 from masksmith.evaluation.scoring import evaluate
 from masksmith.inference.pipeline import DEPTH_ENV_VAR, Prefetch, Writer, pipeline_depth
-from masksmith.models import build_model
 from masksmith.inference.predictor import Predictor, predict_files
 from masksmith.inference.ray_engine import Segmenter
-from tests.helpers import make_shapes_dataset
+from tests.helpers import make_shapes_dataset, untrained_bundle
 
 PIPELINE_THREADS = ("masksmith-prefetch", "masksmith-writer")
 
@@ -36,13 +33,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     of 23 photos of several sizes in nested folders with an undecodable file in the middle."""
     root = tmp_path_factory.mktemp("pipeline")
     data = make_shapes_dataset(root / "shapes", count=6)
-    torch.manual_seed(0)
-    network = build_model("unet", 3, 3, depth=2, base_channels=4)
-    meta = BundleMeta(model="unet", model_options={"depth": 2, "base_channels": 4}, in_channels=3, out_channels=3,
-                      class_names=["background", "red box", "blue box"],
-                      colors=[[0, 0, 0], [255, 0, 0], [0, 0, 255]], size=32, resize="random_crop",
-                      mean=[0.5] * 3, std=[0.25] * 3, mask_encoding={"kind": "index"})
-    bundle = save_bundle(root / "model.msb", network.state_dict(), meta)
+    bundle = untrained_bundle(root / "model.msb", class_names=["background", "red box", "blue box"])
     photos = root / "photos"
     rng = np.random.default_rng(0)
     for index in range(23):
