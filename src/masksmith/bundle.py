@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
-from masksmith.config import InputSize, check_model_option
+from masksmith.config import InputSize, check_model_options
 from masksmith.core.fileio import atomic_path
 from masksmith.core.version import __version__
 from masksmith.data.classes import class_names_problem
@@ -82,9 +82,7 @@ class BundleMeta(BaseModel):
     @classmethod
     def _small_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         # Bounded before any network is built: base_channels=200000 would ask for terabytes.
-        for key, value in options.items():
-            check_model_option(value, key)
-        return options
+        return check_model_options(options)
 
     @field_validator("class_names")
     @classmethod

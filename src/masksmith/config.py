@@ -48,6 +48,14 @@ ColorValue = Annotated[int, Field(ge=0, le=255)]
 MONITORED_METRICS = ("val_dice", "val_miou", "val_iou", "val_pixel_accuracy", "val_image_dice", "val_loss")
 
 
+def check_model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` when every architecture option passes check_model_option (a config's when given, a bundle's when
+    read), else the first one's ValueError."""
+    for key, value in options.items():
+        check_model_option(value, key)
+    return options
+
+
 def check_model_option(value: Any, where: str, depth: int = 0) -> None:
     """Architecture options are small JSON values: bounded numbers, strings, short lists or mappings of them
     (ValueError otherwise). The config checks them when given, the bundle when read."""
@@ -198,9 +206,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _small_model_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         # The same bounds a bundle's options obey, checked before a network of that size is built.
-        for key, value in options.items():
-            check_model_option(value, key)
-        return options
+        return check_model_options(options)
 
     @field_validator("classes")
     @classmethod
