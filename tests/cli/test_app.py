@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from masksmith.cli.app import app
-from tests.helpers import make_shapes_dataset
+from tests.helpers import make_shapes_dataset, untrained_bundle
 
 runner = CliRunner()
 
@@ -105,3 +107,20 @@ def test_predict_refuses_two_inputs_that_would_overwrite_each_other(cli_run, tmp
     result = invoke("predict", root / "run" / "model.msb", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "p")
     assert result.exit_code == 2 and "would both be written as same.png" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_predicting_loads_no_lightning(tmp_path):
+    # Every command's options are read at start-up (train's from the loss and augmentation registries);
+    # Lightning alone would add seconds to every `masksmith predict`.
+    bundle = untrained_bundle(tmp_path / "model.msb")
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    code = ("import sys; from masksmith.cli.app import main; "
+            "sys.argv = ['masksmith', 'predict', sys.argv[1], sys.argv[2], '--out', sys.argv[3], '-q', "
+            "'--backend', 'torch']\n"
+            "try: main()\n"
+            "except SystemExit as end: assert not end.code, end.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "out")],
+                         check=True, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert out.stdout.strip().splitlines()[-1] == "[]"
