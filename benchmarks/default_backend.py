@@ -10,7 +10,7 @@ membrane slices (/work/shared/data/isbi2012-membrane, train and test, 512x512) i
 rotations, as they are and inverted, written as distinct PNG files up to --images. Each row is one
 `masksmith predict` process (a fresh interpreter, model loading included) into a fresh output folder:
 
-- `--backend torch`: eager PyTorch;
+- `--backend torch`: PyTorch (BatchNorm folded, channels-last);
 - default, first run: the ONNX cache is empty (a fresh $MASKSMITH_CACHE), so it exports, checks and stores;
 - default, cached: the same command again, reading the cached export;
 - with --baseline-src: the default of another checkout (its `src` folder on PYTHONPATH), such as the commit
@@ -98,10 +98,12 @@ def main() -> None:
     parser.add_argument("--startup-images", type=int, default=4)
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--train-minutes", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved torch/cached rounds (best kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the rows (best kept)")
     parser.add_argument("--work", type=Path, help="scratch folder [default: a temporary one]")
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src folder, run as a baseline row")
     args = parser.parse_args()
+    if args.baseline_src is not None and not (args.baseline_src / "masksmith" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-src {args.baseline_src}: no masksmith package there")
     work = args.work or Path(tempfile.mkdtemp(prefix="masksmith-default-backend-"))
     bundle = args.bundle or train(work / "run", args.train_minutes)
     images = make_images(work / "images", args.images)
@@ -111,11 +113,9 @@ def main() -> None:
     env = {**os.environ, "MASKSMITH_CACHE": str(cache)}
     variants = {"torch": (["--backend", "torch"], env), "cached": ([], env)}
     if args.baseline_src is not None:
-        if not (args.baseline_src / "masksmith" / "__init__.py").is_file():
-            raise SystemExit(f"--baseline-src {args.baseline_src}: no masksmith package there")
         variants["baseline"] = ([], {**env, "PYTHONPATH": str(args.baseline_src.resolve())})
 
-    # The first default run finds the cache empty; then the torch and cached rows alternate, round by round, so
+    # The first default run finds the cache empty; then the other rows alternate, round by round, so
     # load from other processes on a shared machine slows both alike; each row keeps its best round.
     first_s, first_err = run(bundle, images, work / "o-first", [], env)
     best: dict[str, tuple[float, float, str]] = {}
@@ -125,7 +125,7 @@ def main() -> None:
             seconds, stderr = run(bundle, images, work / f"o-{label}", extra, variant_env)
             if label not in best or seconds < best[label][0]:
                 best[label] = (seconds, startup, stderr)
-    rows = [("`--backend torch` (eager PyTorch)", *best["torch"], work / "o-torch"),
+    rows = [("`--backend torch`", *best["torch"], work / "o-torch"),
             ("default, first run (exports to the ONNX cache)", first_s, None, first_err, work / "o-first"),
             ("default, cached export", *best["cached"], work / "o-cached")]
     if "baseline" in best:
