@@ -116,7 +116,7 @@ def main() -> None:
         variants["baseline"] = ([], {**env, "PYTHONPATH": str(args.baseline_src.resolve())})
 
     # The first default run finds the cache empty; then the other rows alternate, round by round, so
-    # load from other processes on a shared machine slows both alike; each row keeps its best round.
+    # load from other processes on a shared machine slows all alike; each row keeps its best round.
     first_s, first_err = run(bundle, images, work / "o-first", [], env)
     best: dict[str, tuple[float, float, str]] = {}
     for _ in range(args.rounds):

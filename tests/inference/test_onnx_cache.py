@@ -207,6 +207,47 @@ def test_an_unwritable_cache_falls_back_in_one_line(bundle, cache, monkeypatch, 
     assert len(notes) == 1 and "Read-only file system" in notes[0] and "running PyTorch" in notes[0]
 
 
+@pytest.fixture
+def stuck_exporter(bundle, cache):
+    """Another process holding the bundle's cache lock without ever finishing (a stopped or hung export)."""
+    lock = entry_for(bundle).lock
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('locked', flush=True); time.sleep(120)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_held_by_a_stuck_export_runs_pytorch_after_a_bounded_wait(bundle, cache, monkeypatch, exports,
+                                                                           stuck_exporter):
+    monkeypatch.setattr(onnx_cache, "LOCK_WAIT_S", 0.5)
+    predictor, notes = _load(bundle)
+    assert predictor.backend_name == "torch" and exports == []
+    assert len(notes) == 1 and str(entry_for(bundle).lock) in notes[0]
+    assert "held it for 0.5 s" in notes[0] and notes[0].endswith("running PyTorch")
+
+
+@pytest.mark.slow
+def test_a_stuck_lock_gives_onnx_an_export_for_the_run_and_frees_with_its_holder(bundle, cache, monkeypatch,
+                                                                                  exports, stuck_exporter):
+    monkeypatch.setattr(onnx_cache, "LOCK_WAIT_S", 0.5)
+    predictor, notes = _load(bundle, backend="onnx")
+    assert predictor.backend_name == "onnx" and len(exports) == 1
+    assert len(notes) == 1 and "held it for" in notes[0] and "this run only" in notes[0]
+    assert not entry_for(bundle).record.exists()
+    stuck_exporter.kill()
+    stuck_exporter.wait()  # the kernel drops the flock with its process
+    predictor, notes = _load(bundle)
+    assert predictor.backend_name == "onnx" and notes == [] and len(exports) == 2
+    assert entry_for(bundle).record.exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_cache_folder_falls_back_in_one_line(bundle, cache, exports):
     cache.mkdir(parents=True)

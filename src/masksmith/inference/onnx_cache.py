@@ -12,7 +12,9 @@ its record's checks and is exported again. A bundle whose export fails its parit
 that refusal, so later runs fall back at once instead of exporting again.
 
 Processes exporting the same bundle at once take turns through an flock on NAME.lock: the first exports,
-the others then read its entry. Both files are written to temporary names and renamed (fileio.atomic_path),
+the others then read its entry. A process waits at most LOCK_WAIT_S for the lock: a holder stuck mid-export
+(stopped, or hung on a slow disk) makes the others' cache unavailable for that run, never a stalled server.
+Both files are written to temporary names and renamed (fileio.atomic_path),
 so a reader never sees half a file, and a killed export leaves at most a temporary file that the next
 holder of the lock removes.
 """
@@ -25,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +43,9 @@ RECORD_FORMAT = "masksmith-onnx-cache"
 RECORD_VERSION = 1
 # Versions of the libraries whose change can change the exported graph or how the parity check runs it.
 KEYED_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
+# An export and its parity check take tens of seconds on 2 cores; a lock held longer is taken as stuck.
+LOCK_WAIT_S = 180.0
+LOCK_POLL_S = 0.1
 
 
 class CacheUnavailable(MasksmithError):
@@ -153,8 +159,10 @@ def read_entry(entry: Entry) -> tuple[Cached | None, str | None]:
 
 
 @contextlib.contextmanager
-def entry_lock(entry: Entry) -> Iterator[None]:
-    """Hold the entry's lock (waiting for another process's export); CacheUnavailable when it cannot be taken."""
+def entry_lock(entry: Entry, wait: float | None = None) -> Iterator[None]:
+    """Hold the entry's lock, waiting up to `wait` seconds (LOCK_WAIT_S) for another process's export;
+    CacheUnavailable when it cannot be taken or is still held after that."""
+    wait = LOCK_WAIT_S if wait is None else wait
     try:
         entry.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(entry.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -162,13 +170,28 @@ def entry_lock(entry: Entry) -> Iterator[None]:
         raise CacheUnavailable(f"ONNX cache {entry.folder}: {error.strerror or error}") from None
     try:
         # The kernel drops an flock with its process: a killed export never leaves the entry locked.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _take_lock(fd, entry, wait)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _take_lock(fd: int, entry: Entry, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CacheUnavailable(f"ONNX cache {entry.lock}: another process has held it for {wait:g} s "
+                                       "(an export still running, or stuck)") from None
+            time.sleep(LOCK_POLL_S)
+        except OSError as error:
+            raise CacheUnavailable(f"ONNX cache {entry.lock}: {error.strerror or error}") from None
 
 
 def _remove_stale_temps(entry: Entry) -> None:
