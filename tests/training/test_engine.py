@@ -113,9 +113,10 @@ class _SlowEpochs(Callback):
 @pytest.mark.slow
 def test_a_cosine_schedule_anneals_by_the_time_budget_not_by_an_unreachable_epoch_count(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", count=4)
-    # 1000 epochs asked, about 6 fit in 3 seconds: the rate must still come down to its floor by the end.
+    # 1000 epochs asked, about 12 fit in 6 seconds (a few on a loaded machine): the rate must still come down
+    # to its floor by the end.
     result = masksmith.train(data, classes=str(data / "classes.txt"), size=16, epochs=1000, batch_size=2, lr=0.01,
-                             scheduler="cosine", max_time=0.05, early_stopping=0, model="fcn-lite",
+                             scheduler="cosine", max_time=0.1, early_stopping=0, model="fcn-lite",
                              model_options={"base_channels": 4, "depth": 2}, callbacks=[_SlowEpochs(0.5)],
                              out=str(tmp_path / "run"), quiet=True)
     rates = [float(row.split(",")[-1]) for row in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]]
