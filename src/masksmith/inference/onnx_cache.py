@@ -14,9 +14,8 @@ that refusal, so later runs fall back at once instead of exporting again.
 Processes exporting the same bundle at once take turns through an flock on NAME.lock: the first exports,
 the others then read its entry. A process waits at most LOCK_WAIT_S for the lock: a holder stuck mid-export
 (stopped, or hung on a slow disk) makes the others' cache unavailable for that run, never a stalled server.
-Both files are written to temporary names and renamed (fileio.atomic_path),
-so a reader never sees half a file, and a killed export leaves at most a temporary file that the next
-holder of the lock removes.
+Both files are written to temporary names and renamed (fileio.atomic_path), so a reader never sees half a
+file, and a killed export leaves at most a temporary file that the next holder of the lock removes.
 """
 
 from __future__ import annotations
@@ -159,10 +158,9 @@ def read_entry(entry: Entry) -> tuple[Cached | None, str | None]:
 
 
 @contextlib.contextmanager
-def entry_lock(entry: Entry, wait: float | None = None) -> Iterator[None]:
-    """Hold the entry's lock, waiting up to `wait` seconds (LOCK_WAIT_S) for another process's export;
-    CacheUnavailable when it cannot be taken or is still held after that."""
-    wait = LOCK_WAIT_S if wait is None else wait
+def entry_lock(entry: Entry) -> Iterator[None]:
+    """Hold the entry's lock, waiting up to LOCK_WAIT_S for another process's export; CacheUnavailable when it
+    cannot be taken or is still held after that."""
     try:
         entry.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(entry.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -170,7 +168,7 @@ def entry_lock(entry: Entry, wait: float | None = None) -> Iterator[None]:
         raise CacheUnavailable(f"ONNX cache {entry.folder}: {error.strerror or error}") from None
     try:
         # The kernel drops an flock with its process: a killed export never leaves the entry locked.
-        _take_lock(fd, entry, wait)
+        _take_lock(fd, entry, LOCK_WAIT_S)
         try:
             yield
         finally:
