@@ -3,16 +3,20 @@ umask's file modes."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
 
 from masksmith.bundle import BundleMeta, save_bundle
-from masksmith.core.fileio import folder_lock, refuse_overwrite, write_text_atomic
+from masksmith.core.fileio import (atomic_path, folder_lock, refuse_overwrite, remove_stale_temps, take_flock,
+                                   write_text_atomic)
 from masksmith.errors import ConfigError
 from masksmith.training.checkpoints import AtomicCheckpointIO
 from tests.helpers import write_photos
@@ -45,6 +49,36 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
         holder.wait()
     with folder_lock(run):  # the kernel dropped the dead process's lock
         pass
+
+
+def test_take_flock_waits_for_a_holder_up_to_its_limit(tmp_path):
+    path = tmp_path / "x.lock"
+    holder, waiter = os.open(path, os.O_RDWR | os.O_CREAT), os.open(path, os.O_RDWR)
+    try:
+        assert take_flock(holder)
+        started = time.monotonic()
+        assert not take_flock(waiter, 0.3)  # still held after 0.3 s
+        assert time.monotonic() - started >= 0.3
+        threading.Timer(0.2, fcntl.flock, (holder, fcntl.LOCK_UN)).start()
+        assert take_flock(waiter, 30)  # released while it waits
+    finally:
+        os.close(holder)
+        os.close(waiter)
+
+
+def test_stale_temps_of_one_stem_leave_the_others_and_the_users_files(tmp_path):
+    def killed_write(name):  # what a hard kill in the middle of atomic_path leaves
+        with atomic_path(tmp_path / name) as tmp:
+            tmp.write_text("half")
+            os.link(tmp, tmp_path / f"kept-{name}")
+        os.link(tmp_path / f"kept-{name}", tmp)
+        return tmp
+
+    mine, other = killed_write("abc.onnx"), killed_write("abd.onnx")
+    (tmp_path / ".abc.notes.tmp").write_text("a user's file")  # not atomic_path's name
+    assert remove_stale_temps(tmp_path, stem="abc") == [mine]
+    assert other.exists() and (tmp_path / ".abc.notes.tmp").exists()
+    assert remove_stale_temps(tmp_path) == [other]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -14,6 +16,7 @@ from masksmith.errors import ConfigError
 
 # The names atomic_path gives its temporary files: mkstemp's 8 random characters between stem and suffix.
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[^.]+)?\.tmp")
+LOCK_POLL_S = 0.1  # how often take_flock tries again while it may wait
 
 
 def _os_error_of(error: BaseException) -> OSError | None:
@@ -124,17 +127,33 @@ def current_umask() -> int:
     return umask
 
 
-def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
-    """Delete the atomic_path temp files a killed process left in `folders` (only while holding their lock)."""
+def remove_stale_temps(*folders: str | os.PathLike, stem: str | None = None) -> list[Path]:
+    """Delete the atomic_path temp files a killed process left in `folders` (only while holding their lock):
+    all of them, or with `stem` only those of the files named STEM.* (a folder shared by files locked one by one)."""
     removed = []
+    pattern = f".{glob.escape(stem)}.*.tmp" if stem else ".*.tmp"
     # Not recursive, and only atomic_path's names: --out may be a folder that also holds the user's files.
     for folder in map(Path, folders):
-        stale = [path for path in folder.glob(".*.tmp") if TEMP_NAME.fullmatch(path.name)] if folder.is_dir() else []
+        stale = [path for path in folder.glob(pattern) if TEMP_NAME.fullmatch(path.name)] if folder.is_dir() else []
         for path in stale:
             if path.is_file() and not path.is_symlink():
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+def take_flock(fd: int, wait: float = 0.0) -> bool:
+    """Take an exclusive flock on the open file `fd`, trying again for up to `wait` seconds; False when another
+    holder keeps it that long. The kernel drops an flock with its process, so a killed holder frees it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_S)
 
 
 def _in_use(folder: Path, kind: str, fd: int) -> ConfigError:
@@ -170,10 +189,8 @@ def folder_lock(folder: str | os.PathLike, kind: str = "process") -> Iterator[No
     # run never leaves its folder locked.
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _in_use(folder, kind, fd) from None
+        if not take_flock(fd):
+            raise _in_use(folder, kind, fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:

@@ -26,14 +26,13 @@ import fcntl
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 from masksmith.core.version import __version__
-from masksmith.core.fileio import atomic_path
+from masksmith.core.fileio import atomic_path, remove_stale_temps, take_flock
 from masksmith.errors import MasksmithError
 from masksmith.inference.backends import DEFAULT_OPSET
 
@@ -44,7 +43,6 @@ RECORD_VERSION = 1
 KEYED_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
 # An export and its parity check take tens of seconds on 2 cores; a lock held longer is taken as stuck.
 LOCK_WAIT_S = 180.0
-LOCK_POLL_S = 0.1
 
 
 class CacheUnavailable(MasksmithError):
@@ -167,36 +165,19 @@ def entry_lock(entry: Entry) -> Iterator[None]:
     except OSError as error:
         raise CacheUnavailable(f"ONNX cache {entry.folder}: {error.strerror or error}") from None
     try:
-        # The kernel drops an flock with its process: a killed export never leaves the entry locked.
-        _take_lock(fd, entry, LOCK_WAIT_S)
+        try:
+            taken = take_flock(fd, LOCK_WAIT_S)  # a killed export never leaves the entry locked
+        except OSError as error:
+            raise CacheUnavailable(f"ONNX cache {entry.lock}: {error.strerror or error}") from None
+        if not taken:
+            raise CacheUnavailable(f"ONNX cache {entry.lock}: another process has held it for {LOCK_WAIT_S:g} s "
+                                   "(an export still running, or stuck)")
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def _take_lock(fd: int, entry: Entry, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise CacheUnavailable(f"ONNX cache {entry.lock}: another process has held it for {wait:g} s "
-                                       "(an export still running, or stuck)") from None
-            time.sleep(LOCK_POLL_S)
-        except OSError as error:
-            raise CacheUnavailable(f"ONNX cache {entry.lock}: {error.strerror or error}") from None
-
-
-def _remove_stale_temps(entry: Entry) -> None:
-    """Temporary files a killed export of this entry left (only called while holding its lock)."""
-    for path in entry.folder.glob(f".{entry.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _store(entry: Entry, model: bytes | None, record: dict[str, object]) -> None:
@@ -239,7 +220,7 @@ def cached_onnx(bundle: str | Path, opset: int = DEFAULT_OPSET) -> Cached:
         if cached is not None:
             return cached
         problem = problem or later_problem
-        _remove_stale_temps(entry)
+        remove_stale_temps(entry.folder, stem=entry.name)
         model, fields = checked_export(bundle, opset)
         record = {"format": RECORD_FORMAT, "bundle_sha256": entry.bundle_sha256, "key": entry.key,
                   "bundle": str(bundle), **fields}
