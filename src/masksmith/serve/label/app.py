@@ -31,7 +31,7 @@ from masksmith.serve.guard import Guard
 from masksmith.serve.label.assist import region_document
 from masksmith.serve.label.config import DEFAULT_MAX_UPLOAD_BYTES
 from masksmith.serve.label.layout import Entry
-from masksmith.serve.label.predictions import Predictions
+from masksmith.serve.label.predictions import Prediction, Predictions
 from masksmith.serve.label.store import NO_MASK, STARTS, Conflict, LabelOptions, LabelStore, decode_png_mask
 from masksmith.serve.model import ServedModel, file_checksum
 from masksmith.serve.options import is_loopback
@@ -180,6 +180,17 @@ def _entry(session: Session, image_id: str) -> Entry:
     if entry is None:
         raise Rejected(404, f"no image with id {image_id[:40]!r} (images are named by the ids of /api/queue)")
     return entry
+
+
+async def _prediction(session: Session, entry: Entry, without_model: str) -> Prediction:
+    """The model's prediction for `entry` (404 saying `without_model` when the page runs without one, 422 when it
+    cannot be made)."""
+    if session.predictions is None:
+        raise Rejected(404, f"{without_model}: start masksmith label with --model RUN/model.msb")
+    try:
+        return await run_in_threadpool(session.predictions.get, entry.id)
+    except MasksmithError as error:
+        raise Rejected(422, str(error)) from None
 
 
 def _int(request: Request, name: str, low: int, high: int) -> int:
@@ -339,13 +350,7 @@ def create_app(session: Session, token: str | None = None) -> Any:
 
     @api.get("/api/images/{image_id}/prediction")
     async def prediction(image_id: str) -> Response:
-        entry = _entry(session, image_id)
-        if session.predictions is None:
-            raise Rejected(404, "no model: start masksmith label with --model RUN/model.msb")
-        try:
-            predicted = await run_in_threadpool(session.predictions.get, entry.id)
-        except MasksmithError as error:
-            raise Rejected(422, str(error)) from None
+        predicted = await _prediction(session, _entry(session, image_id), "no model")
         response = _mask_response(predicted.mask())
         response.headers["X-Model-Id"] = session.predictions.model.model_id
         return response
@@ -380,13 +385,7 @@ def create_app(session: Session, token: str | None = None) -> Any:
 
     @api.post("/api/images/{image_id}/region")
     async def region(image_id: str, request: Request) -> dict[str, Any]:
-        entry = _entry(session, image_id)
-        if session.predictions is None:
-            raise Rejected(404, "the region assist needs a model: start masksmith label with --model RUN/model.msb")
-        try:
-            predicted = await run_in_threadpool(session.predictions.get, entry.id)
-        except MasksmithError as error:
-            raise Rejected(422, str(error)) from None
+        predicted = await _prediction(session, _entry(session, image_id), "the region assist needs a model")
         x = _int(request, "x", 0, predicted.width - 1)
         y = _int(request, "y", 0, predicted.height - 1)
         return await run_in_threadpool(region_document, predicted.mask(), x, y)
