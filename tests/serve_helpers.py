@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import struct
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -19,6 +21,17 @@ import masksmith
 from masksmith.bundle import BundleMeta, save_bundle
 from masksmith.models import build_model
 from tests.helpers import make_shapes_dataset
+
+# Debian's Chromium (no browser can be downloaded here), driven by Playwright.
+CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if path and Path(path).is_file()), None)
+BROWSER_TESTS = [pytest.mark.slow,
+                 pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
+
+
+def launch_chromium(driver: Any) -> Any:
+    """Headless Chromium from a Playwright driver; --no-sandbox: its sandbox cannot start as root (CI runs as root)."""
+    return driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
 
 
 def train_tiny(root: Path) -> tuple[Path, Path]:

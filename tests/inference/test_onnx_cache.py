@@ -66,6 +66,20 @@ def exports(monkeypatch) -> list[str]:
     return calls
 
 
+def count_sessions(monkeypatch) -> list[int]:
+    """From now on, one item per ONNX Runtime InferenceSession created."""
+    sessions: list[int] = []
+    original = onnxruntime.InferenceSession
+
+    class Counting(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            sessions.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    return sessions
+
+
 def _load(path: Path, backend: str = "auto") -> tuple[Predictor, list[str]]:
     """The Predictor and the BackendNote lines its loading issued."""
     with warnings.catch_warnings(record=True) as caught:
@@ -360,16 +374,8 @@ def test_a_served_model_creates_its_session_once(bundle, cache, monkeypatch):
     from masksmith.serve.options import ServeOptions
     from tests.serve_helpers import png_bytes
 
-    sessions = []
-    original = onnxruntime.InferenceSession
-
-    class Counting(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs):
-            sessions.append(1)
-            super().__init__(*args, **kwargs)
-
     cached_onnx(bundle)  # exported beforehand: its parity check opens sessions of its own
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    sessions = count_sessions(monkeypatch)
     model = ServedModel.load(bundle)
     assert model.card["backend"] == "onnx" and len(sessions) == 1
     with TestClient(create_app(model, ServeOptions(max_batch=2))) as client:
@@ -386,16 +392,8 @@ def test_a_ray_actor_creates_its_session_once(bundle, cache, monkeypatch, tmp_pa
 
     from masksmith.inference.ray_engine import Segmenter
 
-    sessions = []
-    original = onnxruntime.InferenceSession
-
-    class Counting(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs):
-            sessions.append(1)
-            super().__init__(*args, **kwargs)
-
     cached_onnx(bundle)
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    sessions = count_sessions(monkeypatch)
     paths = []
     for index in range(3):
         paths.append(tmp_path / f"{index}.png")

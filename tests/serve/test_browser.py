@@ -21,13 +21,10 @@ from masksmith.serve.app import create_app  # noqa: E402
 from masksmith.serve.model import ServedModel  # noqa: E402
 from masksmith.serve.options import ServeOptions  # noqa: E402
 from tests.helpers import make_shapes_dataset  # noqa: E402
-from tests.serve_helpers import live_server  # noqa: E402
+from tests.serve_helpers import BROWSER_TESTS, launch_chromium, live_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if path and Path(path).is_file()), None)
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +48,7 @@ def test_page_segments_an_upload_and_offers_the_downloads(model_and_image, tmp_p
         expected = httpx.post(f"{url}v1/segment?format=json", files={"image": (image.name, image.read_bytes())},
                               timeout=60).json()
         mask_png = httpx.post(f"{url}v1/segment", files={"image": (image.name, image.read_bytes())}, timeout=60).content
-        # --no-sandbox: Chromium's sandbox cannot start as root (CI runs as root).
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch_chromium(driver)
         page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
         # Everything the page's Content-Security-Policy blocks is recorded: the page must need none of it.
         page.add_init_script("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "

@@ -32,7 +32,6 @@ from masksmith.serve.label.layout import image_id  # noqa: E402
 from masksmith.serve.label.provenance import PROVENANCE_NAME  # noqa: E402
 from masksmith.serve.label.store import LabelOptions  # noqa: E402
 from masksmith.serve.model import ServedModel  # noqa: E402
-from tests.helpers import make_shapes_dataset  # noqa: E402
 from tests.label_helpers import LOCAL, copy_some, deflated, inflated, make_app, open_session, read_png, save  # noqa: E402
 from tests.serve_helpers import bomb_png, png_bytes, train_tiny  # noqa: E402
 
@@ -41,15 +40,6 @@ from tests.serve_helpers import bomb_png, png_bytes, train_tiny  # noqa: E402
 def trained(tmp_path_factory):
     """(shapes dataset, bundle) of a tiny 3-class model."""
     return train_tiny(tmp_path_factory.mktemp("label"))
-
-
-@pytest.fixture
-def shapes(tmp_path):
-    """8 shapes images: 6 with index masks (mode L), 2 without."""
-    data = make_shapes_dataset(tmp_path / "shapes", count=8, size=(40, 56))
-    for name in ("s06", "s07"):
-        (data / "masks" / f"{name}.png").unlink()
-    return data
 
 
 def client_of(data: Path, options: LabelOptions = LabelOptions(), model=None, token=None, **session) -> TestClient:

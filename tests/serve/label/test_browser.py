@@ -20,24 +20,11 @@ pytest.importorskip("playwright", reason="the browser tests need playwright (tes
 from masksmith.serve.label.layout import image_id  # noqa: E402
 from masksmith.serve.label.provenance import PROVENANCE_NAME  # noqa: E402
 from masksmith.serve.model import ServedModel  # noqa: E402
-from tests.helpers import make_shapes_dataset  # noqa: E402
 from tests.label_helpers import copy_some, make_app, open_session, read_png  # noqa: E402
-from tests.serve_helpers import live_server, train_tiny  # noqa: E402
+from tests.serve_helpers import BROWSER_TESTS, launch_chromium, live_server, train_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if path and Path(path).is_file()), None)
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
-
-
-@pytest.fixture
-def shapes(tmp_path):
-    """8 shapes images 56x40: 6 with index masks, s06 and s07 without."""
-    data = make_shapes_dataset(tmp_path / "shapes", count=8, size=(40, 56))
-    for name in ("s06", "s07"):
-        (data / "masks" / f"{name}.png").unlink()
-    return data
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +32,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
-        # --no-sandbox: Chromium's sandbox cannot start as root (CI runs as root).
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        launched = launch_chromium(driver)
         yield launched
         launched.close()
 
